@@ -1,0 +1,28 @@
+"""nrpm: robustness reprogramming (NRPM) for trained PyTorch models, without changing their weights.
+
+Implements "Robustness Reprogramming for Representation Learning" (Hou, Torkamani, Krim, Liu; ICLR 2025).
+"""
+
+from .functional import robust_conv2d, robust_linear, robust_sum, set_memory_budget
+from .nn import RobustConv2d, RobustLinear
+from .reprogram import (
+    ReprogramConfig,
+    count_trainable_parameters,
+    lam_parameters,
+    lam_table,
+    load_reprogramming,
+    reprogram,
+    robust_layers,
+    save_reprogramming,
+    set_lam,
+    undo_reprogramming,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "robust_sum", "robust_linear", "robust_conv2d", "set_memory_budget",
+    "RobustLinear", "RobustConv2d",
+    "ReprogramConfig", "reprogram", "undo_reprogramming", "robust_layers", "lam_table", "set_lam",
+    "lam_parameters", "count_trainable_parameters", "save_reprogramming", "load_reprogramming",
+]

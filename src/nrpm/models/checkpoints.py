@@ -1,0 +1,154 @@
+"""Loading state_dicts into registry models, and the authors' released checkpoints."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .registry import create_model
+
+__all__ = ["load_checkpoint", "load_pretrained", "resolve_pretrained_dir", "PRETRAINED_FILES"]
+
+_REPO = Path(__file__).resolve().parents[3]
+
+# registry name -> file name of the authors' checkpoint in the pretrained folder
+PRETRAINED_FILES = {
+    "mlp3": "mlp3_mnist_model.pth",
+    "lenet": "lenet_mnist_model.pth",
+    "resnet18_narrow": "tinyresnet18_cifar10_model.t7",
+}
+
+# Parameter slots of the original reprogramming code (lambda / beta of its robust_sum). They
+# are not trained weights of the plain model, so they are dropped (and reported).
+_REPROGRAMMING_SLOTS = (".robust_sum.lmbd", ".robust_sum.beta")
+_WRAPPER_KEYS = ("net", "state_dict", "model")
+_MAX_LISTED = 12
+
+
+def resolve_pretrained_dir(folder: str | os.PathLike | None = None) -> Path:
+    """``folder``, else ``$NRPM_PRETRAINED``, else ``<repo>/../shared/pretrained``."""
+    if folder is not None:
+        return Path(folder).expanduser()
+    env = os.environ.get("NRPM_PRETRAINED")
+    if env:
+        return Path(env).expanduser()
+    return _REPO.parent / "shared" / "pretrained"
+
+
+def _read_checkpoint(path: Path, map_location) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    # weights_only=True: the released files are plain tensors/numbers, no pickled code needed.
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _split_checkpoint(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict, metadata) from a plain state_dict or {'net'|'state_dict'|'model': sd, ...}."""
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"checkpoint is a {type(obj).__name__}, expected a state_dict mapping")
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj.get(key), Mapping):
+            meta = {k: v for k, v in obj.items() if k != key and not isinstance(v, Mapping)}
+            return dict(obj[key]), meta
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(
+            "checkpoint is neither a state_dict nor a dict with one of the keys "
+            f"{list(_WRAPPER_KEYS)}; top-level keys: {list(obj)[:_MAX_LISTED]}"
+        )
+    return dict(obj), {}
+
+
+def _strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str = "module.") -> dict:
+    """Drop a DataParallel ``module.`` prefix."""
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+
+
+def _listed(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_LISTED])
+    more = len(keys) - _MAX_LISTED
+    return shown + (f", ... and {more} more" if more > 0 else "")
+
+
+def _mismatch_report(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """Human-readable differences between ``state_dict`` and ``model``, or None if it fits."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state_dict.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {_listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_listed(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatches ({len(shapes)}): {_listed(shapes)}")
+    return "; ".join(problems) or None
+
+
+def load_checkpoint(
+    model: nn.Module,
+    path_or_state_dict: str | os.PathLike | Mapping[str, Any],
+    map_location="cpu",
+) -> dict[str, Any]:
+    """Load weights into ``model`` (strictly) and return an info dict.
+
+    Accepts a file path or an already loaded object: a plain state_dict, or a dict holding it
+    under 'net', 'state_dict' or 'model' (other top-level numbers such as 'acc'/'epoch' are
+    copied into the info). A 'module.' prefix is stripped, and the original code's
+    '...robust_sum.lmbd' / '...robust_sum.beta' slots are ignored unless the model has them.
+
+    Returns ``{'source', 'ignored_keys', **metadata}``. Raises FileNotFoundError for a missing
+    file and ValueError listing missing / unexpected keys and shape mismatches.
+    """
+    if isinstance(path_or_state_dict, Mapping):
+        source, raw = "<state_dict>", path_or_state_dict
+    else:
+        path = Path(path_or_state_dict).expanduser()
+        source, raw = str(path), _read_checkpoint(path, map_location)
+    state_dict, meta = _split_checkpoint(raw)
+    state_dict = _strip_prefix(state_dict)
+
+    model_keys = set(model.state_dict())
+    ignored = [k for k in state_dict if k.endswith(_REPROGRAMMING_SLOTS) and k not in model_keys]
+    state_dict = {k: v for k, v in state_dict.items() if k not in ignored}
+
+    problems = _mismatch_report(model, state_dict)
+    if problems:
+        raise ValueError(
+            f"checkpoint {source} does not fit {type(model).__name__}: {problems}"
+        )
+    model.load_state_dict(state_dict, strict=True)
+    return {"source": source, "ignored_keys": ignored, **meta}
+
+
+def load_pretrained(
+    name: str, path: str | os.PathLike | None = None, map_location="cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build model ``name`` and load the authors' released checkpoint; returns (model, info).
+
+    ``name`` is one of 'mlp3', 'lenet', 'resnet18_narrow'. The file defaults to
+    ``<pretrained dir>/<file>`` (see ``resolve_pretrained_dir``). The model is put in eval
+    mode and on ``map_location``. ``info`` has 'source', 'ignored_keys' and, for the .t7,
+    the stored 'acc', 'adv_acc' and 'epoch'.
+    """
+    if name not in PRETRAINED_FILES:
+        known = ", ".join(sorted(PRETRAINED_FILES))
+        raise ValueError(f"no released checkpoint for {name!r}; available: {known}")
+    if path is None:
+        path = resolve_pretrained_dir() / PRETRAINED_FILES[name]
+    model = create_model(name)
+    info = load_checkpoint(model, path, map_location=map_location)
+    if isinstance(map_location, (str, torch.device)):
+        model.to(map_location)
+    return model.eval(), info
+
+
