@@ -168,6 +168,8 @@ def _validate_batch(x: torch.Tensor, y: torch.Tensor) -> None:
                          f"and dtype {y.dtype}")
     if len(x) != len(y):
         raise ValueError(f"x and y batch sizes differ: {len(x)} inputs vs {len(y)} labels")
+    if x.device != y.device:
+        raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
     if x.numel() == 0:
         return
     if torch.isnan(x).any():
@@ -271,6 +273,11 @@ class Attack:
         self.eps = _check_eps(eps)
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Adversarial version of ``x`` (values in [0, 1], shape (N, ...)) for labels ``y`` (N,).
+
+        Raises ValueError for non-float ``x``, values outside [0, 1], NaNs,
+        non-integer or mismatched labels.
+        """
         _validate_batch(x, y)
         x = x.detach()
         if self.eps == 0 or len(x) == 0:
@@ -603,7 +610,8 @@ class _PyAutoAttack(Attack):
             # pyautoattack works in float32 on reshaped inputs; hand the model its own view.
             return model(z.reshape(len(z), *x.shape[1:]).to(x.dtype))
 
-        x_view = x.reshape(len(x), *shape).float()
+        # a private copy: pyautoattack must not be able to write into the caller's x
+        x_view = x.reshape(len(x), *shape).float().clone()
         with _isolate_pyautoattack():
             x_adv = self._run(predict, x_view, y)
         return x_adv.reshape(x.shape).to(x.dtype)
@@ -674,8 +682,8 @@ class Square(_PyAutoAttack):
     name = "square"
     needs_images = True
 
-    def __init__(self, eps: float, norm: str = "Linf", n_queries: int = 5000, restarts: int = 1,
-                 p_init: float = 0.8, seed: int = 0):
+    def __init__(self, eps: float, norm: str = "Linf", n_queries: int = 5000, seed: int = 0,
+                 restarts: int = 1, p_init: float = 0.8):
         super().__init__(eps, norm, seed)
         self.n_queries = _check_count(n_queries, "n_queries", 1)
         self.restarts = _check_count(restarts, "restarts", 1)
@@ -706,6 +714,7 @@ class AutoAttackStandard(_PyAutoAttack):
     least 4 classes ('rand', which only runs APGD-CE/DLR, needs 3).
     """
 
+    name = "autoattack"
     needs_images = True
     versions = ("standard", "plus", "rand")
 

@@ -82,6 +82,10 @@ class RobustMixin:
         # a fixed lam goes in as a Python float, so lam == 1 takes the exact plain path and lam == 0 skips a mix
         return self.get_lam() if self.learnable_lam else self.lam_value()
 
+    def _is_plain(self) -> bool:
+        # lam == 1 (fixed) or K == 0 is the original layer: run the parent's forward, bit for bit
+        return self.K == 0 or (not self.learnable_lam and self.lam_value() == 1.0)
+
     def _robust_repr(self) -> str:
         mode = "learnable" if self.learnable_lam else "fixed"
         extra = ", detach_weights=True" if self.detach_weights else ""
@@ -118,6 +122,8 @@ class RobustLinear(RobustMixin, nn.Linear):
         return plain
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._is_plain():
+            return super().forward(x)
         return RF.robust_linear(x, self.weight, self.bias, lam=self._lam_for_forward(), K=self.K, eps=self.eps,
                                 detach_weights=self.detach_weights)
 
@@ -162,6 +168,8 @@ class RobustConv2d(RobustMixin, nn.Conv2d):
         return plain
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._is_plain():
+            return super().forward(x)
         padding = self.padding
         if self.padding_mode != "zeros":
             # as nn.Conv2d._conv_forward: pad explicitly, then convolve without padding

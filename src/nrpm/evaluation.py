@@ -1,0 +1,224 @@
+"""Evaluation: build a (reprogrammed) model and measure clean and robust accuracy over a (lam x budget) grid.
+
+Results are written after every finished cell (atomically), so a run of hours can be interrupted and resumed
+without redoing finished (lam, budget) cells, provided the settings that define a cell did not change.
+"""
+
+from __future__ import annotations
+
+import inspect
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from . import attacks as A
+from . import data as D
+from . import reports
+from .models import create_model, load_checkpoint, load_pretrained, PRETRAINED_FILES
+from .reprogram import ReprogramConfig, reprogram, set_lam
+
+__all__ = ["EvalSettings", "build_model", "default_robust_layers", "run_eval", "evaluate_grid",
+           "resolve_device"]
+
+RESULTS_FORMAT = "nrpm-eval/1"
+
+# Which layers the paper made robust: all Linear/Conv of the MNIST models, the 3x3 block convs of the ResNets.
+_RESNET_BLOCK_CONVS = ["layer*.*.conv1", "layer*.*.conv2"]
+
+
+def default_robust_layers(model_name: str) -> list[str] | None:
+    """Module-name patterns reprogrammed by default (None = every nn.Linear / nn.Conv2d)."""
+    return list(_RESNET_BLOCK_CONVS) if model_name.startswith("resnet") else None
+
+
+@dataclass
+class EvalSettings:
+    """Everything that defines an evaluation run (saved with its results)."""
+
+    model: str
+    checkpoint: str | None = "pretrained"
+    lams: Sequence[float] = (1.0,)
+    K: int = 3
+    eps: float = 1e-3
+    layers: Sequence[str] | None = None  # None: default_robust_layers(model)
+    skip: Sequence[str] = ()
+    layer_types: Sequence[str] = ("linear", "conv2d")
+    attack: str = "fgsm"
+    attack_kwargs: dict = field(default_factory=dict)
+    budgets: Sequence[float] = (0.0,)
+    budget_unit: float = 1.0  # budgets are stored in [0, 1] input units; unit 255 only changes display
+    n_samples: int = 1000
+    batch_size: int = 250
+    seed: int = 0
+    data_root: str | None = None
+
+    def cell_key(self) -> dict:
+        """The settings a finished cell depends on; resuming requires them to be equal."""
+        d = asdict(self)
+        for k in ("lams", "budgets", "batch_size", "data_root", "budget_unit"):
+            d.pop(k)
+        return d
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_model(settings: EvalSettings, device: torch.device = torch.device("cpu")) -> tuple[torch.nn.Module, dict]:
+    """The model named in ``settings`` with its checkpoint, reprogrammed (paradigm 1, lam = lams[0])."""
+    info: dict = {}
+    ckpt = settings.checkpoint
+    if ckpt == "pretrained":
+        if settings.model not in PRETRAINED_FILES:
+            raise ValueError(f"no released checkpoint for model {settings.model!r} (available: "
+                             f"{sorted(PRETRAINED_FILES)}); pass --checkpoint PATH or --checkpoint none")
+        model, info = load_pretrained(settings.model)
+    else:
+        model = create_model(settings.model)
+        if ckpt not in (None, "none"):
+            info = load_checkpoint(model, ckpt)
+    model = model.to(device).eval()
+    layers = settings.layers if settings.layers is not None else default_robust_layers(settings.model)
+    config = ReprogramConfig(lam=settings.lams[0], K=settings.K, eps=settings.eps, paradigm=1,
+                             target_modules=layers, skip=list(settings.skip),
+                             target_types=list(settings.layer_types))
+    reprogram(model, config)
+    return model, info
+
+
+def _attack_factory(settings: EvalSettings) -> Callable[[float], A.Attack]:
+    kwargs = dict(settings.attack_kwargs)
+    factory = A.ATTACKS.get(settings.attack.lower().replace("_", "-")) or A.ATTACKS.get(settings.attack)
+    if factory is not None and "seed" in inspect.signature(factory).parameters and "seed" not in kwargs:
+        kwargs["seed"] = settings.seed
+    A.make_attack(settings.attack, 0.0, **kwargs)  # validate name and arguments before any work
+    return lambda eps: A.make_attack(settings.attack, eps, **kwargs)
+
+
+def evaluate_grid(model, x, y, lams, budgets, make_attack: Callable[[float], A.Attack], *, batch_size: int,
+                  done: dict | None = None, on_cell: Callable[[dict], None] | None = None,
+                  progress: bool = True, attack_name: str = "") -> list[dict]:
+    """Accuracy of ``model`` for every (lam, budget); budget 0 is clean accuracy.
+
+    Cells already in ``done`` ({(lam, budget): cell}) are kept, not recomputed; ``on_cell`` is called after each
+    new cell (used to save progress).
+    """
+    from tqdm.auto import tqdm
+
+    done = dict(done or {})
+    todo = [(lam, b) for lam in lams for b in budgets if (round(lam, 6), round(b, 9)) not in done]
+    bar = tqdm(total=len(lams) * len(budgets), initial=len(lams) * len(budgets) - len(todo), disable=not progress,
+               desc="eval cells", unit="cell")
+    for lam, budget in todo:
+        set_lam(model, lam)
+        start = time.perf_counter()
+        if budget == 0:
+            acc = A.clean_accuracy(model, x, y, batch_size=batch_size)
+        else:
+            acc = A.robust_accuracy(model, make_attack(budget), x, y, batch_size=batch_size)
+        cell = {"lam": lam, "budget": budget, "attack": "clean" if budget == 0 else attack_name,
+                "accuracy": acc, "correct": round(acc * len(x)), "n": len(x),
+                "seconds": round(time.perf_counter() - start, 3)}
+        done[(round(lam, 6), round(budget, 9))] = cell
+        if on_cell is not None:
+            on_cell(cell)
+        bar.set_postfix(lam=lam, budget=f"{budget:g}", acc=f"{100 * acc:.1f}")
+        bar.update(1)
+    bar.close()
+    return [done[(round(lam, 6), round(b, 9))] for lam in lams for b in budgets]
+
+
+def _versions() -> dict:
+    import numpy
+
+    import nrpm
+
+    return {"nrpm": nrpm.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version(), "machine": platform.machine(),
+            "threads": torch.get_num_threads()}
+
+
+def _load_previous(out_dir: Path, settings: EvalSettings, overwrite: bool) -> dict:
+    path = out_dir / "results.json"
+    if not path.exists() or overwrite:
+        return {}
+    previous = reports.read_json(path)
+    if previous.get("format") != RESULTS_FORMAT or previous.get("cell_key") != settings.cell_key():
+        raise ValueError(f"{path} holds results of other settings; resume needs the same model, checkpoint, "
+                         f"K, eps, layers, attack, samples and seed. Use another --out or --overwrite.")
+    return {(round(c["lam"], 6), round(c["budget"], 9)): c for c in previous["cells"]}
+
+
+def run_eval(settings: EvalSettings, out_dir: str | Path | None, *, device: str = "auto", progress: bool = True,
+             overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) an evaluation; write results.json/.csv/.md and accuracy.png under ``out_dir``."""
+    dev = resolve_device(device)
+    torch.manual_seed(settings.seed)
+    make_attack = _attack_factory(settings)
+    model, info = build_model(settings, dev)
+    x, y = D.load_dataset(model.dataset, root=settings.data_root, train=False)
+    x, y = D.subset(x, y, settings.n_samples)
+    out = Path(out_dir) if out_dir is not None else None
+    done = _load_previous(out, settings, overwrite) if out is not None else {}
+    if done:
+        log(f"resuming: {len(done)} finished cells found in {out / 'results.json'}")
+    cells_so_far = dict(done)
+    started = time.perf_counter()
+
+    def payload(cells):
+        return {"format": RESULTS_FORMAT, "settings": asdict(settings), "cell_key": settings.cell_key(),
+                "versions": _versions(), "device": str(dev), "checkpoint_info": _jsonable(info),
+                "robust_layers": sorted(n for n, _ in _robust_names(model)), "cells": cells}
+
+    def save(cell):
+        cells_so_far[(round(cell["lam"], 6), round(cell["budget"], 9))] = cell
+        if out is not None:
+            reports.write_json(out / "results.json", payload(list(cells_so_far.values())))
+
+    cells = evaluate_grid(model, x, y, settings.lams, settings.budgets, make_attack,
+                          batch_size=settings.batch_size, done=done, on_cell=save, progress=progress,
+                          attack_name=settings.attack)
+    result = payload(cells)
+    result["seconds_this_run"] = round(time.perf_counter() - started, 2)
+    table = reports.markdown_grid(cells, settings.lams, settings.budgets, unit=settings.budget_unit)
+    result["table"] = table
+    if out is not None:
+        reports.write_json(out / "results.json", result)
+        reports.write_grid_csv(out / "results.csv", cells)
+        reports.atomic_write_text(out / "table.md", _table_doc(settings, table))
+        curves = {f"lam={lam:g}": (list(settings.budgets),
+                                   [c["accuracy"] for c in cells if c["lam"] == lam]) for lam in settings.lams}
+        unit = f" (x1/{settings.budget_unit:g})" if settings.budget_unit != 1 else ""
+        reports.plot_curves(out / "accuracy.png", {k: ([b * settings.budget_unit for b in v[0]], v[1])
+                                                   for k, v in curves.items()},
+                            title=f"{settings.model}: {settings.attack}, K={settings.K}",
+                            xlabel=f"budget{unit}")
+    return result
+
+
+def _table_doc(settings: EvalSettings, table: str) -> str:
+    return (f"# {settings.model}, attack {settings.attack} {settings.attack_kwargs or ''}\n\n"
+            f"Accuracy (%) on the first {settings.n_samples} test images; rows lam (1 = original model), "
+            f"K={settings.K}, eps={settings.eps:g}, seed={settings.seed}.\n\n{table}\n")
+
+
+def _robust_names(model):
+    from .reprogram import robust_layers
+
+    return robust_layers(model).items()
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return repr(obj)

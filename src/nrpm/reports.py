@@ -1,0 +1,102 @@
+"""Result files: atomic writes, markdown tables, CSV and accuracy-vs-budget plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+__all__ = ["atomic_write_text", "write_json", "read_json", "markdown_grid", "write_grid_csv", "plot_curves",
+           "format_budget"]
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write to a temp file in the same folder, then rename: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def format_budget(budget: float, unit: float = 1.0) -> str:
+    """0.1 -> '0.1'; with unit 255, 8/255 -> '8/255'."""
+    if unit != 1.0:
+        return f"{budget * unit:g}/{unit:g}"
+    return f"{budget:g}"
+
+
+def _cell_map(cells: Iterable[dict]) -> dict[tuple[float, float], dict]:
+    return {(round(c["lam"], 6), round(c["budget"], 9)): c for c in cells}
+
+
+def markdown_grid(cells: Sequence[dict], lams: Sequence[float], budgets: Sequence[float], *, unit: float = 1.0,
+                  row_label: str = "lam", value_key: str = "accuracy") -> str:
+    """Rows lam, columns budgets (clean = budget 0 first), values in %; missing cells show as '…'."""
+    lookup = _cell_map(cells)
+    header = [row_label] + [("clean" if b == 0 else format_budget(b, unit)) for b in budgets]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for lam in lams:
+        row = [f"{lam:g}"]
+        for b in budgets:
+            cell = lookup.get((round(lam, 6), round(b, 9)))
+            row.append("…" if cell is None else f"{100 * cell[value_key]:.1f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def write_grid_csv(path, cells: Sequence[dict]) -> None:
+    fields = ["lam", "budget", "attack", "accuracy", "correct", "n", "seconds"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    for cell in sorted(cells, key=lambda c: (-c["lam"], c["budget"])):
+        writer.writerow(cell)
+    atomic_write_text(path, buf.getvalue())
+
+
+def plot_curves(path, curves: dict[str, tuple[Sequence[float], Sequence[float]]], *, title: str,
+                xlabel: str = "budget", ylabel: str = "accuracy (%)") -> None:
+    """One line per curve name: {label: (budgets, accuracies in [0, 1])}; saved atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: never needs a display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, (xs, ys) in curves.items():
+        ax.plot(xs, [100 * v for v in ys], marker="o", label=label)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=(-2, 102))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2 if len(curves) > 6 else 1)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
