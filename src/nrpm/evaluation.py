@@ -7,6 +7,7 @@ without redoing finished (lam, budget) cells, provided the settings that define 
 from __future__ import annotations
 
 import inspect
+import json
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -61,7 +62,7 @@ class EvalSettings:
         d = asdict(self)
         for k in ("lams", "budgets", "batch_size", "data_root", "budget_unit"):
             d.pop(k)
-        return d
+        return json.loads(json.dumps(d))  # as it reads back from results.json (tuples become lists)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
