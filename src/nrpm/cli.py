@@ -88,7 +88,7 @@ def _eval_settings(args):
                         attack=args.attack, attack_kwargs=_attack_kwargs(args.attack_arg),
                         budgets=_budgets(args.budgets, args.budget_unit), budget_unit=args.budget_unit,
                         n_samples=args.n_samples, batch_size=args.batch_size, seed=args.seed,
-                        data_root=args.data_root)
+                        data_root=args.data_root, split=args.split)
 
 
 def cmd_eval(args) -> int:
@@ -117,6 +117,8 @@ def _add_common_model_args(p) -> None:
     p.add_argument("--layer-types", nargs="+", default=["linear", "conv2d"], help="linear and/or conv2d")
     p.add_argument("--data-root", default=None, help="data folder (default $NRPM_DATA or ../shared/data)")
     p.add_argument("--n-samples", type=int, default=1000, help="first N test images (default 1000)")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="test: first N test images; val: last N training images (to choose lam without the test set)")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")

@@ -56,6 +56,8 @@ class EvalSettings:
     batch_size: int = 250
     seed: int = 0
     data_root: str | None = None
+    split: str = "test"  # "test": first n_samples test images; "val": last n_samples of the training split
+
 
     def cell_key(self) -> dict:
         """The settings a finished cell depends on; resuming requires them to be equal."""
@@ -91,6 +93,19 @@ def build_model(settings: EvalSettings, device: torch.device = torch.device("cpu
                              target_types=list(settings.layer_types))
     reprogram(model, config)
     return model, info
+
+
+def load_eval_samples(dataset: str, settings: EvalSettings):
+    """The evaluated samples: the first n test images, or for choosing hyper-parameters such as lam without
+    touching the test set, the last n images of the training split ("val")."""
+    if settings.split == "test":
+        return D.subset(*D.load_dataset(dataset, root=settings.data_root, train=False), settings.n_samples)
+    if settings.split == "val":
+        x, y = D.load_dataset(dataset, root=settings.data_root, train=True)
+        if settings.n_samples > len(x):
+            raise ValueError(f"--n-samples {settings.n_samples} exceeds the {len(x)} training images")
+        return x[-settings.n_samples:], y[-settings.n_samples:]
+    raise ValueError(f"split must be 'test' or 'val', got {settings.split!r}")
 
 
 def _attack_factory(settings: EvalSettings) -> Callable[[float], A.Attack]:
@@ -163,8 +178,7 @@ def run_eval(settings: EvalSettings, out_dir: str | Path | None, *, device: str 
     torch.manual_seed(settings.seed)
     make_attack = _attack_factory(settings)
     model, info = build_model(settings, dev)
-    x, y = D.load_dataset(model.dataset, root=settings.data_root, train=False)
-    x, y = D.subset(x, y, settings.n_samples)
+    x, y = load_eval_samples(model.dataset, settings)
     out = Path(out_dir) if out_dir is not None else None
     done = _load_previous(out, settings, overwrite) if out is not None else {}
     if done:

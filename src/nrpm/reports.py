@@ -6,27 +6,18 @@ import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from ._io import atomic_write
 
 __all__ = ["atomic_write_text", "write_json", "read_json", "markdown_grid", "write_grid_csv", "plot_curves",
            "format_budget"]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write ``text`` atomically (temp file + rename): readers never see a half-written file."""
+    atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def write_json(path, obj) -> None:
@@ -89,14 +80,7 @@ def plot_curves(path, curves: dict[str, tuple[Sequence[float], Sequence[float]]]
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2 if len(curves) > 6 else 1)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from . import functional as RF
+from ._io import atomic_write
 from .nn import RobustConv2d, RobustLinear, RobustMixin
 
 __all__ = [
@@ -238,17 +238,7 @@ def undo_reprogramming(model: nn.Module) -> nn.Module:
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """torch.save to a temp file in the same folder, then rename: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def reprogramming_state(model: nn.Module) -> dict:

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Paradigm-1 tables on the paper's checkpoints (the Experiments issue). Every run is resumable: rerun this
+# script after an interruption and finished (lam, budget) cells are skipped. Usage:
+#   scripts/reproduce_paradigm1.sh [mnist|cifar|cifar-aa|all]     (default all)
+# Outputs land in results/paradigm1/<run>/ (results.json/.csv, table.md, accuracy.png); then
+#   .venv/bin/python scripts/compare_paper.py    writes results/paradigm1/COMPARISON.md
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NRPM=${NRPM:-.venv/bin/nrpm}
+OUT=results/paradigm1
+what=${1:-all}
+MNIST_LAMS="1.0 0.9 0.8 0.7 0.6 0.5 0.4 0.3 0.2 0.1 0.0"
+MNIST_BUDGETS="0 0.05 0.1 0.15 0.2 0.25 0.3"
+
+mnist() {
+  for model in mlp3 lenet; do
+    for ke in "1 5e-5" "3 1e-3"; do
+      set -- $ke
+      $NRPM eval --model $model --lam $MNIST_LAMS --K $1 --eps $2 --attack fgsm \
+        --budgets $MNIST_BUDGETS --n-samples 1000 --no-progress --out $OUT/${model}_fgsm_K$1
+      $NRPM eval --model $model --lam $MNIST_LAMS --K $1 --eps $2 --attack pgd \
+        --attack-arg steps=40 --budgets $MNIST_BUDGETS --n-samples 1000 --no-progress --out $OUT/${model}_pgd40_K$1
+    done
+  done
+}
+
+cifar() {
+  # PGD-20, step 2/255, random start, on the first 1000 test images; robust 3x3 block convs (the default)
+  $NRPM eval --model resnet18_narrow --lam 1.0 0.9 0.8 0.7 0.6 0.5 0.4 --K 3 --eps 1e-3 --attack pgd \
+    --attack-arg steps=20 --attack-arg alpha=0.00784313725490196 --budgets 0 8 16 32 --budget-unit 255 \
+    --n-samples 1000 --batch-size 200 --no-progress --out $OUT/resnet18_narrow_pgd20_K3
+}
+
+cifar_aa() {
+  # choose lam on held-out training images (never the test set): PGD-20 at 8/255 on the last 500 train images
+  $NRPM eval --model resnet18_narrow --split val --lam 1.0 0.9 0.8 0.7 0.6 0.5 0.4 --K 3 --eps 1e-3 \
+    --attack pgd --attack-arg steps=20 --attack-arg alpha=0.00784313725490196 --budgets 8 --budget-unit 255 \
+    --n-samples 500 --batch-size 250 --no-progress --out $OUT/resnet18_narrow_val_lam_choice
+  best=$(.venv/bin/python scripts/best_lam.py $OUT/resnet18_narrow_val_lam_choice/results.json)
+  echo "lam chosen on held-out training images: $best"
+  $NRPM eval --model resnet18_narrow --lam 1.0 $best --K 3 --eps 1e-3 --attack autoattack --budgets 8 \
+    --budget-unit 255 --n-samples 500 --batch-size 250 --no-progress --out $OUT/resnet18_narrow_autoattack_K3
+}
+
+case $what in
+  mnist) mnist ;;
+  cifar) cifar ;;
+  cifar-aa) cifar_aa ;;
+  all) mnist; cifar; cifar_aa ;;
+  *) echo "usage: $0 [mnist|cifar|cifar-aa|all]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,195 @@
+"""``nrpm train`` (base models, standard or adversarial) and ``nrpm reprogram --paradigm 2|3`` (fine-tuning).
+
+Wire into the main parser with ``add_train_parsers(subparsers)``. Both run unchanged under
+``torchrun --nproc_per_node=N -m nrpm.cli ...`` (or ``torchrun --nproc_per_node=N $(which nrpm) ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["add_train_parsers", "cmd_train", "cmd_reprogram", "config_from_args", "tests_from_args"]
+
+
+def _kv(items, flag: str) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} wants KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _per_unit(value, unit: float):
+    return None if value is None else value / unit
+
+
+def config_from_args(args, paradigm: int):
+    """A TrainConfig from parsed ``train`` / ``reprogram`` arguments (budgets divided by --budget-unit)."""
+    from .train import TrainConfig
+
+    if args.budget_unit <= 0:
+        raise ValueError(f"--budget-unit must be > 0, got {args.budget_unit}")
+    unit = args.budget_unit
+    kwargs = dict(
+        model=args.model, paradigm=paradigm, checkpoint=None if args.checkpoint in (None, "none") else args.checkpoint,
+        attack=args.attack, attack_eps=args.attack_eps / unit, attack_steps=args.attack_steps,
+        attack_alpha=_per_unit(args.attack_alpha, unit), random_start=args.random_start,
+        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+        momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
+        milestones=args.milestones or (), gamma=args.gamma, augment=args.augment, train_subset=args.train_subset,
+        val_size=args.val_size, val_attack=args.val_attack, val_eps=_per_unit(args.val_eps, unit),
+        val_steps=args.val_steps, seed=args.seed, data_root=args.data_root,
+    )
+    if paradigm:
+        kwargs.update(lam=args.lam, K=args.K, eps=args.eps, layers=args.layers, skip=args.skip or (),
+                      layer_types=args.layer_types, lam_lr=args.lam_lr, bn_mode=args.bn_mode)
+    else:
+        kwargs.update(bn_mode=args.bn_mode)
+    return TrainConfig(**kwargs)
+
+
+def tests_from_args(args) -> list:
+    from .train import TestSettings
+
+    if not args.test_attack:
+        return []
+    budgets = [b / args.budget_unit for b in args.test_budgets]
+    kwargs = _kv(args.test_attack_arg, "--test-attack-arg")
+    return [TestSettings(attack=args.test_attack, attack_kwargs=kwargs, budgets=budgets, n_samples=args.test_samples,
+                         batch_size=args.test_batch_size, budget_unit=args.budget_unit)]
+
+
+def _run(args, paradigm: int) -> int:
+    from .train import run_training
+
+    config = config_from_args(args, paradigm)
+    tests = tests_from_args(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    summary = run_training(config, args.out, device=args.device, resume=args.resume, overwrite=args.overwrite,
+                           max_minutes=args.max_minutes, progress=not args.no_progress,
+                           tensorboard=args.tensorboard, test=tests,
+                           log=lambda m: print(m, file=sys.stderr, flush=True))
+    from . import distributed as dist
+
+    if dist.is_main():
+        print(json.dumps({k: summary[k] for k in ("epochs_done", "stopped", "train_seconds", "lam", "artifacts")}))
+        for label, res in summary["tests"].items():
+            print(f"\n{label}:\n{res['table']}")
+    dist.cleanup()
+    return 0
+
+
+def cmd_train(args) -> int:
+    return _run(args, 0)
+
+
+def cmd_reprogram(args) -> int:
+    if args.paradigm not in (2, 3):
+        hint = " (paradigm 1 trains nothing: use nrpm eval --lam)" if args.paradigm == 1 else ""
+        raise ValueError(f"unknown paradigm {args.paradigm}: nrpm reprogram trains paradigm 2 (lam only) or 3 "
+                         f"(weights and lam){hint}")
+    return _run(args, args.paradigm)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser, *, checkpoint_default: str, lr: float, optimizer: str, wd: float) -> None:
+    p.add_argument("--model", required=True, help="registry name: mlp3, lenet, resnet18_narrow, ...")
+    p.add_argument("--checkpoint", default=checkpoint_default,
+                   help=f"'pretrained' (the paper's file), a checkpoint path, or 'none' (default {checkpoint_default})")
+    p.add_argument("--out", required=True, help="output folder: checkpoint.pt, logs, artifacts, run.json")
+    g = p.add_argument_group("adversarial examples")
+    g.add_argument("--attack", default="none", choices=["none", "fgsm", "pgd"], help="training attack")
+    g.add_argument("--attack-eps", type=float, default=0.0, help="budget, in --budget-unit (e.g. 0.3, or 8 with 255)")
+    g.add_argument("--attack-steps", type=int, default=None, help="PGD steps (default 7; fgsm: 1)")
+    g.add_argument("--attack-alpha", type=float, default=None,
+                   help="step size in --budget-unit (default fgsm: eps, pgd: 2.5 eps / steps)")
+    g.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=None,
+                   help="uniform random start in the eps ball (default: on for pgd, off for fgsm)")
+    g.add_argument("--budget-unit", type=float, default=1.0,
+                   help="divide every budget and step size by this (255: give 8 for 8/255)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--batch-size", type=int, default=128, help="global batch (split evenly over processes)")
+    g.add_argument("--optimizer", default=optimizer, choices=["sgd", "adam", "adamw"])
+    g.add_argument("--lr", type=float, default=lr, help=f"learning rate (default {lr:g})")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--nesterov", action="store_true")
+    g.add_argument("--weight-decay", type=float, default=wd, help="never applied to lam logits")
+    g.add_argument("--schedule", default="cosine", choices=["constant", "step", "cosine"], help="per epoch")
+    g.add_argument("--milestones", type=int, nargs="+", default=None, help="epochs where step decays the lr")
+    g.add_argument("--gamma", type=float, default=0.1, help="step decay factor")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop + flip (default: on for CIFAR-10, off for MNIST)")
+    g.add_argument("--train-subset", type=int, default=None, help="a random subset of N training images per epoch")
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("held-out check (last --val-size training images)")
+    g.add_argument("--val-size", type=int, default=1000)
+    g.add_argument("--val-attack", default=None, choices=["none", "fgsm", "pgd"], help="default: the training attack")
+    g.add_argument("--val-eps", type=float, default=None, help="default: --attack-eps (in --budget-unit)")
+    g.add_argument("--val-steps", type=int, default=None)
+    g = p.add_argument_group("final test evaluation (first --test-samples test images)")
+    g.add_argument("--test-attack", default=None, help="fgsm, pgd, ... (nrpm.attacks names); none by default")
+    g.add_argument("--test-attack-arg", action="append", metavar="KEY=VALUE", help="e.g. steps=40 (repeatable)")
+    g.add_argument("--test-budgets", type=float, nargs="+", default=[0.0], help="in --budget-unit; 0 = clean")
+    g.add_argument("--test-samples", type=int, default=1000)
+    g.add_argument("--test-batch-size", type=int, default=250)
+    g = p.add_argument_group("run control")
+    g.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+                   help="continue from --out/checkpoint.pt (or the given file); settings must match")
+    g.add_argument("--overwrite", action="store_true", help="start again even if --out has a checkpoint")
+    g.add_argument("--max-minutes", type=float, default=None,
+                   help="budget of optimisation time; stops at an epoch boundary")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: one GPU per process)")
+    g.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads per process")
+    g.add_argument("--data-root", default=None, help="data folder (default $NRPM_DATA or ../shared/data)")
+    g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars (if installed)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_train_parsers(subparsers) -> None:
+    """Add ``train`` and ``reprogram`` to an argparse subparsers object (handlers in ``func``)."""
+    tr = subparsers.add_parser("train", help="train a plain model, standard or adversarial (FGSM / PGD-k)",
+                               description="Train a plain (not reprogrammed) model: standard or adversarial "
+                                           "training, resumable, data-parallel under torchrun.")
+    _common(tr, checkpoint_default="none", lr=0.1, optimizer="sgd", wd=5e-4)
+    tr.add_argument("--bn-mode", default="auto", choices=["auto", "train", "eval"],
+                    help="BatchNorm mode while training (auto: train)")
+    tr.set_defaults(func=cmd_train)
+
+    rp = subparsers.add_parser("reprogram", help="fine-tune a reprogrammed model: paradigm 2 (lam) or 3 (all)",
+                               description="Paradigm 2: only the per-layer lam learns (weights and BatchNorm "
+                                           "statistics frozen; saves reprogramming.pt). Paradigm 3: weights and "
+                                           "lam learn (saves model.pt + reprogramming.pt).")
+    rp.add_argument("--paradigm", type=int, required=True, help="2 (lam only) or 3 (weights and lam)")
+    _common(rp, checkpoint_default="pretrained", lr=0.01, optimizer="adam", wd=0.0)
+    g = rp.add_argument_group("reprogramming")
+    g.add_argument("--lam", type=float, default=0.5, help="initial lam of every robust layer (default 0.5)")
+    g.add_argument("--lam-lr", type=float, default=None, help="learning rate of the lam logits (default --lr)")
+    g.add_argument("--K", type=int, default=3, help="IRLS steps")
+    g.add_argument("--eps", type=float, default=1e-3, help="IRLS eps")
+    g.add_argument("--layers", nargs="+", default=None,
+                   help="module names/globs (default: all Linear/Conv2d; ResNets: 3x3 block convs)")
+    g.add_argument("--skip", nargs="+", default=None)
+    g.add_argument("--layer-types", nargs="+", default=["linear", "conv2d"])
+    g.add_argument("--bn-mode", default="auto", choices=["auto", "train", "eval"],
+                   help="auto: eval (frozen statistics) for paradigm 2, train for paradigm 3")
+    rp.set_defaults(func=cmd_reprogram)

@@ -1,0 +1,277 @@
+"""Tests for nrpm.audit (the adaptive-attack audit) and the `nrpm audit` / `nrpm audit-table` commands.
+
+Tiny models on a synthetic 5-class problem (inputs in [0, 1]^36, viewable as 6 x 6 images for Square), small
+budgets and step counts: a plain reprogrammed model must pass, deliberately gradient-masked ones must fail.
+"""
+
+import argparse
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import nrpm
+from nrpm import audit as AU
+from nrpm.audit import FAIL, PASS, SKIP, WARN, lam_one, run_audit, straight_through
+
+N_CLASSES, D = 5, 36
+BUDGETS = [0.1, 0.2]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny models: one thread is faster and avoids contention on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _data(n, seed):
+    prototypes = torch.rand(N_CLASSES, D, generator=torch.Generator().manual_seed(123))
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, N_CLASSES, (n,), generator=g)
+    return (prototypes[y] + 0.25 * torch.randn(n, D, generator=g)).clamp(0, 1), y
+
+
+def _trained_linear():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(D, N_CLASSES))
+    x, y = _data(2000, 1)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(200):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+class Round(nn.Module):
+    """Quantises the input: zero gradient everywhere (the textbook gradient-masking defense)."""
+
+    def forward(self, x):
+        return torch.round(x * 4) / 4
+
+
+class _ZeroGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t):
+        return t.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.zeros_like(grad)
+
+
+class MaskedRobustLinear(nrpm.RobustLinear):
+    """A robust layer whose backward is broken (returns zero): BPDA and transfer must expose it."""
+
+    def forward(self, x):
+        return _ZeroGrad.apply(super().forward(x))
+
+
+class Noisy(nn.Module):
+    def forward(self, x):
+        return x + 0.05 * torch.randn_like(x)
+
+
+def _reprogrammed(model, lam=0.8):
+    return nrpm.reprogram(model, nrpm.ReprogramConfig(lam=lam, K=1))
+
+
+FAST = dict(steps=40, apgd_steps=20, square_queries=200, seed=0)
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return _data(100, 7)
+
+
+@pytest.fixture(scope="module")
+def good_report(samples):
+    model = _reprogrammed(_trained_linear())
+    return run_audit(model, *samples, budgets=BUDGETS, compare_plain=False, autoattack=True,
+                     **{**FAST, "apgd_steps": 50})
+
+
+@pytest.fixture(scope="module")
+def masked_report(samples):
+    model = _reprogrammed(nn.Sequential(Round(), _trained_linear()))
+    return run_audit(model, *samples, budgets=BUDGETS, compare_plain=True, autoattack=False, **FAST)
+
+
+# ------------------------------------------------------------------------------------------ the two verdicts
+def test_plain_small_model_passes(good_report):
+    verdicts = {c.id: c.verdict for c in good_report.checks}
+    assert sorted(verdicts) == [1, 2, 3, 4, 5, 6, 7]
+    assert good_report.passed and good_report.verdict in (PASS, WARN), good_report.to_markdown()
+    assert all(v in (PASS, WARN) for v in verdicts.values()), verdicts
+    assert verdicts[1] == verdicts[2] == verdicts[3] == PASS
+    assert not good_report.errors
+    # the unbounded budget breaks everything; the worst case is below every single attack
+    assert good_report.check(3).numbers["unbounded_accuracy"] == 0.0
+    for b in BUDGETS:
+        singles = [c["accuracy"] for c in good_report.cells if c["budget"] == b and not c.get("extra")]
+        assert good_report.worst_case["nrpm"][b] <= min(singles)
+    assert good_report.accuracy("autoattack", BUDGETS[-1]) is not None
+
+
+def test_gradient_masked_model_fails(masked_report):
+    verdicts = {c.id: c.verdict for c in masked_report.checks}
+    assert masked_report.verdict == FAIL and not masked_report.passed
+    assert verdicts[2] == FAIL                     # zero input gradients
+    assert verdicts[3] == FAIL                     # accuracy stays up at Linf 1.0
+    assert verdicts[5] == FAIL                     # Square beats every white-box attack
+    assert verdicts[7] == SKIP                     # autoattack=False
+    assert masked_report.check(2).numbers["fraction_margin"] == 0.0
+    md = masked_report.to_markdown()
+    assert "**Verdict: FAIL**" in md and "plain (lam=1)" in md   # the plain model's rows are in the table
+
+
+def test_bpda_and_transfer_expose_a_robust_layer_with_a_broken_backward(samples):
+    torch.manual_seed(0)
+    plain = _trained_linear()
+    model = nn.Sequential(MaskedRobustLinear.from_module(plain[0], lam=0.8, K=1))
+    report = run_audit(model, *samples, budgets=[0.2], compare_plain=False, autoattack=False,
+                       **{**FAST, "steps": 10, "square_queries": 50})
+    check6 = report.check(6)
+    assert check6.verdict == FAIL, check6
+    assert check6.numbers["bpda"]["largest_lead"] > 0.2
+    assert check6.numbers["transfer"]["largest_lead"] > 0.2
+    assert report.check(2).verdict == FAIL
+
+
+def test_under_converged_pgd_fails_the_steps_check(samples):
+    model = _reprogrammed(_trained_linear())
+    report = run_audit(model, *samples, budgets=[0.2], compare_plain=False, autoattack=False,
+                       steps=2, alpha=0.2 / 40, apgd_steps=10, square_queries=20, seed=0)
+    check4 = report.check(4)
+    assert check4.verdict == FAIL, check4
+    assert check4.numbers["pgd-x4-steps"]["drop"] > 0.04
+
+
+# ------------------------------------------------------------------------------------------ check 1 pieces
+def test_check1_flags_randomness_and_a_wrong_base(samples):
+    x, _ = samples
+    layers = nrpm.robust_layers
+    good = _reprogrammed(_trained_linear())
+    base = nrpm.undo_reprogramming(_reprogrammed(_trained_linear()))
+    ok = AU._check_lam_and_determinism(good, base, layers(good), x, 64, torch.device("cpu"), AU.Tolerances())
+    assert ok.verdict == PASS and ok.numbers["lam1_max_abs_diff"] == 0.0
+
+    noisy = _reprogrammed(nn.Sequential(Noisy(), _trained_linear()))
+    bad = AU._check_lam_and_determinism(noisy, None, layers(noisy), x, 64, torch.device("cpu"), AU.Tolerances())
+    assert bad.verdict == FAIL
+
+    other = nn.Sequential(nn.Linear(D, N_CLASSES))  # different weights: lam = 1 cannot reproduce it
+    wrong = AU._check_lam_and_determinism(good, other, layers(good), x, 64, torch.device("cpu"), AU.Tolerances())
+    assert wrong.verdict == FAIL
+
+
+def test_lam_one_is_exact_for_a_learnable_lam_and_restores_it(samples):
+    x, _ = samples
+    model = nrpm.reprogram(_trained_linear(), nrpm.ReprogramConfig(lam=0.3, K=2, paradigm=2))
+    base = nrpm.undo_reprogramming(nrpm.reprogram(_trained_linear(), nrpm.ReprogramConfig(lam=0.3, K=2)))
+    before = [p.detach().clone() for p in nrpm.lam_parameters(model)]
+    with torch.no_grad():
+        robust = model(x)
+        with lam_one(model):
+            at_one = model(x)
+        after = model(x)
+    assert torch.allclose(at_one, base(x), atol=1e-5)
+    assert not torch.allclose(robust, at_one, atol=1e-3)
+    assert torch.equal(robust, after)
+    assert all(torch.equal(a, b) for a, b in zip(before, nrpm.lam_parameters(model)))
+
+
+def test_straight_through_forward_value_plain_gradient_and_restore(samples):
+    x, y = samples
+    model = _reprogrammed(_trained_linear(), lam=0.3)
+    layer = nrpm.robust_layers(model)["0"]
+    xg = x[:8].clone().requires_grad_(True)
+    with torch.no_grad():
+        robust_out = model(x[:8])
+    with straight_through(model):
+        out = model(xg)
+        (grad,) = torch.autograd.grad(out[:, 0].sum(), xg)
+    assert torch.allclose(out, robust_out, atol=1e-6)
+    assert torch.allclose(grad, layer.weight[0].expand_as(grad))  # the plain linear layer's gradient
+    assert "forward" not in layer.__dict__
+
+
+def test_audit_leaves_the_model_as_it_found_it(samples):
+    model = _reprogrammed(_trained_linear(), lam=0.8)
+    model.train()
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    report = run_audit(model, *samples, budgets=[0.2], lam=0.5, compare_plain=False, autoattack=False,
+                       steps=3, apgd_steps=3, square_queries=10, seed=0)
+    assert report.settings["robust_layers"]["0"]["lam"] == 0.5
+    assert nrpm.lam_table(model) == {"0": 0.8}
+    assert model.training and flags == {n: p.requires_grad for n, p in model.named_parameters()}
+    assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+# ------------------------------------------------------------------------------------------ files and cache
+def test_report_files_and_resume(samples, tmp_path, monkeypatch):
+    model = _reprogrammed(_trained_linear())
+    kwargs = dict(budgets=[0.2], compare_plain=True, autoattack=False, steps=3, apgd_steps=3, square_queries=10,
+                  seed=0, cache_path=tmp_path / "cache.json")
+    first = run_audit(model, *samples, **kwargs)
+    paths = first.save(tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert data["format"] == "nrpm-audit/1" and data["verdict"] == first.verdict
+    assert [c["id"] for c in data["checks"]] == [1, 2, 3, 4, 5, 6, 7]
+    assert paths["md"].read_text().startswith("# nrpm audit")
+    assert paths["png"].stat().st_size > 0
+
+    def no_attacks(*args, **kwargs):
+        raise AssertionError("a cached cell was recomputed")
+
+    monkeypatch.setattr(AU._Runner, "_attack", no_attacks)
+    second = run_audit(model, *samples, **kwargs)
+    assert [(c["attack"], c["accuracy"]) for c in second.cells] == [(c["attack"], c["accuracy"]) for c in first.cells]
+    assert [c.verdict for c in second.checks] == [c.verdict for c in first.checks]
+    other = _reprogrammed(nn.Sequential(nn.Linear(D, N_CLASSES)))
+    with pytest.raises(ValueError, match="another model"):
+        run_audit(other, *samples, **kwargs)
+
+
+def test_bad_arguments(samples):
+    model = _reprogrammed(_trained_linear())
+    with pytest.raises(ValueError, match="budget"):
+        run_audit(model, *samples, budgets=[0])
+    with pytest.raises(ValueError, match="norm"):
+        run_audit(model, *samples, budgets=[0.1], norm="L1")
+    with pytest.raises(ValueError, match="no robust layers"):
+        run_audit(_trained_linear(), *samples, budgets=[0.1], lam=0.5)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _cli(argv):
+    from nrpm.cli_audit import add_audit_parser
+
+    parser = argparse.ArgumentParser(prog="nrpm")
+    add_audit_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_audit_and_table(shared_dir, tmp_path, capsys):
+    out = tmp_path / "mlp3"
+    rc = _cli(["audit", "--model", "mlp3", "--lam", "0.8", "--K", "1", "--n-samples", "12", "--budgets", "0.1",
+               "--steps", "2", "--apgd-steps", "2", "--square-queries", "5", "--no-autoattack", "--no-progress",
+               "--out", str(out)])
+    data = json.loads((out / "audit.json").read_text())
+    assert rc == (1 if data["verdict"] == FAIL else 0)
+    assert (out / "audit.md").exists() and (out / "audit.png").exists() and (out / "cache.json").exists()
+    assert data["settings"]["eval_settings"]["model"] == "mlp3"
+    assert "plain" in data["worst_case"] and data["settings"]["n"] == 12
+    assert "# nrpm audit: mlp3" in capsys.readouterr().out
+
+    assert _cli(["audit-table", str(out), "--out", str(tmp_path / "TABLES.md")]) == 0
+    table = (tmp_path / "TABLES.md").read_text()
+    assert "mlp3" in table and "worst case" in table
+
+    with pytest.raises(SystemExit):
+        _cli(["audit", "--model", "mlp3", "--lam", "0.8", "0.7", "--n-samples", "4"])
