@@ -92,15 +92,20 @@ def _eval_settings(args):
 
 
 def cmd_eval(args) -> int:
+    from . import distributed as dist
     from .evaluation import run_eval
 
     settings = _eval_settings(args)
-    result = run_eval(settings, args.out, device=args.device, progress=not args.no_progress,
-                      overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
-    print(result["table"])
-    if args.out:
-        print(f"\nresults: {Path(args.out) / 'results.json'} (+ results.csv, table.md, accuracy.png); "
-              f"{result['seconds_this_run']:.1f} s this run", file=sys.stderr)
+    try:
+        result = run_eval(settings, args.out, device=args.device, progress=not args.no_progress,
+                          overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
+        if dist.is_main():
+            print(result["table"])
+            if args.out:
+                print(f"\nresults: {Path(args.out) / 'results.json'} (+ results.csv, table.md, accuracy.png); "
+                      f"{result['seconds_this_run']:.1f} s this run", file=sys.stderr)
+    finally:
+        dist.cleanup()
     return 0
 
 
@@ -153,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, help="output folder (results.json/.csv, table.md, accuracy.png)")
     ev.add_argument("--overwrite", action="store_true", help="ignore earlier results in --out instead of resuming")
     ev.set_defaults(func=cmd_eval)
+
+    from .cli_train import add_train_parsers
+
+    add_train_parsers(sub)
     return parser
 
 
@@ -165,7 +174,11 @@ def main(argv=None) -> int:
         print(f"nrpm {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"nrpm {args.command}: interrupted; finished cells are saved, rerun to resume", file=sys.stderr)
+        if args.command in ("train", "reprogram"):
+            hint = "the last finished epoch is in OUT/checkpoint.pt; rerun with --resume"
+        else:
+            hint = "finished cells are saved; rerun the same command to resume"
+        print(f"nrpm {args.command}: interrupted; {hint}", file=sys.stderr)
         return 130
 
 

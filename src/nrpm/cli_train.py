@@ -148,13 +148,15 @@ def _common(p: argparse.ArgumentParser, *, checkpoint_default: str, lr: float, o
     g.add_argument("--val-steps", type=int, default=None)
     g = p.add_argument_group("final test evaluation (first --test-samples test images)")
     g.add_argument("--test-attack", default=None, help="fgsm, pgd, ... (nrpm.attacks names); none by default")
-    g.add_argument("--test-attack-arg", action="append", metavar="KEY=VALUE", help="e.g. steps=40 (repeatable)")
+    g.add_argument("--test-attack-arg", action="append", metavar="KEY=VALUE",
+                   help="e.g. steps=40, alpha=0.00784 (repeatable; values in [0, 1] input units, not --budget-unit)")
     g.add_argument("--test-budgets", type=float, nargs="+", default=[0.0], help="in --budget-unit; 0 = clean")
     g.add_argument("--test-samples", type=int, default=1000)
     g.add_argument("--test-batch-size", type=int, default=250)
     g = p.add_argument_group("run control")
     g.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
-                   help="continue from --out/checkpoint.pt (or the given file); settings must match")
+                   help="continue from --out/checkpoint.pt (or the given file; 'auto': resume if it exists, else "
+                        "start); the settings must match. A finished run only runs the --test-* evaluation")
     g.add_argument("--overwrite", action="store_true", help="start again even if --out has a checkpoint")
     g.add_argument("--max-minutes", type=float, default=None,
                    help="budget of optimisation time; stops at an epoch boundary")

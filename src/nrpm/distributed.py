@@ -148,8 +148,11 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
-    """Leave the process group (no-op when none)."""
+    """Leave the process group (no-op when none), after a barrier so no rank tears down its connections while
+    another still talks to it."""
     if is_initialized():
+        if get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -196,14 +199,14 @@ def per_rank_batch_size(batch_size: int, world_size: int | None = None) -> int:
 # ------------------------------------------------------------------------------------------------ collectives
 def all_reduce_sum(value):
     """Sum of ``value`` over all ranks: an int, a float or a tensor (a new tensor on the input's device)."""
+    if not isinstance(value, torch.Tensor) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise TypeError(f"all_reduce_sum takes an int, a float or a tensor, got {type(value).__name__}")
     if not (is_initialized() and get_world_size() > 1):
         return value.clone() if isinstance(value, torch.Tensor) else value
     if isinstance(value, torch.Tensor):
         t = value.detach().to(_comm_device(), copy=True)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.to(value.device)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"all_reduce_sum takes an int, a float or a tensor, got {type(value).__name__}")
     dtype = torch.int64 if isinstance(value, int) else torch.float64
     t = torch.tensor(value, dtype=dtype, device=_comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.SUM)

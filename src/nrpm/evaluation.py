@@ -18,6 +18,7 @@ import torch
 
 from . import attacks as A
 from . import data as D
+from . import distributed as dist
 from . import reports
 from .models import create_model, load_checkpoint, load_pretrained, PRETRAINED_FILES
 from .reprogram import ReprogramConfig, reprogram, set_lam
@@ -129,20 +130,23 @@ def evaluate_grid(model, x, y, lams, budgets, make_attack: Callable[[float], A.A
 
     done = dict(done or {})
     todo = [(lam, b) for lam in lams for b in budgets if (round(lam, 6), round(b, 9)) not in done]
-    bar = tqdm(total=len(lams) * len(budgets), initial=len(lams) * len(budgets) - len(todo), disable=not progress,
-               desc="eval cells", unit="cell")
+    bar = tqdm(total=len(lams) * len(budgets), initial=len(lams) * len(budgets) - len(todo),
+               disable=not progress or not dist.is_main(), desc="eval cells", unit="cell")
     for lam, budget in todo:
         set_lam(model, lam)
         start = time.perf_counter()
         if budget == 0:
-            acc = A.clean_accuracy(model, x, y, batch_size=batch_size)
+            measure = lambda xs, ys: A.clean_accuracy(model, xs, ys, batch_size=batch_size)
         else:
-            acc = A.robust_accuracy(model, make_attack(budget), x, y, batch_size=batch_size)
+            attack = make_attack(budget)
+            measure = lambda xs, ys: A.robust_accuracy(model, attack, xs, ys, batch_size=batch_size)
+        correct = dist.sharded_correct(measure, x, y)  # this rank's block of x; counts summed over ranks
+        acc = correct / len(x)
         cell = {"lam": lam, "budget": budget, "attack": "clean" if budget == 0 else attack_name,
-                "accuracy": acc, "correct": round(acc * len(x)), "n": len(x),
+                "accuracy": acc, "correct": correct, "n": len(x),
                 "seconds": round(time.perf_counter() - start, 3)}
         done[(round(lam, 6), round(budget, 9))] = cell
-        if on_cell is not None:
+        if on_cell is not None and dist.is_main():
             on_cell(cell)
         bar.set_postfix(lam=lam, budget=f"{budget:g}", acc=f"{100 * acc:.1f}")
         bar.update(1)
@@ -174,7 +178,7 @@ def _load_previous(out_dir: Path, settings: EvalSettings, overwrite: bool) -> di
 def run_eval(settings: EvalSettings, out_dir: str | Path | None, *, device: str = "auto", progress: bool = True,
              overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) an evaluation; write results.json/.csv/.md and accuracy.png under ``out_dir``."""
-    dev = resolve_device(device)
+    dev = dist.init_from_env(device).device  # torchrun: joins the group, one GPU per local rank
     torch.manual_seed(settings.seed)
     make_attack = _attack_factory(settings)
     model, info = build_model(settings, dev)
@@ -193,7 +197,7 @@ def run_eval(settings: EvalSettings, out_dir: str | Path | None, *, device: str 
 
     def save(cell):
         cells_so_far[(round(cell["lam"], 6), round(cell["budget"], 9))] = cell
-        if out is not None:
+        if out is not None and dist.is_main():
             reports.write_json(out / "results.json", payload(list(cells_so_far.values())))
 
     cells = evaluate_grid(model, x, y, settings.lams, settings.budgets, make_attack,
@@ -203,7 +207,7 @@ def run_eval(settings: EvalSettings, out_dir: str | Path | None, *, device: str 
     result["seconds_this_run"] = round(time.perf_counter() - started, 2)
     table = reports.markdown_grid(cells, settings.lams, settings.budgets, unit=settings.budget_unit)
     result["table"] = table
-    if out is not None:
+    if out is not None and dist.is_main():
         reports.write_json(out / "results.json", result)
         reports.write_grid_csv(out / "results.csv", cells)
         reports.atomic_write_text(out / "table.md", _table_doc(settings, table))

@@ -40,11 +40,15 @@ reduction order. (This is DistributedSampler's contract, disjoint per-rank shard
 applied per batch instead of per epoch: a per-epoch DistributedSampler makes rank r's i-th batch a different set
 of images than one process's i-th batch.) Exceptions: dropout masks come from per-rank RNGs, and BatchNorm in
 train mode uses per-rank batch statistics on CPU (on CUDA it is converted to SyncBatchNorm, which is exact).
+
+CPU threads: on a busy machine give each process one thread (``--threads 1`` or ``OMP_NUM_THREADS=1``; torchrun
+sets the latter); two OpenMP threads competing with other jobs for two cores were measured 5-10x slower.
 """
 
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import math
@@ -53,7 +57,6 @@ import platform
 import random
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -159,7 +162,8 @@ class TrainConfig:
             self.attack_steps = _count(default_steps if self.attack_steps is None else self.attack_steps,
                                        "attack steps", 1)
             if self.attack_alpha is None:
-                self.attack_alpha = self.attack_eps if self.attack == "fgsm" else 2.5 * self.attack_eps / self.attack_steps
+                fgsm = self.attack == "fgsm"
+                self.attack_alpha = self.attack_eps if fgsm else 2.5 * self.attack_eps / self.attack_steps
             self.attack_alpha = _positive(self.attack_alpha, "attack step size (alpha)")
             if self.random_start is None:
                 self.random_start = self.attack == "pgd"
@@ -233,9 +237,12 @@ class TrainConfig:
         return d
 
     def identity(self) -> dict:
-        """The settings a resume must share (all but where the data lives)."""
+        """The settings a resume must share: all but where the data lives, and the number of epochs unless the
+        schedule depends on it (cosine), so a constant- or step-schedule run can be extended."""
         d = self.to_dict()
         d.pop("data_root")
+        if self.schedule != "cosine":
+            d.pop("epochs")
         return d
 
     @classmethod
@@ -625,9 +632,7 @@ def _run_test(model: nn.Module, settings: TestSettings, test_data, config: Train
         x, y = test_data
     x, y = D.subset(x, y, min(settings.n_samples, len(x)))
     kwargs = dict(settings.attack_kwargs)
-    factory = A.ATTACKS.get(A._canonical(settings.attack)) or A.ATTACKS.get(settings.attack)
-    import inspect
-
+    factory = {A._canonical(k): v for k, v in A.ATTACKS.items()}.get(A._canonical(settings.attack))
     if factory is not None and "seed" in inspect.signature(factory).parameters and "seed" not in kwargs:
         kwargs["seed"] = seed
     cells = []
@@ -670,7 +675,8 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, model: nn.M
 
     model / data / test_data: a ready model (plain, or reprogrammed with learnable lam) and the training split
     (x, y) / test split, instead of the registry model and dataset named by ``config``.
-    resume: True (``out_dir/checkpoint.pt``) or a checkpoint path; refused when it was written for other settings.
+    resume: True (``out_dir/checkpoint.pt``, which must exist), "auto" (that file if it exists, else start), or a
+    checkpoint path; refused when it was written for other settings.
     Without resume an existing checkpoint in ``out_dir`` is an error unless ``overwrite``.
     max_minutes: budget of optimisation time (summed over resumes; per-epoch validation and checkpointing not
     counted); the run stops at the epoch boundary before the first epoch that would end past it.
@@ -678,10 +684,10 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, model: nn.M
     step_hook(epoch, step): called after every optimiser step (for tests and custom monitoring).
     Under torchrun every rank calls this; only rank 0 prints and writes.
     """
+    per_rank = dist.per_rank_batch_size(config.batch_size, dist.env_world_size())  # before joining any group
     info = dist.init_from_env(device)
     main = info.is_main
     say = log if main else (lambda *_: None)
-    per_rank = dist.per_rank_batch_size(config.batch_size, info.world_size)
     if max_minutes is not None:
         max_minutes = _positive(max_minutes, "max minutes")
     tests = [] if test is None else ([test] if isinstance(test, TestSettings) else list(test))
@@ -690,6 +696,8 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, model: nn.M
     ckpt_path = out / CHECKPOINT_NAME
 
     saved = None
+    if resume == "auto" and not ckpt_path.exists():
+        resume = None  # "auto": continue the run in out_dir if there is one, else start it
     if resume:
         resume_path = ckpt_path if resume is True or resume == "auto" else Path(resume)
         if not resume_path.is_file():
@@ -787,8 +795,8 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, model: nn.M
         over = max_minutes is not None and history and train_seconds + mean_epoch > max_minutes * 60
         if dist.all_reduce_max(1.0 if over else 0.0) > 0:
             stopped = "time budget"
-            say(f"stopping before epoch {epoch + 1}: {train_seconds / 60:.1f} of {max_minutes:g} minutes used, an "
-                f"epoch takes about {mean_epoch / 60:.1f}")
+            say(f"stopping before epoch {epoch + 1}: {train_seconds / 60:.2f} of {max_minutes:g} minutes of "
+                f"optimisation used, an epoch takes about {mean_epoch / 60:.2f}")
             break
         wall_start = time.perf_counter()
         order = torch.randperm(len(x_train), generator=generator)
@@ -852,7 +860,8 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, model: nn.M
         history.append(row)
         if main:
             atomic_torch_save({"format": CHECKPOINT_FORMAT, "identity": config.identity(), "config": config.to_dict(),
-                               "epoch": epoch, "model_state": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
+                               "epoch": epoch,
+                               "model_state": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                "generator": generator.get_state(), "rng": rng, "history": history,
                                "train_seconds": train_seconds, "wall_seconds": wall_seconds,
