@@ -16,7 +16,7 @@ from nrpm import audit as AU
 from nrpm.audit import FAIL, PASS, SKIP, WARN, lam_one, run_audit, straight_through
 
 N_CLASSES, D = 5, 36
-BUDGETS = [0.1, 0.2]
+BUDGETS = [0.15, 0.25]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -145,7 +145,7 @@ def test_bpda_and_transfer_expose_a_robust_layer_with_a_broken_backward(samples)
 def test_under_converged_pgd_fails_the_steps_check(samples):
     model = _reprogrammed(_trained_linear())
     report = run_audit(model, *samples, budgets=[0.2], compare_plain=False, autoattack=False,
-                       steps=2, alpha=0.2 / 40, apgd_steps=10, square_queries=20, seed=0)
+                       steps=2, alpha=0.2 / 10, apgd_steps=10, square_queries=20, seed=0)
     check4 = report.check(4)
     assert check4.verdict == FAIL, check4
     assert check4.numbers["pgd-x4-steps"]["drop"] > 0.04
@@ -204,12 +204,14 @@ def test_audit_leaves_the_model_as_it_found_it(samples):
     model = _reprogrammed(_trained_linear(), lam=0.8)
     model.train()
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    lams = nrpm.lam_table(model)
     report = run_audit(model, *samples, budgets=[0.2], lam=0.5, compare_plain=False, autoattack=False,
                        steps=3, apgd_steps=3, square_queries=10, seed=0)
     assert report.settings["robust_layers"]["0"]["lam"] == 0.5
-    assert nrpm.lam_table(model) == {"0": 0.8}
+    assert nrpm.lam_table(model) == lams
     assert model.training and flags == {n: p.requires_grad for n, p in model.named_parameters()}
     assert all("forward" not in m.__dict__ for m in model.modules())
+    assert not any(m.detach_weights for m in nrpm.robust_layers(model).values())
 
 
 # ------------------------------------------------------------------------------------------ files and cache
@@ -243,6 +245,8 @@ def test_bad_arguments(samples):
         run_audit(model, *samples, budgets=[0])
     with pytest.raises(ValueError, match="norm"):
         run_audit(model, *samples, budgets=[0.1], norm="L1")
+    with pytest.raises(ValueError, match="steps"):
+        run_audit(model, *samples, budgets=[0.1], steps=0)
     with pytest.raises(ValueError, match="no robust layers"):
         run_audit(_trained_linear(), *samples, budgets=[0.1], lam=0.5)
 
@@ -275,3 +279,59 @@ def test_cli_audit_and_table(shared_dir, tmp_path, capsys):
 
     with pytest.raises(SystemExit):
         _cli(["audit", "--model", "mlp3", "--lam", "0.8", "0.7", "--n-samples", "4"])
+
+
+# ------------------------------------------------------------------------------------------ verdict rules
+def _fake_runner(accuracies, n=100):
+    """A stand-in for the audit's runner: {(attack, budget): accuracy} -> per-sample masks and cells."""
+    from types import SimpleNamespace
+
+    masks, cells = {}, []
+    for (key, b), acc in accuracies.items():
+        mask = torch.arange(n) < round(acc * n)
+        masks[("nrpm", key, round(b, 10))] = mask
+        cells.append({"model": "nrpm", "attack": key, "label": key, "budget": b, "accuracy": acc})
+    return SimpleNamespace(masks=masks, cells=cells)
+
+
+def test_verdict_rules_for_the_budget_curve_and_autoattack():
+    tol = AU.Tolerances()
+    settings = {"clean_accuracy": {"nrpm": 0.9}, "norm": "Linf"}
+    rising = _fake_runner({("pgd", 0.1): 0.3, ("pgd", 0.2): 0.5})
+    zero = torch.zeros(100, dtype=torch.bool)
+    assert AU._check_budget_curve(rising, [0.1, 0.2], settings, zero, 1.0, 100, tol).verdict == FAIL
+    falling = _fake_runner({("pgd", 0.1): 0.5, ("pgd", 0.2): 0.3})
+    assert AU._check_budget_curve(falling, [0.1, 0.2], settings, zero, 1.0, 100, tol).verdict == PASS
+
+    def check7(aa_acc, flags=()):
+        runner = _fake_runner({("pgd", 0.1): 0.40, ("apgd-ce", 0.1): 0.38, ("autoattack", 0.1): aa_acc})
+
+        def a(key, b, tag="nrpm"):
+            m = runner.masks.get((tag, key, round(b, 10)))
+            return None if m is None else int(m.sum()) / len(m)
+
+        return AU._check_autoattack(a, runner, [0.1], 100, tol, {}, list(flags), 1.0).verdict
+
+    assert check7(0.37) == PASS      # within 2 points of the strongest (APGD-CE 38%)
+    assert check7(0.35) == WARN      # 3 points lower: within twice the tolerance
+    assert check7(0.30) == FAIL      # AutoAttack finds much more: the other attacks were weak
+    assert check7(0.45) == WARN      # AutoAttack much weaker than our attacks: disagreement, not a failure
+    assert check7(0.38, ["there are 3 points with zero gradient!"]) == WARN
+
+
+def test_cli_audit_of_a_saved_reprogramming_next_to_the_paper_checkpoint(shared_dir, tmp_path):
+    from nrpm.models import load_pretrained
+
+    model, _ = load_pretrained("mlp3")
+    nrpm.reprogram(model, nrpm.ReprogramConfig(lam=0.6, K=1, eps=5e-5, paradigm=2))  # a learnable lam
+    nrpm.set_lam(model, {"fc1": 0.7})
+    nrpm.save_reprogramming(model, tmp_path / "reprogramming.pt")
+    out = tmp_path / "p2"
+    _cli(["audit", "--model", "mlp3", "--reprogramming", str(tmp_path / "reprogramming.pt"), "--plain-checkpoint",
+          "pretrained", "--threads", "1", "--n-samples", "8", "--budgets", "0.1", "--steps", "2", "--apgd-steps",
+          "2", "--square-queries", "5", "--no-autoattack", "--no-progress", "--out", str(out)])
+    data = json.loads((out / "audit.json").read_text())
+    layers = data["settings"]["robust_layers"]
+    assert layers["fc1"]["learnable"] and abs(layers["fc1"]["lam"] - 0.7) < 1e-6 and layers["fc1"]["K"] == 1
+    assert data["settings"]["model_labels"]["plain"] == "plain (paper checkpoint)"
+    assert data["checks"][0]["verdict"] == PASS  # lam = 1 (infinite logit) reproduces the base model

@@ -9,8 +9,8 @@ AutoAttack's built-in flags:
 3. robust accuracy falls as the budget grows and reaches about 0 at an unbounded budget (Linf 1.0);
 4. more PGD steps (x4) and restarts (x5), and half the step size with twice the steps, find (almost) nothing more;
 5. the black-box Square attack and random noise of the same budget are not stronger than the white-box attacks;
-6. transfer from the plain (lam = 1) model and a BPDA attack (the robust layers' backward replaced by the plain
-   linear one) are not stronger than the direct white-box attack;
+6. transfer from the plain (lam = 1) model, a BPDA attack (the robust layers' backward replaced by the plain
+   linear one) and PGD with the IRLS weights detached in the backward pass are not stronger than direct PGD;
 7. AutoAttack (standard) agrees with the strongest of the above.
 
 Accuracy comparisons use a stated tolerance ``tol`` (default 2 percentage points, never less than one sample):
@@ -235,8 +235,8 @@ class AuditReport:
                 curves[f"{name}worst case"] = (xs, [clean.get(model)] + [wc[b] for b in budgets[1:]])
         if curves:
             suffix = f" (x1/{unit:g})" if unit != 1 else ""
-            reports.plot_curves(path, curves, title=f"{self.settings['title']}, {self.settings['model_labels']['nrpm']}",
-                                xlabel=f"{self.settings['norm']} budget{suffix}")
+            title = f"{self.settings['title']}, {self.settings['model_labels']['nrpm']}"
+            reports.plot_curves(path, curves, title=title, xlabel=f"{self.settings['norm']} budget{suffix}")
 
     def save(self, out_dir) -> dict[str, Path]:
         """Write audit.json, audit.md and audit.png to ``out_dir`` (atomically); returns the paths."""
@@ -246,6 +246,11 @@ class AuditReport:
         reports.atomic_write_text(paths["md"], self.to_markdown())
         self.plot(paths["png"])
         return paths
+
+
+def _frac(mask: torch.Tensor) -> float:
+    """Fraction of True entries, exactly (correct / n), not a float32 mean."""
+    return int(mask.sum()) / len(mask) if len(mask) else 0.0
 
 
 def _num(v) -> str:
@@ -312,24 +317,33 @@ def straight_through(model: nn.Module) -> Iterator[nn.Module]:
                 del layer.forward
 
 
+def _lam_tensor(layer) -> torch.Tensor:
+    return layer.lam_logit if layer.learnable_lam else layer._buffers["lam"]
+
+
 @contextlib.contextmanager
-def lam_one(model: nn.Module) -> Iterator[nn.Module]:
-    """Every robust layer at lam = 1 exactly (a learnable lam via an infinite logit), restored on exit."""
-    saved = []
+def _restoring_lams(model: nn.Module) -> Iterator[None]:
+    """Restore every robust layer's lam storage (buffer or logit) bit for bit on exit."""
+    saved = [(_lam_tensor(layer), _lam_tensor(layer).detach().clone()) for layer in robust_layers(model).values()]
     try:
-        with torch.no_grad():
-            for layer in robust_layers(model).values():
-                if layer.learnable_lam:
-                    saved.append((layer.lam_logit, layer.lam_logit.detach().clone()))
-                    layer.lam_logit.fill_(math.inf)
-                else:
-                    saved.append((layer._buffers["lam"], layer._buffers["lam"].detach().clone()))
-                    layer.set_lam(1.0)
-        yield model
+        yield
     finally:
         with torch.no_grad():
             for tensor, value in saved:
                 tensor.copy_(value)
+
+
+@contextlib.contextmanager
+def lam_one(model: nn.Module) -> Iterator[nn.Module]:
+    """Every robust layer at lam = 1 exactly (a learnable lam via an infinite logit), restored on exit."""
+    with _restoring_lams(model):
+        with torch.no_grad():
+            for layer in robust_layers(model).values():
+                if layer.learnable_lam:
+                    layer.lam_logit.fill_(math.inf)
+                else:
+                    layer.set_lam(1.0)
+        yield model
 
 
 def _device_of(model: nn.Module, fallback: torch.device) -> torch.device:
@@ -404,6 +418,26 @@ class _BPDA(A.Attack):
     def _perturb(self, model, x, y):
         with straight_through(model):
             return self.inner(model, x, y)
+
+
+class _DetachedIRLS(A.Attack):
+    """An attack run with every robust layer's IRLS weights treated as constants in the backward pass
+    (``detach_weights=True``): another adaptive gradient approximation; the forward pass is unchanged."""
+
+    def __init__(self, inner: A.Attack):
+        super().__init__(inner.eps)
+        self.inner, self.norm, self.name = inner, inner.norm, "detached-irls"
+
+    def _perturb(self, model, x, y):
+        layers = list(robust_layers(model).values())
+        saved = [layer.detach_weights for layer in layers]
+        try:
+            for layer in layers:
+                layer.detach_weights = True
+            return self.inner(model, x, y)
+        finally:
+            for layer, flag in zip(layers, saved):
+                layer.detach_weights = flag
 
 
 @dataclass
@@ -498,15 +532,21 @@ class _Runner:
 
 
 # ----------------------------------------------------------------------------------------------- the audit
-def _fingerprint(model, base, x, y, lam_info, norm) -> dict:
+def _state_hash(model: nn.Module) -> str:
     h = hashlib.sha256()
-    for t in list(model.state_dict().values()):
-        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16 else
-                 t.detach().float().cpu().numpy().tobytes())
-    d = hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _fingerprint(model, base, plain, x, y, lam_info, norm) -> dict:
+    """What every cached cell depends on besides its attack: weights, data, lam and norm."""
+    d = hashlib.sha256(x.detach().float().cpu().contiguous().numpy().tobytes())
     d.update(y.detach().cpu().contiguous().numpy().tobytes())
-    return {"model": h.hexdigest()[:16], "data": d.hexdigest()[:16], "lam": lam_info, "norm": norm,
-            "model_type": type(model).__name__, "base": type(base).__name__ if base is not None else None}
+    return {"model": _state_hash(model), "data": d.hexdigest()[:16], "lam": lam_info, "norm": norm,
+            "model_type": type(model).__name__, "base": type(base).__name__ if base is not None else None,
+            "plain": None if plain is None or plain is base else _state_hash(plain)}
 
 
 def _layer_info(model) -> dict:
@@ -516,7 +556,8 @@ def _layer_info(model) -> dict:
 
 def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, budgets: Sequence[float],
               norm: str = "Linf", lam: float | dict | None = None, base_model: nn.Module | None = None,
-              compare_plain: bool = True, steps: int = 40, alpha: float | None = None, restarts: int = 1,
+              plain_model: nn.Module | None = None, plain_label: str = "plain (lam=1)", compare_plain: bool = True,
+              steps: int = 40, alpha: float | None = None, restarts: int = 1,
               apgd_steps: int = 100, square_queries: int = 5000, autoattack: bool = True,
               unbounded_eps: float | None = None, check_budget: float | None = None,
               tolerances: Tolerances | None = None, seed: int = 0, batch_size: int = 256,
@@ -525,9 +566,11 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, budgets: Se
     """Audit ``model`` on ``(x, y)`` (inputs in [0, 1]) at the given ``budgets``; returns an :class:`AuditReport`.
 
     lam: set on the robust layers for the audit (float or {layer: lam}); restored afterwards. None: as is.
-    base_model: the plain reference (lam = 1) model; default: a copy of ``model`` with the reprogramming undone
-        (weights shared), or none for a model without robust layers (then checks 1's lam part and 6 skip).
-    compare_plain: also run FGSM, PGD, APGD-CE/DLR, Square and AutoAttack on the base model, for the table.
+    base_model: the plain reference (lam = 1) model; default: a deep copy of ``model`` with the reprogramming
+        undone, or none for a model without robust layers (then checks 1's lam part and 6 skip).
+    plain_model, plain_label: the model shown next to the audited one in the table (default: ``base_model``),
+        e.g. the original checkpoint when the audited weights were fine-tuned (paradigm 3).
+    compare_plain: also run FGSM, PGD, APGD-CE/DLR, Square and AutoAttack on the plain model, for the table.
     steps, alpha, restarts: the PGD attack (alpha absolute; default 2.5 * eps / steps). The transfer and BPDA
         attacks use the same PGD. apgd_steps, square_queries: APGD iterations and Square queries.
     autoattack: run check 7 (AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square-5000); the slowest part.
@@ -544,23 +587,46 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, budgets: Se
     A._validate_batch(x, y)
     if len(x) == 0:
         raise ValueError("the audit needs at least one sample")
+    for name, value in (("steps", steps), ("restarts", restarts), ("apgd_steps", apgd_steps),
+                        ("square_queries", square_queries), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    for name, value in (("alpha", alpha), ("unbounded_eps", unbounded_eps), ("check_budget", check_budget)):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a number > 0, got {value!r}")
     tol = tolerances or Tolerances()
     x, y = x.detach().cpu(), y.detach().cpu().long()
-    n = len(x)
     layers = robust_layers(model)
-    saved_lams = None
-    if lam is not None:
-        if not layers:
-            raise ValueError("lam given, but the model has no robust layers (call nrpm.reprogram first)")
-        from .reprogram import set_lam
-        saved_lams = {name: layer.lam_value() for name, layer in layers.items()}
-        set_lam(model, lam)
+    if lam is not None and not layers:
+        raise ValueError("lam given, but the model has no robust layers (call nrpm.reprogram first)")
+    with _restoring_lams(model):
+        if lam is not None:
+            from .reprogram import set_lam
+            set_lam(model, lam)
+        return _run_audit(model, x, y, layers, started, budgets=budgets, norm=norm, base_model=base_model,
+                          plain_model=plain_model, plain_label=plain_label, compare_plain=compare_plain,
+                          steps=steps, alpha=alpha, restarts=restarts,
+                          apgd_steps=apgd_steps, square_queries=square_queries, autoattack=autoattack,
+                          unbounded_eps=unbounded_eps, check_budget=check_budget, tol=tol, seed=seed,
+                          batch_size=batch_size, cache_path=cache_path, title=title, budget_unit=budget_unit,
+                          progress=progress, log=log)
+
+
+def _run_audit(model, x, y, layers, started, *, budgets, norm, base_model, plain_model, plain_label, compare_plain,
+               steps, alpha, restarts,
+               apgd_steps, square_queries, autoattack, unbounded_eps, check_budget, tol, seed, batch_size,
+               cache_path, title, budget_unit, progress, log) -> AuditReport:
+    n = len(x)
     derived_base = False
     if base_model is None and layers:
         base_model = undo_reprogramming(copy.deepcopy(model))
         derived_base = True
     all_plain = bool(layers) and all(m._is_plain() for m in layers.values())
-    compare_plain = bool(compare_plain and base_model is not None and not all_plain)
+    if plain_model is None:
+        plain_model = base_model
+    else:
+        compare_plain = True
+    compare_plain = bool(compare_plain and plain_model is not None and not (all_plain and plain_model is base_model))
     device = _device_of(model, x.device)
     with torch.no_grad():
         n_classes = _logits(model, x[:1].to(device)).shape[1]
@@ -583,9 +649,11 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, budgets: Se
         "fgsm": fgsm,
         "pgd": _Spec("pgd", pgd_label, lambda e: pgd(e), pgd_params),
         "apgd-ce": _Spec("apgd-ce", f"APGD-CE ({apgd_steps})",
-                         lambda e: A.APGDCE(e, norm=norm, steps=apgd_steps, seed=seed), f"steps={apgd_steps},seed={seed}"),
+                         lambda e: A.APGDCE(e, norm=norm, steps=apgd_steps, seed=seed),
+                         f"steps={apgd_steps},seed={seed}"),
         "apgd-dlr": _Spec("apgd-dlr", f"APGD-DLR ({apgd_steps})",
-                          lambda e: A.APGDDLR(e, norm=norm, steps=apgd_steps, seed=seed), f"steps={apgd_steps},seed={seed}"),
+                          lambda e: A.APGDDLR(e, norm=norm, steps=apgd_steps, seed=seed),
+                          f"steps={apgd_steps},seed={seed}"),
         "square": _Spec("square", f"Square ({square_queries} q.)",
                         lambda e: A.Square(e, norm=norm, n_queries=square_queries, seed=seed),
                         f"q={square_queries},seed={seed}"),
@@ -594,6 +662,8 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, budgets: Se
                           lambda e: _TransferPGD(e, base_model, norm=norm, steps=a_steps, alpha=alpha, seed=seed),
                           pgd_params, craft_on_base=True),
         "bpda": _Spec("bpda", f"BPDA, plain backward ({pgd_label})", lambda e: _BPDA(pgd(e)), pgd_params),
+        "detached": _Spec("detached", f"IRLS weights detached ({pgd_label})", lambda e: _DetachedIRLS(pgd(e)),
+                          pgd_params),
         "autoattack": _Spec("autoattack", "AutoAttack (standard)",
                             lambda e: A.AutoAttackStandard(e, norm=norm, seed=seed), f"seed={seed}"),
     }
@@ -607,9 +677,9 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, budgets: Se
     if base_model is None:
         skipped["transfer"] = "no plain reference model (no robust layers and no base_model)"
     if not layers:
-        skipped["bpda"] = "no robust layers to approximate"
+        skipped["bpda"] = skipped["detached"] = "no robust layers to approximate"
 
-    sweep = [k for k in ("pgd", "fgsm", "apgd-ce", "apgd-dlr", "square", "noise", "transfer", "bpda")
+    sweep = [k for k in ("pgd", "fgsm", "apgd-ce", "apgd-dlr", "square", "noise", "transfer", "bpda", "detached")
              if k not in skipped]
     plain_sweep = [k for k in ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "square") if k not in skipped]
     aa = "autoattack" not in skipped
@@ -618,28 +688,32 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, budgets: Se
 
     bar = tqdm(total=n_cells, desc="audit cells", unit="cell", disable=not progress)
     lam_info = _layer_info(model)
-    settings = {"title": title or type(model).__name__, "n": n, "n_classes": n_classes, "norm": norm, "budgets": budgets,
-                "budget_unit": budget_unit, "steps": a_steps, "alpha": alpha, "restarts": restarts,
+    settings = {"title": title or type(model).__name__, "n": n, "n_classes": n_classes, "norm": norm,
+                "budgets": budgets, "budget_unit": budget_unit, "steps": a_steps, "alpha": alpha, "restarts": restarts,
                 "apgd_steps": apgd_steps, "square_queries": square_queries, "autoattack": bool(autoattack),
                 "unbounded_eps": unbounded_eps, "seed": seed, "batch_size": batch_size,
                 "tolerances": asdict(tol), "robust_layers": lam_info, "device": str(device),
                 "base_model": "derived (reprogramming undone)" if derived_base else
                 ("given" if base_model is not None else None),
                 "skipped": skipped,
-                "model_labels": {"nrpm": _nrpm_label(lam_info), "plain": "plain (lam=1)"}}
-    runner = _Runner(x, y, batch_size, cache_path, _fingerprint(model, base_model, x, y, lam_info, norm), bar, log)
+                "model_labels": {"nrpm": _nrpm_label(lam_info), "plain": plain_label}}
+    fingerprint = _fingerprint(model, base_model, plain_model, x, y, lam_info, norm)
+    runner = _Runner(x, y, batch_size, cache_path, fingerprint, bar, log)
     checks: list[CheckResult] = []
     notes: list[str] = []
     library_flags: list[str] = []  # pyautoattack warnings outside AutoAttack (e.g. APGD's zero gradients)
+    aa_flags: list[str] = []       # AutoAttack's own flags (check 7)
     try:
-        with _frozen_eval(model, base_model), _capture_autoattack_flags(library_flags):
+        frozen = [m for i, m in enumerate((model, base_model, plain_model))
+                  if m is not None and all(m is not o for o in (model, base_model, plain_model)[:i])]
+        with _frozen_eval(*frozen), _capture_autoattack_flags(library_flags):
             # ---- check 1 and 2 (cheap, no attacks)
             checks.append(_check_lam_and_determinism(model, base_model, layers, x, batch_size, device, tol))
             clean = runner.predict_mask(model)
-            clean_plain = runner.predict_mask(base_model) if compare_plain else None
-            settings["clean_accuracy"] = {"nrpm": clean.float().mean().item()}
+            clean_plain = runner.predict_mask(plain_model) if compare_plain else None
+            settings["clean_accuracy"] = {"nrpm": _frac(clean)}
             if compare_plain:
-                settings["clean_accuracy"]["plain"] = clean_plain.float().mean().item()
+                settings["clean_accuracy"]["plain"] = _frac(clean_plain)
             checks.append(_check_gradients(model, x, y, batch_size, device, tol))
 
             # ---- budget sweep: every attack at every budget (PGD first: it picks check 4's budget)
@@ -647,9 +721,9 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, budgets: Se
                 for b in budgets:
                     runner.run("nrpm", model, specs[key], b, clean, base=base_model)
             pgd_acc = {b: runner.masks.get(("nrpm", "pgd", round(b, 10))) for b in budgets}
-            pgd_acc = {b: m.float().mean().item() for b, m in pgd_acc.items() if m is not None}
+            pgd_acc = {b: _frac(m) for b, m in pgd_acc.items() if m is not None}
             if check_budget is None:
-                target = clean.float().mean().item() / 2
+                target = _frac(clean) / 2
                 check_budget = min(pgd_acc or {budgets[0]: 0}, key=lambda b: (abs(pgd_acc.get(b, 0) - target), -b))
             check_budget = float(check_budget)
             settings["check_budget"] = check_budget
@@ -677,7 +751,6 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, budgets: Se
             unbounded_mask = runner.run("nrpm", model, unbounded_spec, unbounded_eps, clean, extra=True)
 
             # ---- AutoAttack, with its built-in flags captured
-            aa_flags: list[str] = []
             if aa:
                 with _capture_autoattack_flags(aa_flags):
                     for b in budgets:
@@ -687,15 +760,12 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, budgets: Se
             if compare_plain:
                 for key in plain_sweep + (["autoattack"] if aa else []):
                     for b in budgets:
-                        runner.run("plain", base_model, specs[key], b, clean_plain)
+                        runner.run("plain", plain_model, specs[key], b, clean_plain)
     finally:
         bar.close()
-        if saved_lams is not None:
-            from .reprogram import set_lam
-            set_lam(model, saved_lams)
 
     # ---- checks from the per-sample results
-    acc = {(t, k, b): m.float().mean().item() for (t, k, b), m in runner.masks.items()}
+    acc = {(t, k, b): _frac(m) for (t, k, b), m in runner.masks.items()}
 
     def a(key, b, tag="nrpm"):
         return acc.get((tag, key, round(b, 10)))
@@ -713,11 +783,11 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, budgets: Se
         for b in budgets:
             masks = [m for (t, k, bb), m in runner.masks.items() if t == tag and bb == round(b, 10)]
             if masks:
-                per_budget[b] = torch.stack(masks).all(0).float().mean().item()
+                per_budget[b] = _frac(torch.stack(masks).all(0))
         if per_budget:
             worst[tag] = per_budget
     notes += _single_step_notes(a, worst, budgets, settings, tol, n)
-    notes += [f"pyautoattack: {msg}" for msg in library_flags]
+    notes += [f"pyautoattack: {msg}" for msg in library_flags if msg not in aa_flags]
     if skipped:
         notes += [f"skipped {k}: {why}" for k, why in skipped.items()]
     return AuditReport(settings=settings, checks=checks, cells=runner.cells, worst_case=worst, notes=notes,
@@ -859,7 +929,7 @@ def _check_gradients(model, x, y, batch_size, device, tol) -> CheckResult:
         return CheckResult(2, "input gradients finite and non-zero", FAIL, error,
                            f"fraction >= {tol.gradient_fraction:g}", {"error": error})
     ok_m, ok_c = torch.cat(ok_margin), torch.cat(ok_ce)
-    frac_m, frac_c = ok_m.float().mean().item(), ok_c.float().mean().item()
+    frac_m, frac_c = _frac(ok_m), _frac(ok_c)
     n = len(ok_m)
     norms = torch.cat(norms) if norms else torch.zeros(0)
     median = norms.median().item() if len(norms) else float("nan")
@@ -882,7 +952,7 @@ def _check_budget_curve(runner, budgets, settings, unbounded_mask, unbounded_eps
     for (tag, key) in {(c["model"], c["attack"]) for c in runner.cells if not c.get("extra")}:
         if tag != "nrpm" or key == "noise":
             continue
-        accs = [clean] + [runner.masks[(tag, key, round(b, 10))].float().mean().item()
+        accs = [clean] + [_frac(runner.masks[(tag, key, round(b, 10))])
                           for b in budgets if (tag, key, round(b, 10)) in runner.masks]
         rise = max((accs[j] - accs[i] for i in range(len(accs)) for j in range(i + 1, len(accs))), default=0.0)
         label = next(c["label"] for c in runner.cells if c["model"] == tag and c["attack"] == key)
@@ -896,7 +966,7 @@ def _check_budget_curve(runner, budgets, settings, unbounded_mask, unbounded_eps
         v_unb = FAIL
         parts.append("unbounded PGD failed to run")
     else:
-        acc = unbounded_mask.float().mean().item()
+        acc = _frac(unbounded_mask)
         numbers["unbounded_accuracy"] = acc
         v_unb = _grade(acc, tol.unbounded, n)
         parts.append(f"PGD at {settings['norm']} {unbounded_eps:g}: {_pct(acc)}")
@@ -910,7 +980,7 @@ def _check_steps(base_mask, variant_masks, variants, check_budget, settings, n, 
         return CheckResult(4, "more steps / restarts / finer steps", FAIL, "PGD failed to run",
                            f"drop <= {100 * tol.steps:g} pts")
     unit = settings.get("budget_unit", 1.0)
-    base = base_mask.float().mean().item()
+    base = _frac(base_mask)
     parts, verdicts, numbers = [], [], {"budget": check_budget, "pgd_accuracy": base}
     short = {"pgd-x4-steps": "x4 steps", "pgd-x5-restarts": "x5 restarts", "pgd-half-step": "half step, x2 steps"}
     for key, mask in variant_masks.items():
@@ -918,7 +988,7 @@ def _check_steps(base_mask, variant_masks, variants, check_budget, settings, n, 
             verdicts.append(FAIL)
             parts.append(f"{short[key]}: failed")
             continue
-        drop = base - mask.float().mean().item()
+        drop = base - _frac(mask)
         numbers[key] = {"accuracy_with_pgd": base - drop, "drop": drop}
         verdicts.append(_grade(drop, tol.steps, n))
         parts.append(f"{short[key]} {_pts(-drop)}")
@@ -953,7 +1023,7 @@ def _check_blackbox(a, budgets, n, tol, unit) -> CheckResult:
 
 def _check_transfer(a, budgets, n, tol, skipped, unit) -> CheckResult:
     parts, verdicts, numbers = [], [], {}
-    for key, label in (("transfer", "transfer from lam=1"), ("bpda", "BPDA")):
+    for key, label in (("transfer", "transfer from lam=1"), ("bpda", "BPDA"), ("detached", "IRLS detached")):
         if key in skipped:
             parts.append(f"{label}: skipped")
             continue
@@ -966,7 +1036,7 @@ def _check_transfer(a, budgets, n, tol, skipped, unit) -> CheckResult:
         numbers[key] = {"largest_lead": lead, "budget": b}
         verdicts.append(_grade(lead, tol.transfer, n))
         parts.append(f"{label} minus direct PGD: {_pts(-lead)} at {reports.format_budget(b, unit)}")
-    return CheckResult(6, "transfer / BPDA not stronger than direct PGD", _worst(*verdicts),
+    return CheckResult(6, "transfer / BPDA / detached IRLS not stronger than direct PGD", _worst(*verdicts),
                        "; ".join(parts) + " (the lowest over budgets; should be >= 0)",
                        f"lead <= {100 * tol.transfer:g} pts", numbers)
 

@@ -159,9 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--overwrite", action="store_true", help="ignore earlier results in --out instead of resuming")
     ev.set_defaults(func=cmd_eval)
 
+    from .cli_audit import add_audit_parser
     from .cli_train import add_train_parsers
 
     add_train_parsers(sub)
+    add_audit_parser(sub)
     return parser
 
 

@@ -6,7 +6,7 @@ Wired into ``nrpm.cli`` by ``add_audit_parser(subparsers)``.
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 __all__ = ["add_audit_parser", "cmd_audit", "cmd_audit_table"]
@@ -28,7 +28,8 @@ def add_audit_parser(subparsers) -> None:
                     "model and the model is deterministic; input gradients are finite and non-zero; accuracy "
                     "falls with the budget and reaches ~0 unbounded; more PGD steps/restarts and a finer step "
                     "find nothing more; Square and noise are not stronger than white-box attacks; transfer "
-                    "from lam=1 and BPDA are not stronger than direct PGD; AutoAttack agrees with the strongest "
+                    "from lam=1, BPDA (plain backward) and PGD with detached IRLS weights are not stronger than "
+                    "direct PGD; AutoAttack agrees with the strongest "
                     "attack. Prints markdown; --out writes audit.json, audit.md, audit.png (and cache.json, so "
                     "a rerun resumes). Exit status 1 when a check fails (--strict: also on a warning).")
     _add_common_model_args(p)
@@ -55,6 +56,10 @@ def add_audit_parser(subparsers) -> None:
                    help="accuracy tolerance of checks 3-7 in percentage points (default 2; warn up to 2x)")
     for name in ("monotone", "unbounded", "steps", "blackbox", "transfer", "autoattack"):
         p.add_argument(f"--tol-{name}", type=float, default=None, help=f"override --tol for the {name} check")
+    p.add_argument("--plain-checkpoint", default=None,
+                   help="checkpoint of the plain model shown next to the audited one ('pretrained' or a path; "
+                        "default: the audited weights at lam=1), e.g. the original model for a paradigm-3 run")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy CPU)")
     p.add_argument("--reprogramming", default=None,
                    help="a saved reprogramming state (nrpm.save_reprogramming, e.g. paradigm 2/3 lam values) "
                         "applied instead of --lam/--K/--eps")
@@ -110,6 +115,10 @@ def cmd_audit(args) -> int:
     if args.steps is not None and args.steps < 1:
         raise SystemExit(f"error: --steps must be >= 1, got {args.steps}")
     settings = _settings(args, lams[0])
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"error: --threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     device = E.resolve_device(args.device)
     torch.manual_seed(args.seed)
     model, info = E.build_model(settings, device)
@@ -117,6 +126,12 @@ def cmd_audit(args) -> int:
         undo_reprogramming(model)
         load_reprogramming(model, args.reprogramming)
         model.to(device)
+    plain, plain_label = None, "plain (lam=1)"
+    if args.plain_checkpoint:
+        plain, _ = E.build_model(replace(settings, checkpoint=args.plain_checkpoint, lams=[1.0]), device)
+        undo_reprogramming(plain)
+        plain_label = ("plain (paper checkpoint)" if args.plain_checkpoint == "pretrained"
+                       else f"plain ({Path(args.plain_checkpoint).name})")
     dataset = getattr(model, "dataset", None)
     if dataset is None:
         raise ValueError(f"model {args.model!r} does not say which dataset it is for (no .dataset attribute)")
@@ -144,7 +159,8 @@ def cmd_audit(args) -> int:
         cache.unlink()
     title = args.title or f"{args.model} ({'paper checkpoint' if args.checkpoint == 'pretrained' else args.checkpoint})"
     report = AU.run_audit(
-        model, x, y, budgets=budgets, norm=args.norm, compare_plain=not args.no_plain, steps=steps,
+        model, x, y, budgets=budgets, norm=args.norm, compare_plain=not args.no_plain, plain_model=None if args.no_plain else plain,
+        plain_label=plain_label, steps=steps,
         alpha=None if args.alpha is None else args.alpha / unit, restarts=args.restarts,
         apgd_steps=args.apgd_steps, square_queries=args.square_queries, autoattack=not args.no_autoattack,
         unbounded_eps=args.unbounded_eps,
@@ -153,6 +169,7 @@ def cmd_audit(args) -> int:
         budget_unit=unit, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     report.settings["eval_settings"] = _jsonable(asdict(settings))
     report.settings["reprogramming_file"] = args.reprogramming
+    report.settings["cli_args"] = _jsonable({k: v for k, v in vars(args).items() if k != "func"})
     report.settings["checkpoint_info"] = _jsonable(info or {})
     print(report.to_markdown())
     if out is not None:
