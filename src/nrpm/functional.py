@@ -11,13 +11,18 @@ and the layer returns ``lam * z_LPM + (1 - lam) * z_NRPM + bias``.
 
 Implementation notes (why it looks like this):
 
-* Every op reduces to one core on a 2-D problem: ``x`` of shape (N, D) against ``weight`` of shape (O, D), the
-  votes of output (n, o) being ``x[n, :] * weight[o, :]``. A convolution becomes that core after ``unfold``
-  (N = batch * positions, D = C_in/groups * kh * kw, zero padding included), once per group.
-* The full vote tensor (N, O, D) is never built: the core runs over chunks of (N, O) sized from a memory budget
-  (:func:`set_memory_budget`), and a custom autograd function keeps only the inputs and the per-step ``z``
-  (output-sized). Backward recomputes the votes chunk by chunk and applies the analytic gradient of the unrolled
-  IRLS (the true gradient through every step, not a detached approximation, unless ``detach_weights=True``).
+* Every op reduces to one core: inputs ``x`` (B, G, Dg, L) against ``weight`` (G, Og, Dg), the votes of output
+  (b, g, o, l) being ``x[b, g, :, l] * weight[g, o, :]``. A convolution is that core on ``unfold``'s columns
+  (L = output positions, Dg = C_in/groups * kh * kw, zero padding included), a linear layer on ``x`` transposed
+  (L = rows). The core starts from z_LPM, the plain layer's output, so z_0 costs nothing extra.
+* The vote tensor is never built for the whole layer: a custom autograd function keeps only its inputs and
+  output-sized per-step statistics (z_k, sum w, and the sum that gives dz_k/dz_{k-1}); its backward applies the
+  analytic gradient of the unrolled IRLS (the true gradient through every step, not a detached approximation,
+  unless ``detach_weights=True``) and recomputes the votes. The kernels live in :mod:`nrpm._kernels`: compiled
+  (``torch.compile``: fused C++/OpenMP on CPU, Triton on CUDA; votes built inside the fused reductions) for large
+  problems, eager PyTorch over chunks sized from a memory budget (:func:`set_memory_budget`) otherwise, or when
+  forced (:func:`set_backend`, env ``NRPM_BACKEND=auto|compiled|eager``). Both compute the same formulas; results
+  agree to float rounding.
 * Non-finite inputs: NaN or inf in ``x`` give non-finite values in the outputs that depend on them, as in the plain
   layer (an inf vote makes the robust estimate NaN rather than inf). The loop has a fixed length, so it never hangs.
 """
@@ -32,6 +37,9 @@ from typing import Union
 import torch
 import torch.nn.functional as F
 
+from . import _kernels
+from ._kernels import get_backend, set_backend
+
 __all__ = [
     "DEFAULT_K",
     "DEFAULT_EPS",
@@ -41,6 +49,8 @@ __all__ = [
     "robust_conv2d",
     "set_memory_budget",
     "get_memory_budget",
+    "set_backend",
+    "get_backend",
 ]
 
 DEFAULT_K = 3
@@ -49,14 +59,13 @@ DEFAULT_LAM = 0.5
 
 LamType = Union[float, torch.Tensor]
 
-# Working memory (bytes) one chunk of the IRLS core may use; backward holds about this many vote-sized
-# temporaries at once, so the number of vote elements per chunk is the budget divided by this factor.
-_TEMPORARIES_PER_VOTE = 8
+# Working memory (bytes) one chunk of the eager IRLS kernels may use (they materialise a chunk's votes); the
+# compiled kernels never materialise votes and need no chunks.
 _memory_budget_bytes = int(float(os.environ.get("NRPM_MEMORY_MB", "256")) * 2**20)
 
 
 def set_memory_budget(megabytes: float) -> None:
-    """Set the working memory (MiB) that one chunk of the robust core may use (default 256, env NRPM_MEMORY_MB)."""
+    """Set the working memory (MiB) one chunk of the eager robust core may use (default 256, env NRPM_MEMORY_MB)."""
     if not megabytes > 0:
         raise ValueError(f"memory budget must be > 0 MiB, got {megabytes}")
     global _memory_budget_bytes
@@ -103,9 +112,12 @@ def _check_floating(x: torch.Tensor, what: str) -> None:
 
 
 def _mix(lam: LamType, z_lpm: torch.Tensor, z_nrpm: torch.Tensor) -> torch.Tensor:
+    """lam * z_lpm + (1 - lam) * z_nrpm in one pass (lerp), reading z_nrpm in whatever layout it comes in."""
     if isinstance(lam, float) and lam == 0.0:
-        return z_nrpm
-    return lam * z_lpm + (1 - lam) * z_nrpm
+        return z_nrpm.contiguous()
+    if isinstance(lam, torch.Tensor):
+        lam = lam.to(z_lpm.dtype)
+    return torch.lerp(z_lpm, z_nrpm, 1 - lam)
 
 
 # ------------------------------------------------------------------------------------- materialised votes
@@ -137,107 +149,80 @@ def robust_sum(
 
 
 # ------------------------------------------------------------------------------------ memory-bounded core
-def _chunk_sizes(N: int, O: int, D: int, element_size: int) -> tuple[int, int]:
-    """Rows of x and rows of weight per chunk so that a chunk's temporaries stay within the memory budget."""
-    max_votes = max(1, _memory_budget_bytes // (element_size * _TEMPORARIES_PER_VOTE))
-    o_chunk = max(1, min(O, max_votes // D))
-    n_chunk = max(1, min(N, max_votes // (o_chunk * D)))
-    return n_chunk, o_chunk
-
-
-def _irls_steps(votes: torch.Tensor, z: torch.Tensor, K: int, eps: float) -> list[torch.Tensor]:
-    """Run K IRLS steps on a chunk of votes (n, o, D) from z (n, o); return [z_0, ..., z_K]."""
-    D = votes.shape[-1]
-    zs = [z]
-    for _ in range(K):
-        w = torch.reciprocal((votes - (z / D).unsqueeze(-1)).abs_().add_(eps))
-        z = D * (w * votes).sum(-1) / w.sum(-1)
-        zs.append(z)
-    return zs
-
-
-def _irls_vote_grad(votes, zs, grad_out, K, eps, detach_weights):
-    """dL/d(vote) for a chunk, given dL/dz_K. Analytic gradient of the unrolled IRLS.
-
-    With r_d = y_d - z_{k-1}/D, w_d = 1/(|r_d| + eps), S = sum w_d and z_k = D sum(w_d y_d)/S:
-        dz_k/dy_d     = (D/S) * (w_d - q_d),   q_d = sign(r_d) w_d^2 (y_d - z_k/D)
-        dz_k/dz_{k-1} = (1/S) * sum_d q_d
-    and z_0 = sum_d y_d passes its gradient to every vote unchanged.
-    """
-    D = votes.shape[-1]
-    coeff = torch.zeros_like(votes)
-    g = grad_out
-    for k in range(K, 0, -1):
-        r = votes - (zs[k - 1] / D).unsqueeze(-1)
-        w = torch.reciprocal(r.abs().add_(eps))
-        S = w.sum(-1)
-        scale = (g * D / S).unsqueeze(-1)
-        if detach_weights:
-            # weights are constants: only the last step's weighted mean passes gradient, and to y only
-            coeff.addcmul_(scale, w)
-            return coeff
-        q = torch.sign(r).mul_(w).mul_(w).mul_(votes - (zs[k] / D).unsqueeze(-1))
-        coeff.addcmul_(scale, w - q)
-        g = g * q.sum(-1) / S
-    coeff.add_(g.unsqueeze(-1))
-    return coeff
-
-
 class _RobustCore(torch.autograd.Function):
-    """z_K of the IRLS for votes x[n, d] * weight[o, d], chunked; saves only inputs and per-step z."""
+    """z_K of the IRLS in the layout of :mod:`nrpm._kernels`; saves its inputs and per-step statistics only.
+
+    ``z0`` (the plain layer's output, z_LPM) is an input rather than recomputed: the gradient that the unrolled
+    IRLS passes to z_0 is returned to it, so the plain layer's own backward (BLAS / mkldnn) carries that share.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, K, eps, detach_weights):
-        N, D = x.shape
-        O = weight.shape[0]
-        n_chunk, o_chunk = _chunk_sizes(N, O, D, x.element_size())
-        z0_all = x @ weight.t()
-        zs_all = x.new_empty((K + 1, N, O))
-        zs_all[0] = z0_all
-        for n0 in range(0, N, n_chunk):
-            xc = x[n0:n0 + n_chunk]
-            for o0 in range(0, O, o_chunk):
-                wc = weight[o0:o0 + o_chunk]
-                votes = xc.unsqueeze(1) * wc.unsqueeze(0)
-                zs = _irls_steps(votes, z0_all[n0:n0 + n_chunk, o0:o0 + o_chunk], K, eps)
-                for k in range(1, K + 1):
-                    zs_all[k, n0:n0 + n_chunk, o0:o0 + o_chunk] = zs[k]
-        ctx.save_for_backward(x, weight, zs_all)
-        ctx.K, ctx.eps, ctx.detach_weights = K, eps, detach_weights
-        ctx.chunks = (n_chunk, o_chunk)
-        return zs_all[K].clone()
+    def forward(ctx, x, weight, z0, geom, K, eps, detach_weights):
+        zs, ss, qs = _kernels.run_forward(x, weight, z0, geom, K, eps, True, not detach_weights,
+                                          _memory_budget_bytes)
+        ctx.save_for_backward(x, weight, z0, *zs, *ss, *qs)
+        ctx.geom, ctx.K, ctx.eps, ctx.detach_weights = geom, K, eps, detach_weights
+        return zs[-1]
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, zs_all = ctx.saved_tensors
-        n_chunk, o_chunk = ctx.chunks
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_x = torch.zeros_like(x) if need_x else None
-        grad_w = torch.zeros_like(weight) if need_w else None
-        N, O = x.shape[0], weight.shape[0]
-        for n0 in range(0, N, n_chunk):
-            xc = x[n0:n0 + n_chunk]
-            for o0 in range(0, O, o_chunk):
-                wc = weight[o0:o0 + o_chunk]
-                votes = xc.unsqueeze(1) * wc.unsqueeze(0)
-                zs = [z[n0:n0 + n_chunk, o0:o0 + o_chunk] for z in zs_all]
-                coeff = _irls_vote_grad(votes, zs, grad_out[n0:n0 + n_chunk, o0:o0 + o_chunk],
-                                        ctx.K, ctx.eps, ctx.detach_weights)
-                # d vote[n,o,d] / d x[n,d] = weight[o,d];  d vote / d weight[o,d] = x[n,d]
-                if need_x:
-                    grad_x[n0:n0 + n_chunk] += (coeff * wc.unsqueeze(0)).sum(1)
-                if need_w:
-                    grad_w[o0:o0 + o_chunk] += (coeff * xc.unsqueeze(1)).sum(0)
-        return grad_x, grad_w, None, None, None
+        K, detach = ctx.K, ctx.detach_weights
+        x, weight, z0, *rest = ctx.saved_tensors
+        zs, ss, qs = [z0] + rest[:K], rest[K:2 * K], rest[2 * K:]
+        D = weight[0, 0].numel()
+        coef, delta, g = [None] * K, [None] * K, grad_out.contiguous()
+        for k in range(K, 0, -1):  # chain rule through the steps, on output-sized tensors (cheap)
+            coef[k - 1] = g * D / ss[k - 1]
+            if detach:
+                break
+            delta[k - 1] = (zs[k - 1] - zs[k]) / D
+            g = g * qs[k - 1] / ss[k - 1]
+        z_prev = [z / D for z in zs[:K]]
+        stats = (z_prev[-1:], coef[-1:], []) if detach else (z_prev, coef, delta)
+        need_x, need_w, need_z0 = ctx.needs_input_grad[:3]
+        grad_x = grad_w = None
+        if need_x or need_w:
+            grad_x, grad_w = _kernels.run_backward(x, weight, stats, ctx.geom, ctx.eps, detach, need_x, need_w,
+                                                   _memory_budget_bytes)
+        grad_z0 = g if need_z0 and not detach else None
+        return grad_x, grad_w, grad_z0, None, None, None, None
 
 
-def _robust_core(x2d, weight2d, K, eps, detach_weights):
-    """z_NRPM for a 2-D problem, computed in float32 at least (half precision loses the small weights)."""
-    dtype = x2d.dtype
-    if dtype in (torch.float16, torch.bfloat16):
-        x2d, weight2d = x2d.float(), weight2d.float()
-    z = _RobustCore.apply(x2d.contiguous(), weight2d.contiguous(), K, eps, detach_weights)
-    return z.to(dtype)
+def _run_core(x, weight, z0, geom, K, eps, detach_weights):
+    """z_NRPM in the kernels' layout: x (N, G, Cg, Hp, Wp, LANES), weight (G, Og, Cg, kh, kw), z0 = z_LPM."""
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or z0.requires_grad)
+    for _attempt in range(2):  # a failed compilation disables the compiled kernels; the rerun is eager
+        try:
+            if needs_grad:
+                return _RobustCore.apply(x, weight, z0, geom, K, eps, detach_weights)
+            # inference: no per-step statistics to keep
+            return _kernels.run_forward(x, weight, z0, geom, K, eps, False, False, _memory_budget_bytes)[0][-1]
+        except _kernels.CompileFailed:
+            continue
+    raise AssertionError("unreachable: the eager kernels do not compile")
+
+
+def _float32_at_least(*tensors):
+    # half precision loses the small IRLS weights: compute in float32
+    return [t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors]
+
+
+def _lanes_last(t: torch.Tensor) -> torch.Tensor:
+    """(N, C) -> (N / LANES, C, LANES), rows zero-padded to a multiple of LANES."""
+    pad = -t.shape[0] % _kernels.LANES
+    if pad:
+        t = F.pad(t, (0, 0, 0, pad))
+    return t.view(-1, _kernels.LANES, t.shape[1]).transpose(1, 2).contiguous()
+
+
+def _linear_nrpm(x2d, weight, z_lpm2d, K, eps, detach_weights):
+    """Rows in the lanes: a 1x1 "convolution" on a 1x1 plane, (N/16, 1, D, 1, 1, 16) against (1, O, D, 1, 1)."""
+    (N, D), O = x2d.shape, weight.shape[0]
+    x2d, weight, z_lpm2d = _float32_at_least(x2d, weight, z_lpm2d)
+    xb = _lanes_last(x2d).view(-1, 1, D, 1, 1, _kernels.LANES)
+    z0b = _lanes_last(z_lpm2d).view(-1, 1, 1, 1, O, _kernels.LANES)
+    z = _run_core(xb, weight.view(1, O, D, 1, 1), z0b, _kernels.ONE_BY_ONE, K, eps, detach_weights)
+    return z.view(-1, O, _kernels.LANES).transpose(1, 2).reshape(-1, O)[:N]
 
 
 # ----------------------------------------------------------------------------------------------- linear
@@ -271,9 +256,9 @@ def robust_linear(
     if (isinstance(lam, float) and lam == 1.0) or K == 0:
         out = z_lpm
     else:
-        x2d = x.reshape(-1, weight.shape[1])
-        z_nrpm = _robust_core(x2d, weight, K, eps, detach_weights).reshape(z_lpm.shape)
-        out = _mix(lam, z_lpm, z_nrpm)
+        z_nrpm = _linear_nrpm(x.reshape(-1, weight.shape[1]), weight, z_lpm.reshape(-1, weight.shape[0]), K, eps,
+                              detach_weights)
+        out = _mix(lam, z_lpm, z_nrpm.to(z_lpm.dtype).reshape(z_lpm.shape))
     return out if bias is None else out + bias
 
 
@@ -347,23 +332,67 @@ def robust_conv2d(
     if (isinstance(lam, float) and lam == 1.0) or K == 0:
         out = z_lpm
     else:
-        out = _mix(lam, z_lpm, _robust_conv_nrpm(x, weight, z_lpm.shape, stride, padding, dilation, groups,
-                                                 K, eps, detach_weights))
+        out = _robust_conv_mixed(x, weight, z_lpm, lam, stride, padding, dilation, groups, K, eps, detach_weights)
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
     return out.squeeze(0) if unbatched else out
 
 
-def _robust_conv_nrpm(x, weight, out_shape, stride, padding, dilation, groups, K, eps, detach_weights):
-    B, c_out, h_out, w_out = out_shape
-    cols = F.unfold(x, weight.shape[2:], dilation=dilation, padding=padding, stride=stride)  # (B, C*kh*kw, L)
-    L = cols.shape[-1]
-    d_group = cols.shape[1] // groups
-    o_group = c_out // groups
-    outs = []
-    for g in range(groups):
-        x2d = cols[:, g * d_group:(g + 1) * d_group].transpose(1, 2).reshape(B * L, d_group)
-        w2d = weight[g * o_group:(g + 1) * o_group].reshape(o_group, d_group)
-        outs.append(_robust_core(x2d, w2d, K, eps, detach_weights).reshape(B, L, o_group))
-    z = outs[0] if groups == 1 else torch.cat(outs, dim=-1)
-    return z.transpose(1, 2).reshape(B, c_out, h_out, w_out)
+def _robust_conv_mixed(x, weight, z_lpm, lam, stride, padding, dilation, groups, K, eps, detach_weights):
+    """lam * z_LPM + (1 - lam) * z_NRPM of a convolution (no bias)."""
+    dtype = z_lpm.dtype
+    x, weight, z_lpm32 = _float32_at_least(x, weight, z_lpm)
+    B = x.shape[0]
+    vote_steps = z_lpm.numel() * weight[0].numel() * K
+    # Directly on the image, batch in the lanes, when the compiled kernels run (the eager ones would materialise
+    # whole images' votes per chunk), the stride is 1 (the gathered input gradient needs it) and padding the
+    # batch to a multiple of 16 wastes little; otherwise on unfold's columns.
+    if (stride == (1, 1) and (B % _kernels.LANES == 0 or B >= 4 * _kernels.LANES)
+            and _kernels.will_compile(x.device, vote_steps)):
+        return _conv_direct(x, weight, z_lpm, z_lpm32, lam, padding, dilation, groups, K, eps, detach_weights)
+    z = _conv_unfolded(x, weight, z_lpm32, stride, padding, dilation, groups, K, eps, detach_weights)
+    return _mix(lam, z_lpm, z.to(dtype))
+
+
+def _image_to_lanes(x, groups, ph, pw):
+    """(B, C, H, W) -> zero-padded (ceil(B/16), G, Cg, H + 2ph, W + 2pw, 16): one fill and one strided copy."""
+    B, C, H, W = x.shape
+    L = _kernels.LANES
+    xb = x.new_zeros(-(-B // L), groups, C // groups, H + 2 * ph, W + 2 * pw, L)
+    inner = xb.permute(0, 5, 1, 2, 3, 4)[..., ph:ph + H, pw:pw + W]  # (Bb, 16, G, Cg, H, W) view into xb
+    full = B // L
+    if full:
+        inner[:full].copy_(x[:full * L].view(full, L, groups, C // groups, H, W))
+    if B % L:
+        inner[full, :B % L].copy_(x[full * L:].view(B % L, groups, C // groups, H, W))
+    return xb
+
+
+def _conv_direct(x, weight, z_lpm, z_lpm32, lam, padding, dilation, groups, K, eps, detach_weights):
+    """Batch in the lanes: the zero-padded image (B/16, G, Cg, Hp, Wp, 16); receptive fields are strided views."""
+    B, (O, Cg, kh, kw), (Ho, Wo) = x.shape[0], weight.shape, z_lpm.shape[2:]
+    L, Og = _kernels.LANES, O // groups
+    pad_b = -B % L
+    xb = _image_to_lanes(x, groups, *padding)
+    if pad_b:
+        z_lpm, z_lpm32 = (F.pad(t, (0, 0, 0, 0, 0, 0, 0, pad_b)) for t in (z_lpm, z_lpm32))
+    z0b = z_lpm32.view(-1, L, groups, Og, Ho, Wo).permute(0, 4, 5, 2, 3, 1).contiguous()
+    z = _run_core(xb, weight.view(groups, Og, Cg, kh, kw), z0b, (kh, kw, 1, 1, *dilation), K, eps, detach_weights)
+    # mixed in the (B/16, 16, G, Og, Ho, Wo) view of NCHW: the lerp is the only pass over z's layout
+    out = _mix(lam, z_lpm.view(-1, L, groups, Og, Ho, Wo), z.permute(0, 5, 3, 4, 1, 2).to(z_lpm.dtype))
+    return out.view(-1, O, Ho, Wo)[:B]
+
+
+def _conv_unfolded(x, weight, z_lpm, stride, padding, dilation, groups, K, eps, detach_weights):
+    """Output positions in the lanes: unfold's columns (B, G*Dg, L) viewed as (B, G, Dg, L/16, 1, 16)."""
+    B, O, Ho, Wo = z_lpm.shape
+    L, Og = Ho * Wo, O // groups
+    pad = -L % _kernels.LANES
+    cols = F.unfold(x, weight.shape[2:], dilation=dilation, padding=padding, stride=stride)
+    cols = F.pad(cols, (0, pad)) if pad else cols
+    xb = cols.view(B, groups, -1, (L + pad) // _kernels.LANES, 1, _kernels.LANES)
+    z0 = z_lpm.reshape(B, groups, Og, L)
+    z0 = F.pad(z0, (0, pad)) if pad else z0
+    z0b = z0.view(B, groups, Og, -1, 1, _kernels.LANES).permute(0, 3, 4, 1, 2, 5).contiguous()
+    z = _run_core(xb, weight.reshape(groups, Og, -1, 1, 1), z0b, _kernels.ONE_BY_ONE, K, eps, detach_weights)
+    return z.permute(0, 3, 4, 1, 2, 5).reshape(B, O, -1)[..., :L].reshape(B, O, Ho, Wo)

@@ -1,0 +1,362 @@
+"""The NRPM core's kernels (the IRLS forward and its analytic backward) and the backend that runs them.
+
+One layout serves linear layers and convolutions. Outputs come in blocks of ``LANES`` independent outputs that
+share their weights and differ only in their inputs (16 images of a batch, 16 rows of a linear layer's input, or
+16 output positions of one image):
+
+    x  (N, G, Cg, Hp, Wp, LANES)   inputs: N blocks, G groups, Cg channels per group, a (padded) Hp x Wp plane
+    w  (G, Og, Cg, kh, kw)         weights
+    z  (N, Ho, Wo, G, Og, LANES)   one value per output
+
+and the votes of output (n, ho, wo, g, o, lane) are ``x[n, g, c, ho*sh + i*dh, wo*sw + j*dw, lane] * w[g, o, c, i, j]``
+over the receptive field (c, i, j): ``geom = (kh, kw, sh, sw, dh, dw)``. A linear layer is a 1x1 "convolution"
+on a 1x1 plane; a convolution runs either directly on the zero-padded image with the batch in the lanes (no
+unfold: the receptive fields are strided views), or on unfold's columns with the output positions in the lanes
+(small batches, strided convolutions).
+
+Why this layout: a compiled kernel's loops follow the output's memory order, so the innermost loop runs over the
+lanes (one full AVX-512 vector of outputs, no tail, no horizontal sum), the reduction over the receptive field
+sits just outside it (a weight is one broadcast scalar), and a block's receptive field stays in L1/L2 while every
+output channel reuses it. The same layout gives coalesced loads on a GPU. The lane width is static and every
+other size dynamic, so one compiled kernel serves every layer and batch size of a given kernel geometry; fully
+dynamic or unblocked versions measured 2-3x slower on CPU.
+
+Two ways to run the same Python kernels:
+
+* compiled: ``torch.compile`` (Inductor: C++/OpenMP on CPU, Triton on CUDA). Each IRLS step becomes one fused
+  reduction that builds the votes from broadcast loads, so votes are never materialised and no chunking is needed.
+* eager: the kernels as plain PyTorch ops over chunks sized from the memory budget (the votes of a chunk are
+  materialised). Used for small problems (not worth compiling), when compilation is unavailable or fails, and when
+  forced with ``set_backend("eager")`` / ``NRPM_BACKEND=eager``.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import warnings
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["LANES", "BACKENDS", "ONE_BY_ONE", "CompileFailed", "set_backend", "get_backend", "irls_forward",
+           "irls_grad_x", "irls_grad_w_per_block", "run_forward", "run_backward", "will_compile"]
+
+LANES = 16
+BACKENDS = ("auto", "compiled", "eager")
+ONE_BY_ONE = (1, 1, 1, 1, 1, 1)  # geom of linear layers and of unfold's columns
+
+# "auto" compiles only problems with at least this many vote-steps (votes x K): below it eager is already fast
+# (< ~10 ms) and the first call's compilation (seconds) would never pay back; this also keeps tiny problems such
+# as unit tests from compiling anything.
+AUTO_MIN_VOTE_STEPS = 1 << 22
+
+# The eager kernels hold about this many vote-sized temporaries at once.
+EAGER_TEMPORARIES_PER_VOTE = 8
+
+
+# ---------------------------------------------------------------------------------------------------- kernels
+def receptive_fields(x, geom, Ho, Wo):
+    """View x (N, G, Cg, Hp, Wp, L) as (N, Ho, Wo, G, 1, Cg, kh, kw, L): each output's inputs, without copying."""
+    kh, kw, sh, sw, dh, dw = geom
+    N, G, Cg, Hp, Wp, L = x.shape
+    s_w, s_h, s_c = L, Wp * L, Hp * Wp * L  # x is contiguous
+    # one as_strided rather than unfold + slicing: symbolic-shape tracing of the latter took seconds per kernel
+    return x.as_strided((N, Ho, Wo, G, 1, Cg, kh, kw, L),
+                        (G * Cg * s_c, sh * s_h, sw * s_w, Cg * s_c, 0, s_c, dh * s_h, dw * s_w, 1))
+
+
+def _per_output(t):
+    """(N, Ho, Wo, G, Og, L) -> broadcastable against votes (N, Ho, Wo, G, Og, Cg, kh, kw, L)."""
+    return t[:, :, :, :, :, None, None, None, :]
+
+
+_FIELD = (5, 6, 7)  # the receptive-field dims (Cg, kh, kw) of a vote tensor
+
+
+def irls_forward(x, w, z0, geom, K: int, eps: float, with_s: bool, with_q: bool):
+    """Run K IRLS steps from z0. Returns ([z_1..z_K], [S_1..S_K], [Q_1..Q_K]) (the last two empty unless asked).
+
+    Step k, from z = z_{k-1}:  r_d = y_d - z/D,  w_d = 1/(|r_d| + eps),  S_k = sum w_d,  z_k = D sum(w_d y_d) / S_k.
+    Q_k = sum_d sign(r_d) w_d^2 (y_d - z_k/D) is what the backward needs for dz_k/dz_{k-1} = Q_k / S_k; it is
+    accumulated here, as sum w^2 |r| + delta * sum sign(r) w^2 with delta = (z_{k-1} - z_k)/D, because it needs
+    the same w_d and would otherwise cost the backward one more pass over the votes per step.
+    """
+    D = w.shape[2] * w.shape[3] * w.shape[4]
+    inv_d = 1.0 / D
+    votes = receptive_fields(x, geom, z0.shape[1], z0.shape[2]) * w[None, None, None, :, :, :, :, :, None]
+    z = z0
+    zs, ss, qs = [], [], []
+    for _ in range(K):
+        r = votes - _per_output(z * inv_d)
+        abs_r = r.abs()
+        weight = 1.0 / (abs_r + eps)
+        s = weight.sum(_FIELD)
+        z_next = D * (weight * votes).sum(_FIELD) / s
+        if with_s:
+            ss.append(s)
+        if with_q:
+            w2 = weight * weight
+            qs.append((w2 * abs_r).sum(_FIELD) + (z - z_next) * inv_d * (torch.sign(r) * w2).sum(_FIELD))
+        z = z_next
+        zs.append(z)
+    return zs, ss, qs
+
+
+def _vote_gradient(votes, z_prev, coef, delta, eps: float, detach: bool):
+    """dL/d(vote) of the unrolled IRLS from per-step output-sized factors (already broadcast against votes).
+
+    For step k (r, w_d from z_{k-1}):  dz_k/dy_d = (D/S_k) (w_d - q_d) = (D/S_k) w_d^2 (eps - sign(r_d) delta_k),
+    using w_d |r_d| = 1 - eps w_d. With c_k = g_k D/S_k (g_k = dL/dz_k), the gradient of a vote is
+    sum_k c_k w_d^2 (eps - sign(r_d) delta_k); z_0's share (dL/dz_0, passed to every vote) is returned to z_0's
+    own graph (the plain layer's backward) by the caller instead of being added here.
+
+    ``z_prev[k] = z_{k-1}/D``, ``coef[k] = c_k``, ``delta[k] = delta_k`` for the steps k = 1..K. ``detach``: the
+    weights w_d are constants and only the last step passes gradient, dz_K/dy_d = c_K w_d; the lists then hold
+    that step alone.
+    """
+    if detach:
+        return coef[0] / ((votes - z_prev[0]).abs() + eps)
+    grad = None
+    for zp, c, dl in zip(z_prev, coef, delta):
+        r = votes - zp
+        a = r.abs() + eps
+        term = c * (eps - torch.sign(r) * dl) / (a * a)
+        grad = term if grad is None else grad + term
+    return grad
+
+
+def irls_grad_x(x, w, z_prev, coef, delta, geom, eps: float, detach: bool):
+    """dL/dx in x's layout, for stride 1 (sh = sw = 1).
+
+    Gathered per input rather than scattered from the outputs: input (hp, wp) is in the receptive field of the
+    outputs (hp - i*dh, wp - j*dw), so its gradient is a reduction over (o, i, j) of the vote gradients found at
+    those outputs. With the statistics zero-padded around the plane (coef = 0 there: no contribution) and the
+    kernel flipped, those outputs are again a strided view, and the vote value is x itself times the weight.
+    """
+    kh, kw, _, _, dh, dw = geom
+    N, G, Cg, Hp, Wp, L = x.shape
+    ph, pw = (kh - 1) * dh, (kw - 1) * dw
+    flipped = w.flip(3, 4)[None, None, None, :, :, :, :, :, None]  # (1, 1, 1, G, Og, Cg, kh, kw, 1)
+    votes = x.permute(0, 3, 4, 1, 2, 5)[:, :, :, :, None, :, None, None, :] * flipped
+
+    def around(t):  # (N, Ho, Wo, G, Og, L) -> (N, Hp, Wp, G, Og, 1, kh, kw, L): the outputs that read each input
+        t = F.pad(t, (0, 0, 0, 0, 0, 0, pw, pw, ph, ph)).contiguous()
+        _, Hs, Ws, _, Og, _ = t.shape
+        s_o, s_w = L, G * Og * L
+        s_h = Ws * s_w
+        return t.as_strided((N, Hp, Wp, G, Og, 1, kh, kw, L),
+                            (Hs * s_h, s_h, s_w, Og * s_o, s_o, 0, dh * s_h, dw * s_w, 1))
+
+    grad = _vote_gradient(votes, [around(t) for t in z_prev], [around(t) for t in coef],
+                          [around(t) for t in delta], eps, detach)
+    return (grad * flipped).sum((4, 6, 7)).permute(0, 3, 4, 1, 2, 5)  # (N, G, Cg, Hp, Wp, L)
+
+
+def irls_grad_w_per_block(x, w, z_prev, coef, delta, geom, eps: float, detach: bool):
+    """dL/dw per block of lanes (N, G, Og, Cg, kh, kw); the caller sums over N.
+
+    Per block on purpose: summing over the blocks inside the kernel makes every weight re-read all the per-output
+    statistics of the batch (measured 2-10x slower).
+    """
+    fields = receptive_fields(x, geom, z_prev[0].shape[1], z_prev[0].shape[2])
+    votes = fields * w[None, None, None, :, :, :, :, :, None]
+    grad = _vote_gradient(votes, [_per_output(t) for t in z_prev], [_per_output(t) for t in coef],
+                          [_per_output(t) for t in delta], eps, detach)
+    return (grad * fields).sum((1, 2, 8))
+
+
+# ---------------------------------------------------------------------------------------------------- backend
+_backend = os.environ.get("NRPM_BACKEND", "auto").strip().lower() or "auto"
+if _backend not in BACKENDS:
+    warnings.warn(f"NRPM_BACKEND={_backend!r} is not one of {BACKENDS}; using 'auto'", stacklevel=1)
+    _backend = "auto"
+
+
+def set_backend(name: str) -> None:
+    """Choose how the NRPM core runs: 'auto' (compile large problems, eager otherwise), 'compiled', 'eager'."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    _backend = name
+
+
+def get_backend() -> str:
+    """The current backend setting ('auto', 'compiled' or 'eager'; env NRPM_BACKEND)."""
+    return _backend
+
+
+# Inductor materialises a fused expression that reads many buffers or has many ops; here that expression is a
+# vote-sized tensor, the very thing the kernels exist to avoid, so those limits are lifted for these kernels only.
+_INDUCTOR_OPTIONS = {"realize_acc_reads_threshold": 1_000_000, "realize_opcount_threshold": 10_000}
+
+
+class _CompiledKernels:
+    """torch.compile'd kernels, one per static configuration, and the record of a failed compilation."""
+
+    def __init__(self):
+        self._fns: dict[tuple, Callable] = {}
+        self.failure: str | None = None
+
+    def get(self, kernel: Callable, key: tuple) -> Callable:
+        fn = self._fns.get(key)
+        if fn is None:
+            # A private copy of the code object gives each configuration its own Dynamo cache, so configurations
+            # never count against each other's recompile limit nor add guards to each other's calls.
+            code = kernel.__code__.replace()
+            copy = types.FunctionType(code, kernel.__globals__, kernel.__name__, kernel.__defaults__)
+            fn = self._fns[key] = torch.compile(copy, fullgraph=True, options=_INDUCTOR_OPTIONS)
+        return fn
+
+    def disable(self, error: BaseException) -> None:
+        self.failure = f"{type(error).__name__}: {error}"
+        warnings.warn(f"nrpm: compiling the NRPM kernels failed ({self.failure.splitlines()[0][:300]}); falling back "
+                      "to the eager kernels (slower, same results). Set NRPM_BACKEND=eager to silence this.",
+                      RuntimeWarning, stacklevel=4)
+
+
+_compiled = _CompiledKernels()
+
+
+class CompileFailed(Exception):
+    """The compiled kernels failed and are now disabled: the caller reruns on the eager ones."""
+
+
+def will_compile(device: torch.device, vote_steps: int) -> bool:
+    """Whether a problem of this size on this device runs on the compiled kernels (under the current backend)."""
+    if _backend == "eager" or torch.compiler.is_compiling():
+        return False  # inside a user's torch.compile the plain kernels are traced into their graph instead
+    if _backend == "compiled":
+        return True
+    usable = _compiled.failure is None and device.type in ("cpu", "cuda")
+    return usable and vote_steps >= AUTO_MIN_VOTE_STEPS
+
+
+def _call_compiled(kernel, key, args, dynamic):
+    """Run a compiled kernel; in 'auto' mode a failure warns once, disables them and raises CompileFailed."""
+    try:
+        for tensors, dims in dynamic:
+            for t in tensors:
+                for d in dims:
+                    torch._dynamo.maybe_mark_dynamic(t, d)
+        return _compiled.get(kernel, key)(*args)
+    except (MemoryError, torch.OutOfMemoryError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # noqa: BLE001 - any compiler/toolchain failure: fall back, do not crash
+        if _backend == "compiled":
+            raise
+        _compiled.disable(error)
+        raise CompileFailed from error
+
+
+# The sizes that vary between layers and batches are compiled as dynamic; LANES, G and the geometry stay static.
+_X_DYN, _W_DYN, _Z_DYN = (0, 2, 3, 4), (1, 2), (0, 1, 2, 4)
+
+
+def _plain(*tensors) -> list[torch.Tensor]:
+    # Detached tensors are not views: Dynamo would otherwise guard on (and recompile for) each view's base
+    # (a weight reshaped for a convolution vs for a linear layer). Autograd is handled by the caller.
+    return [t.detach() for t in tensors]
+
+
+# ------------------------------------------------------------------------------------------------ eager runs
+def _eager_chunks(x, w, z_shape, geom, budget_bytes):
+    """(block, output-row, out-channel) slices whose materialised votes stay within the memory budget.
+
+    Output rows are split only for 1x1 geometries (their rows read disjoint input rows); a single (block, channel)
+    of a spatial kernel is the smallest chunk.
+    """
+    N, Ho, Wo, G, Og, L = z_shape
+    field = w.shape[2] * w.shape[3] * w.shape[4]
+    max_votes = max(1, budget_bytes // (x.element_size() * EAGER_TEMPORARIES_PER_VOTE))
+    row = G * Wo * field * L  # votes of one output row of one block, one channel
+    o_chunk = max(1, min(Og, max_votes // (row * Ho)))
+    rows = max(1, max_votes // (row * o_chunk)) if geom == ONE_BY_ONE else Ho
+    h_chunk = min(Ho, rows)
+    n_chunk = max(1, min(N, rows // Ho)) if h_chunk == Ho else 1
+    for n0 in range(0, N, n_chunk):
+        for h0 in range(0, Ho, h_chunk):
+            for o0 in range(0, Og, o_chunk):
+                yield slice(n0, n0 + n_chunk), slice(h0, h0 + h_chunk), slice(o0, o0 + o_chunk)
+
+
+def _eager_forward(x, w, z0, geom, K, eps, with_s, with_q, budget_bytes):
+    outs = [torch.empty_like(z0) for _ in range(K * (1 + with_s + with_q))]
+    for ns, hs, os_ in _eager_chunks(x, w, z0.shape, geom, budget_bytes):
+        xs = x[ns, :, :, hs] if geom == ONE_BY_ONE else x[ns]
+        parts = irls_forward(xs, w[:, os_], z0[ns, hs, :, :, os_], geom, K, eps, with_s, with_q)
+        for out, part in zip(outs, parts[0] + parts[1] + parts[2]):
+            out[ns, hs, :, :, os_] = part
+    return outs[:K], outs[K:K + K * with_s], outs[K + K * with_s:]
+
+
+def _eager_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes):
+    z_prev, coef, delta = stats
+    grad_x = torch.zeros_like(x) if need_x else None
+    grad_w = torch.zeros_like(w) if need_w else None
+    for ns, hs, os_ in _eager_chunks(x, w, z_prev[0].shape, geom, budget_bytes):
+        part = lambda ts: [t[ns, hs, :, :, os_] for t in ts]  # noqa: E731
+        chunk = (part(z_prev), part(coef), part(delta))
+        xs = x[ns, :, :, hs] if geom == ONE_BY_ONE else x[ns]
+        if need_x:
+            gx = irls_grad_x(xs, w[:, os_], *chunk, geom, eps, detach)
+            if geom == ONE_BY_ONE:
+                grad_x[ns, :, :, hs] += gx
+            else:
+                grad_x[ns] += gx
+        if need_w:
+            grad_w[:, os_] += irls_grad_w_per_block(xs, w[:, os_], *chunk, geom, eps, detach).sum(0)
+    return grad_x, grad_w
+
+
+# ------------------------------------------------------------------------------------------------ entry points
+def _vote_steps(w, z_shape, steps):
+    N, Ho, Wo, G, Og, L = z_shape
+    return N * Ho * Wo * L * G * Og * w.shape[2] * w.shape[3] * w.shape[4] * max(steps, 1)
+
+
+def run_forward(x, w, z0, geom, K: int, eps: float, with_s: bool, with_q: bool, budget_bytes: int):
+    """irls_forward on the chosen backend. Raises CompileFailed if compilation fails (the caller reruns)."""
+    x, w, z0 = _plain(x, w, z0)
+    if will_compile(x.device, _vote_steps(w, z0.shape, K)):
+        return _call_compiled(irls_forward, ("forward", geom, K, eps, with_s, with_q),
+                              (x, w, z0, geom, K, eps, with_s, with_q),
+                              [((x,), _X_DYN), ((w,), _W_DYN), ((z0,), _Z_DYN)])
+    return _eager_forward(x, w, z0, geom, K, eps, with_s, with_q, budget_bytes)
+
+
+def run_backward(x, w, stats, geom, eps: float, detach: bool, need_x: bool, need_w: bool, budget_bytes: int):
+    """(dL/dx, dL/dw) of the unrolled IRLS on the chosen backend; None for a gradient not needed.
+
+    ``stats = (z_prev, coef, delta)`` as in ``_vote_gradient``. A compilation failure here falls back to the eager
+    kernels directly (the forward already ran in this layout).
+    """
+    x, w = _plain(x, w)
+    stats = tuple(_plain(*s) for s in stats)
+    if will_compile(x.device, _vote_steps(w, stats[0][0].shape, len(stats[0]))):
+        try:
+            return _compiled_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes)
+        except CompileFailed:
+            pass
+    return _eager_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes)
+
+
+def _compiled_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes):
+    # one kernel per gradient: a vote gradient feeding two reductions would be materialised (vote-sized)
+    steps = len(stats[0])
+    grad_x = grad_w = None
+    if need_x:
+        grad_x = _call_compiled(irls_grad_x, ("grad_x", geom, steps, eps, detach), (x, w, *stats, geom, eps, detach),
+                                [((x,), _X_DYN), ((w,), _W_DYN), ([t for s in stats for t in s], _Z_DYN)])
+    if need_w:
+        per_block = w.numel() * x.element_size()
+        n_chunk = max(1, budget_bytes // per_block)  # bounds the per-block partial sums
+        grad_w = torch.zeros_like(w)
+        for n0 in range(0, x.shape[0], n_chunk):
+            xs = x[n0:n0 + n_chunk]
+            part = tuple([t[n0:n0 + n_chunk] for t in s] for s in stats)
+            grad_w += _call_compiled(irls_grad_w_per_block, ("grad_w", geom, steps, eps, detach),
+                                     (xs, w, *part, geom, eps, detach),
+                                     [((xs,), _X_DYN), ((w,), _W_DYN), ([t for s in part for t in s], _Z_DYN)]).sum(0)
+    return grad_x, grad_w

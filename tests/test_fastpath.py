@@ -1,0 +1,177 @@
+"""The compiled NRPM kernels against the eager ones and against a naive reference that materialises every vote.
+
+Compilation is slow (seconds per kernel, cached on disk afterwards), so only a few small tests compile, and they
+share their kernels: linear layers with K=3 (both detach modes), one convolution geometry with K=1; every problem
+has at least two blocks of lanes, so no size-1 specialisation is compiled. The other layouts and geometries run
+the same kernel functions eagerly.
+"""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nrpm import _kernels
+from nrpm import functional as RF
+from nrpm.functional import robust_conv2d, robust_linear
+
+EPS = 1e-2
+
+
+# ------------------------------------------------------------------------------- naive reference (tests only)
+def naive_irls(votes, lam, K, eps, detach):
+    D = votes.shape[-1]
+    z_lpm = votes.sum(-1)
+    z = z_lpm
+    for _ in range(K):
+        w = 1.0 / ((votes - z[..., None] / D).abs() + eps)
+        if detach:
+            w = w.detach()
+        z = D * (w * votes).sum(-1) / w.sum(-1)
+    return lam * z_lpm + (1 - lam) * z
+
+
+def naive_linear(x, weight, bias, lam, K, eps, detach):
+    return naive_irls(x[..., None, :] * weight, lam, K, eps, detach) + bias
+
+
+def naive_conv2d(x, weight, bias, stride, padding, dilation, groups, lam, K, eps, detach):
+    """Votes from unfold, one group at a time: (B, G, L, Og, Dg)."""
+    B, O = x.shape[0], weight.shape[0]
+    h_out = (x.shape[2] + 2 * padding - dilation * (weight.shape[2] - 1) - 1) // stride + 1
+    w_out = (x.shape[3] + 2 * padding - dilation * (weight.shape[3] - 1) - 1) // stride + 1
+    cols = F.unfold(x, weight.shape[2:], dilation=dilation, padding=padding, stride=stride)  # (B, C*kh*kw, L)
+    cols = cols.view(B, groups, -1, cols.shape[-1])
+    w3 = weight.reshape(groups, O // groups, -1)
+    votes = cols.permute(0, 1, 3, 2)[:, :, :, None, :] * w3[None, :, None]  # (B, G, L, Og, Dg)
+    out = naive_irls(votes, lam, K, eps, detach).permute(0, 1, 3, 2).reshape(B, O, h_out, w_out)
+    return out + bias.view(1, -1, 1, 1)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+@pytest.fixture
+def backend():
+    """Switch backends inside a test; always back to the default afterwards."""
+    yield RF.set_backend
+    RF.set_backend("auto")
+
+
+def outputs_and_grads(fn, inputs):
+    out = fn(*inputs)
+    grads = torch.autograd.grad((out * torch.linspace(-1, 2, out.numel()).view(out.shape)).sum(), inputs)
+    return [out.detach(), *grads]
+
+
+def assert_all_close(got, want, **tol):
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **tol)
+
+
+def leaf(*shape, scale=1.0):
+    return (torch.randn(*shape) * scale).requires_grad_()
+
+
+TOL = dict(rtol=2e-4, atol=2e-4)
+
+
+# ------------------------------------------------------------------------------------------------ tests
+@pytest.mark.parametrize("K,detach", [(3, False), (3, True)])
+def test_linear_compiled_matches_eager_and_naive(backend, K, detach):
+    x, w, b, lam = leaf(20, 37), leaf(6, 37, scale=0.3), leaf(6), torch.tensor(0.3).requires_grad_()
+    fn = lambda x, w, b, lam: robust_linear(x, w, b, lam=lam, K=K, eps=EPS, detach_weights=detach)  # noqa: E731
+    naive = lambda x, w, b, lam: naive_linear(x, w, b, lam, K, EPS, detach)  # noqa: E731
+    check_against_eager_and_naive(backend, fn, naive, (x, w, b, lam))
+
+
+def test_conv2d_compiled_matches_eager_and_naive(backend):
+    """Batch in the lanes, directly on the image (K=1: the configuration of test_functional's memory test)."""
+    x, w, b, lam = leaf(32, 4, 9, 8), leaf(6, 4, 3, 3, scale=0.3), leaf(6), torch.tensor(0.6).requires_grad_()
+    fn = lambda x, w, b, lam: robust_conv2d(x, w, b, 1, 1, lam=lam, K=1, eps=EPS)  # noqa: E731
+    naive = lambda x, w, b, lam: naive_conv2d(x, w, b, 1, 1, 1, 1, lam, 1, EPS, False)  # noqa: E731
+    check_against_eager_and_naive(backend, fn, naive, (x, w, b, lam))
+
+
+@pytest.mark.parametrize("batch,stride,padding,dilation,groups", [
+    (32, 1, 2, 2, 2),  # batch in the lanes, directly on the image
+    (3, 2, 1, 1, 1),  # output positions in the lanes, on unfold's columns
+])
+def test_conv2d_layouts_on_eager_kernels(backend, monkeypatch, batch, stride, padding, dilation, groups):
+    """Each layout, run by the eager kernels (the compiled ones are the same functions, checked above)."""
+    monkeypatch.setattr(_kernels, "will_compile", lambda device, steps: True)  # pick the layout of compiled runs
+    monkeypatch.setattr(_kernels, "_call_compiled", eager_instead)
+    x, w = leaf(batch, 4, 9, 8), leaf(6, 4 // groups, 3, 3, scale=0.3)
+    b, lam = leaf(6), torch.tensor(0.6).requires_grad_()
+    args = (stride, padding, dilation, groups)
+    got = outputs_and_grads(lambda x, w, b, lam: robust_conv2d(x, w, b, *args, lam=lam, K=3, eps=EPS), (x, w, b, lam))
+    want = outputs_and_grads(lambda x, w, b, lam: naive_conv2d(x, w, b, *args, lam, 3, EPS, False), (x, w, b, lam))
+    assert_all_close(got, want, **TOL)
+
+
+def eager_instead(kernel, key, args, dynamic):
+    return kernel(*args)
+
+
+def check_against_eager_and_naive(backend, fn, naive, inputs):
+    backend("compiled")
+    compiled = outputs_and_grads(fn, inputs)
+    backend("eager")
+    eager = outputs_and_grads(fn, inputs)
+    assert_all_close(compiled, eager, **TOL)
+    assert_all_close(compiled, outputs_and_grads(naive, inputs), **TOL)
+
+
+def test_inference_and_input_only_gradient(backend):
+    """No grad: the statistics-free forward; frozen weight and float lam (an attack step): grad_x only."""
+    x, w = torch.rand(32, 3, 8, 8), torch.randn(5, 3, 3, 3) * 0.3
+    fn = lambda x: robust_conv2d(x, w, None, 1, 1, lam=0.5, K=1, eps=EPS)  # noqa: E731
+    backend("compiled")
+    with torch.no_grad():
+        infer = fn(x)
+    attack = outputs_and_grads(fn, (x.clone().requires_grad_(),))
+    backend("eager")
+    torch.testing.assert_close(infer, fn(x), **TOL)
+    assert_all_close(attack, outputs_and_grads(fn, (x.clone().requires_grad_(),)), **TOL)
+
+
+# ------------------------------------------------------------------------------------ backend selection
+def test_backend_switch_validates_and_reports():
+    assert RF.get_backend() in _kernels.BACKENDS
+    with pytest.raises(ValueError, match="backend"):
+        RF.set_backend("fast")
+
+
+def test_auto_compiles_only_large_problems(backend, monkeypatch):
+    monkeypatch.setattr(_kernels._compiled, "failure", None)
+    cpu = torch.device("cpu")
+    backend("auto")
+    assert not _kernels.will_compile(cpu, 1000)
+    assert _kernels.will_compile(cpu, _kernels.AUTO_MIN_VOTE_STEPS)
+    backend("eager")
+    assert not _kernels.will_compile(cpu, 10**12)
+    backend("compiled")
+    assert _kernels.will_compile(cpu, 1)
+
+
+def test_compile_failure_warns_once_and_falls_back(backend, monkeypatch):
+    def broken(kernel, key):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(_kernels._compiled, "get", broken)
+    monkeypatch.setattr(_kernels._compiled, "failure", None)
+    monkeypatch.setattr(_kernels, "AUTO_MIN_VOTE_STEPS", 0)  # make a small problem "large"
+    x, w = leaf(5, 12), leaf(3, 12)
+    backend("auto")
+    with pytest.warns(RuntimeWarning, match="falling back"):
+        got = outputs_and_grads(lambda x, w: robust_linear(x, w, lam=0.2, K=2), (x, w))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second call neither retries nor warns again
+        again = outputs_and_grads(lambda x, w: robust_linear(x, w, lam=0.2, K=2), (x, w))
+    backend("eager")
+    want = outputs_and_grads(lambda x, w: robust_linear(x, w, lam=0.2, K=2), (x, w))
+    assert_all_close(got, want)
+    assert_all_close(again, want)
+    backend("compiled")  # forced: the failure is raised, not hidden
+    monkeypatch.setattr(_kernels._compiled, "failure", None)
+    with pytest.raises(RuntimeError, match="no C"):
+        robust_linear(x, w, lam=0.2, K=2)
