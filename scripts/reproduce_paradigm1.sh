@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Paradigm-1 tables on the paper's checkpoints (the Experiments issue). Every run is resumable: rerun this
 # script after an interruption and finished (lam, budget) cells are skipped. Usage:
-#   scripts/reproduce_paradigm1.sh [mnist|cifar|cifar-aa|all]     (default all)
+#   scripts/reproduce_paradigm1.sh [mnist|cifar|cifar-quick|cifar-aa|all]     (default all)
 # Outputs land in results/paradigm1/<run>/ (results.json/.csv, table.md, accuracy.png); then
 #   .venv/bin/python scripts/compare_paper.py    writes results/paradigm1/COMPARISON.md
 set -euo pipefail
@@ -31,6 +31,13 @@ cifar() {
     --n-samples 1000 --batch-size 200 --no-progress --out $OUT/resnet18_narrow_pgd20_K3
 }
 
+cifar_quick() {
+  # a CPU-sized subset of cifar(): the paper's published lam rows on the first 200 test images
+  $NRPM eval --model resnet18_narrow --lam 1.0 0.9 0.7 --K 3 --eps 1e-3 --attack pgd \
+    --attack-arg steps=20 --attack-arg alpha=0.00784313725490196 --budgets 0 8 16 32 --budget-unit 255 \
+    --n-samples 200 --batch-size 100 --no-progress --out $OUT/resnet18_narrow_pgd20_K3_n200
+}
+
 cifar_aa() {
   # choose lam on held-out training images (never the test set): PGD-20 at 8/255 on the last 500 train images
   $NRPM eval --model resnet18_narrow --split val --lam 1.0 0.9 0.8 0.7 0.6 0.5 0.4 --K 3 --eps 1e-3 \
@@ -45,7 +52,8 @@ cifar_aa() {
 case $what in
   mnist) mnist ;;
   cifar) cifar ;;
+  cifar-quick) cifar_quick ;;
   cifar-aa) cifar_aa ;;
   all) mnist; cifar; cifar_aa ;;
-  *) echo "usage: $0 [mnist|cifar|cifar-aa|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [mnist|cifar|cifar-quick|cifar-aa|all]" >&2; exit 2 ;;
 esac

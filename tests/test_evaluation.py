@@ -78,3 +78,10 @@ def test_cli_missing_data_names_the_path(shared_dir, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "nodata" in err and "MNIST" in err
+
+
+def test_results_file_keeps_cells_of_earlier_runs(shared_dir, tmp_path):
+    run_eval(_settings(lams=[1.0], budgets=[0.0]), tmp_path, progress=False)
+    run_eval(_settings(lams=[0.5], budgets=[0.0]), tmp_path, progress=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert {(c["lam"], c["budget"]) for c in saved["cells"]} == {(1.0, 0.0), (0.5, 0.0)}

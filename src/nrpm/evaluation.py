@@ -203,7 +203,9 @@ def run_eval(settings: EvalSettings, out_dir: str | Path | None, *, device: str 
     cells = evaluate_grid(model, x, y, settings.lams, settings.budgets, make_attack,
                           batch_size=settings.batch_size, done=done, on_cell=save, progress=progress,
                           attack_name=settings.attack)
-    result = payload(cells)
+    # keep every finished cell on file, also those of lam values / budgets not asked for in this run
+    result = payload(list({**cells_so_far, **{(round(c["lam"], 6), round(c["budget"], 9)): c
+                                             for c in cells}}.values()))
     result["seconds_this_run"] = round(time.perf_counter() - started, 2)
     table = reports.markdown_grid(cells, settings.lams, settings.budgets, unit=settings.budget_unit)
     result["table"] = table
