@@ -29,13 +29,13 @@ def _budgets(values, unit: float) -> list[float]:
     return [b / unit for b in budgets]
 
 
-def _attack_kwargs(items) -> dict:
-    """--attack-arg steps=40 --attack-arg alpha=0.01 -> {'steps': 40, 'alpha': 0.01}."""
+def parse_key_values(items, flag: str = "--attack-arg") -> dict:
+    """['steps=40', 'alpha=0.01'] -> {'steps': 40, 'alpha': 0.01} (values parsed as JSON when they can be)."""
     kwargs = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"error: --attack-arg wants KEY=VALUE, got {item!r}")
+            raise ValueError(f"{flag} wants KEY=VALUE, got {item!r}")
         try:
             kwargs[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -86,7 +86,7 @@ def _eval_settings(args):
         raise SystemExit(f"error: lam values must lie in [0, 1], got {bad}")
     return EvalSettings(model=args.model, checkpoint=args.checkpoint, lams=lams, K=args.K, eps=args.eps,
                         layers=args.layers, skip=args.skip or [], layer_types=args.layer_types,
-                        attack=args.attack, attack_kwargs=_attack_kwargs(args.attack_arg),
+                        attack=args.attack, attack_kwargs=parse_key_values(args.attack_arg),
                         budgets=_budgets(args.budgets, args.budget_unit), budget_unit=args.budget_unit,
                         n_samples=args.n_samples, batch_size=args.batch_size, seed=args.seed,
                         data_root=args.data_root, split=args.split)

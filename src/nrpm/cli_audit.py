@@ -100,6 +100,7 @@ def cmd_audit(args) -> int:
     import torch
 
     from . import audit as AU
+    from . import reports
     from . import evaluation as E
     from .cli import _budgets, _floats
     from .reprogram import load_reprogramming, undo_reprogramming
@@ -167,10 +168,10 @@ def cmd_audit(args) -> int:
         check_budget=None if args.check_budget is None else args.check_budget / unit,
         tolerances=tolerances, seed=args.seed, batch_size=args.batch_size, cache_path=cache, title=title,
         budget_unit=unit, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
-    report.settings["eval_settings"] = _jsonable(asdict(settings))
+    report.settings["eval_settings"] = reports.jsonable(asdict(settings))
     report.settings["reprogramming_file"] = args.reprogramming
-    report.settings["cli_args"] = _jsonable({k: v for k, v in vars(args).items() if k != "func"})
-    report.settings["checkpoint_info"] = _jsonable(info or {})
+    report.settings["cli_args"] = reports.jsonable({k: v for k, v in vars(args).items() if k != "func"})
+    report.settings["checkpoint_info"] = reports.jsonable(info or {})
     print(report.to_markdown())
     if out is not None:
         paths = report.save(out)
@@ -181,14 +182,6 @@ def cmd_audit(args) -> int:
     return 0
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return repr(obj)
 
 
 def cmd_audit_table(args) -> int:

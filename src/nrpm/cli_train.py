@@ -10,20 +10,9 @@ import argparse
 import json
 import sys
 
+from .cli import parse_key_values
+
 __all__ = ["add_train_parsers", "cmd_train", "cmd_reprogram", "config_from_args", "tests_from_args"]
-
-
-def _kv(items, flag: str) -> dict:
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{flag} wants KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def _per_unit(value, unit: float):
@@ -61,7 +50,7 @@ def tests_from_args(args) -> list:
     if not args.test_attack:
         return []
     budgets = [b / args.budget_unit for b in args.test_budgets]
-    kwargs = _kv(args.test_attack_arg, "--test-attack-arg")
+    kwargs = parse_key_values(args.test_attack_arg, "--test-attack-arg")
     return [TestSettings(attack=args.test_attack, attack_kwargs=kwargs, budgets=budgets, n_samples=args.test_samples,
                          batch_size=args.test_batch_size, budget_unit=args.budget_unit)]
 

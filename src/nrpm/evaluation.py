@@ -192,7 +192,7 @@ def run_eval(settings: EvalSettings, out_dir: str | Path | None, *, device: str 
 
     def payload(cells):
         return {"format": RESULTS_FORMAT, "settings": asdict(settings), "cell_key": settings.cell_key(),
-                "versions": _versions(), "device": str(dev), "checkpoint_info": _jsonable(info),
+                "versions": _versions(), "device": str(dev), "checkpoint_info": reports.jsonable(info),
                 "robust_layers": sorted(n for n, _ in _robust_names(model)), "cells": cells}
 
     def save(cell):
@@ -235,11 +235,3 @@ def _robust_names(model):
     return robust_layers(model).items()
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return repr(obj)

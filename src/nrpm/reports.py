@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 from ._io import atomic_write
 
 __all__ = ["atomic_write_text", "write_json", "read_json", "markdown_grid", "write_grid_csv", "plot_curves",
-           "format_budget"]
+           "format_budget", "jsonable"]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -27,6 +27,17 @@ def write_json(path, obj) -> None:
 def read_json(path):
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def jsonable(obj):
+    """A copy of ``obj`` that json can write: containers kept, anything else exotic as its repr."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return repr(obj)
 
 
 def format_budget(budget: float, unit: float = 1.0) -> str:
