@@ -56,8 +56,8 @@ class Case:
 
 CASES = {
     "mlp3": Case("mlp3", "mlp3", 256, (1, 28, 28)),
-    "lenet": Case("lenet", "lenet", 256, (1, 28, 28)),
-    "resnet18_narrow": Case("resnet18_narrow", "resnet18_narrow", 128, (3, 32, 32)),
+    "lenet": Case("lenet", "lenet", 256, (1, 28, 28), repeats=3),
+    "resnet18_narrow": Case("resnet18_narrow", "resnet18_narrow", 128, (3, 32, 32), repeats=3),
     "conv64": Case("conv64", "conv64", 32, (64, 32, 32), repeats=3),
     "resnet18": Case("resnet18", "resnet18", 32, (3, 32, 32), repeats=2),
 }
@@ -163,9 +163,10 @@ def time_case(case: Case, batch: int, K: int, modes, impls, repeats: int, device
     robust = build_robust(plain, K).to(device)
     x = make_input(case, batch, device)
     first, times = {}, {(i, m): [] for i in impls for m in modes}
-    for impl in impls:  # warm-up: the library compiles its kernels here (first-call time recorded)
+    for impl in impls:  # warm-up (the library compiles its kernels here); the naive one needs none and is slow
         for mode in modes:
-            first[(impl, mode)] = timed(lambda: run_impl(impl, plain, robust, x, mode), device)
+            if impl != "naive":
+                first[(impl, mode)] = timed(lambda: run_impl(impl, plain, robust, x, mode), device)
     for r in range(repeats):
         for mode in modes:
             for impl in impls:
@@ -175,7 +176,7 @@ def time_case(case: Case, batch: int, K: int, modes, impls, repeats: int, device
     out = {}
     for (impl, mode), ts in times.items():
         median = statistics.median(ts)
-        out.setdefault(mode, {})[impl] = {"median_s": median, "times_s": ts, "first_call_s": first[(impl, mode)]}
+        out.setdefault(mode, {})[impl] = {"median_s": median, "times_s": ts, "first_call_s": first.get((impl, mode))}
     return out
 
 
@@ -209,25 +210,28 @@ def memory_probe(case_name: str, impl: str, K: int, mode: str, batch: int, devic
     case = CASES[case_name]
     plain = build_plain(case).to(device)
     robust = build_robust(plain, K).to(device)
-    if impl != "naive":  # compile (library) / initialise (plain) on a small batch first
-        run_impl(impl, plain, robust, make_input(case, 2, device), mode)
     x = make_input(case, batch, device)
+    if impl != "naive":  # a first step compiles (library) / initialises (plain); the naive one needs none
+        # batch 32 shares the compiled kernels of any larger multiple of 16 (two or more blocks of 16 lanes)
+        warm = 32 if batch > 32 and batch % 16 == 0 else batch
+        run_impl(impl, plain, robust, make_input(case, warm, device), mode)
     gc.collect()
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        run_impl(impl, plain, robust, x, mode)
-        torch.cuda.synchronize()
-        return {"peak_extra_bytes": torch.cuda.max_memory_allocated() - base, "method": "cuda max_memory_allocated"}
+        seconds = timed(lambda: run_impl(impl, plain, robust, x, mode), device)
+        return {"peak_extra_bytes": torch.cuda.max_memory_allocated() - base, "method": "cuda max_memory_allocated",
+                "step_seconds": seconds}
     base = _rss_bytes("VmRSS")
     exact = _reset_peak_rss()
-    run_impl(impl, plain, robust, x, mode)
+    seconds = timed(lambda: run_impl(impl, plain, robust, x, mode), device)
     if exact:
         peak, method = _rss_bytes("VmHWM"), "VmHWM after clear_refs"
     else:
         peak, method = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "ru_maxrss"
-    return {"peak_extra_bytes": max(0, peak - base), "method": method, "baseline_rss_bytes": base}
+    return {"peak_extra_bytes": max(0, peak - base), "method": method, "baseline_rss_bytes": base,
+            "step_seconds": seconds}
 
 
 def measure_memory(case: Case, impl, K, mode, batch, device, timeout=1800) -> dict:
@@ -289,7 +293,7 @@ def make_rows(case, batch, K, timing, counts, sizer, skipped, args, reduced_from
     rows = []
     for mode, by_impl in timing.items():
         row = {"case": case.name, "batch": batch, "K": K, "mode": mode, "reduced_from": reduced_from,
-               "votes": sum(counts) * batch, "times": by_impl,
+               "votes": sum(counts) * batch, "times": by_impl, "load_average": list(os.getloadavg()),
                "naive_estimate": sizer.estimate(counts, batch, K, mode)}
         if skipped.get(mode):
             row["naive_skipped"] = skipped[mode]
@@ -372,6 +376,7 @@ def check_full_resnet18_b128(args, log) -> dict:
     log("  full-width ResNet-18, B=128, K=3, fwd+bwd (fresh process)")
     t0 = time.perf_counter()
     mem = measure_memory(case, "nrpm", 3, "fwd+bwd", 128, args.device)
+    log(f"  {mem}")
     return {"case": "resnet18", "batch": 128, "K": 3, "mode": "fwd+bwd", "memory": mem,
             "process_wall_s": time.perf_counter() - t0}
 
@@ -407,6 +412,18 @@ def startup_probe(device: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ report
+def wait_for_idle(max_seconds: float, log, threshold: float = 0.7) -> list[float]:
+    """Wait (up to max_seconds) until the 1-minute load average drops below threshold: the timings of an
+    OpenMP program on a shared 2-core machine mean little while other processes run."""
+    waited = 0.0
+    while os.getloadavg()[0] >= threshold and waited < max_seconds:
+        if waited == 0:
+            log(f"waiting for the machine to go idle (load {os.getloadavg()[0]:.2f})")
+        time.sleep(10)
+        waited += 10
+    return list(os.getloadavg())
+
+
 def machine_info(device) -> dict:
     cpu = platform.processor()
     with contextlib.suppress(OSError):
@@ -415,7 +432,8 @@ def machine_info(device) -> dict:
     info = {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
             "device": device, "nrpm_backend": nrpm.functional.get_backend(),
-            "compiled_kernels_failed": _kernels._compiled.failure}
+            "compiled_kernels_failed": _kernels._compiled.failure,
+            "env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_", "NRPM_", "TORCHINDUCTOR_"))}}
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     with contextlib.suppress(OSError):
@@ -492,9 +510,9 @@ def markdown_extras(report) -> list[str]:
         c = report["full_resnet18_b128"]
         m = c["memory"]
         lines += ["", "Full-width ResNet-18, batch 128, K=3, forward + input gradient (fresh process): "
-                  + (f"peak extra {m['peak_extra_bytes'] / 2**30:.2f} GiB, process wall time "
-                     f"{c['process_wall_s']:.0f} s (build + compile + one step)." if "peak_extra_bytes" in m
-                     else f"FAILED: {m}")]
+                  + (f"one step {m['step_seconds']:.0f} s, peak extra memory {m['peak_extra_bytes'] / 2**30:.2f} "
+                     f"GiB (process wall time {c['process_wall_s']:.0f} s: build, a first step that compiles, the "
+                     "measured step)." if "peak_extra_bytes" in m else f"FAILED: {m}")]
     if report.get("startup"):
         lines += ["", "Library start-up (narrow ResNet-18, K=3, batch 32, fresh process; first call includes "
                       "compilation):", "", "| compile cache | first forward s | first fwd+bwd s | steady fwd+bwd s |",
@@ -520,6 +538,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
+                   help="first wait up to this long for the load average to drop below 0.7")
     p.add_argument("--naive-max-gb", type=float, default=8.0, help="skip the naive run above this estimate")
     p.add_argument("--naive-max-seconds", type=float, default=60.0, help="... or above this time per step")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the fresh-process memory probes")
@@ -555,8 +575,8 @@ def main(argv=None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - started:7.1f}s] {msg}", flush=True)  # noqa: E731
-    report = {"load_average_start": os.getloadavg(), "args": {k: v for k, v in vars(args).items()
-                                                               if k not in ("memory_probe", "startup_probe")}}
+    report = {"load_average_start": wait_for_idle(args.wait_idle, log),
+              "args": {k: v for k, v in vars(args).items() if k not in ("memory_probe", "startup_probe")}}
     report["args"]["memory_points"] = sorted(args.memory_points)
     log("timing cases")
     report.update(run_suite(args, log))

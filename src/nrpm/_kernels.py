@@ -219,13 +219,22 @@ class _CompiledKernels:
 _compiled = _CompiledKernels()
 
 
+# out-of-memory is not a compilation failure: never hidden by the fallback (torch.OutOfMemoryError is torch >= 2.5)
+_OUT_OF_MEMORY = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
+
+
+def _is_compiling() -> bool:
+    is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+    return is_compiling()
+
+
 class CompileFailed(Exception):
     """The compiled kernels failed and are now disabled: the caller reruns on the eager ones."""
 
 
 def will_compile(device: torch.device, vote_steps: int) -> bool:
     """Whether a problem of this size on this device runs on the compiled kernels (under the current backend)."""
-    if _backend == "eager" or torch.compiler.is_compiling():
+    if _backend == "eager" or _is_compiling():
         return False  # inside a user's torch.compile the plain kernels are traced into their graph instead
     if _backend == "compiled":
         return True
@@ -241,7 +250,7 @@ def _call_compiled(kernel, key, args, dynamic):
                 for d in dims:
                     torch._dynamo.maybe_mark_dynamic(t, d)
         return _compiled.get(kernel, key)(*args)
-    except (MemoryError, torch.OutOfMemoryError, KeyboardInterrupt):
+    except _OUT_OF_MEMORY:
         raise
     except Exception as error:  # noqa: BLE001 - any compiler/toolchain failure: fall back, do not crash
         if _backend == "compiled":

@@ -11,18 +11,21 @@ and the layer returns ``lam * z_LPM + (1 - lam) * z_NRPM + bias``.
 
 Implementation notes (why it looks like this):
 
-* Every op reduces to one core: inputs ``x`` (B, G, Dg, L) against ``weight`` (G, Og, Dg), the votes of output
-  (b, g, o, l) being ``x[b, g, :, l] * weight[g, o, :]``. A convolution is that core on ``unfold``'s columns
-  (L = output positions, Dg = C_in/groups * kh * kw, zero padding included), a linear layer on ``x`` transposed
-  (L = rows). The core starts from z_LPM, the plain layer's output, so z_0 costs nothing extra.
+* Every op reduces to one core: blocks of 16 outputs that share their weights (16 rows of a linear layer's input,
+  16 images of a batch at one output position, or 16 output positions of one image), each output's votes being
+  its receptive field times the weights (zero padding included). Linear layers put rows in the blocks;
+  convolutions run directly on the zero-padded image with the batch in the blocks (receptive fields are strided
+  views: no unfold) when the batch is large and the compiled kernels run, and on ``unfold``'s columns otherwise.
+  The layout and why it is fast are described in :mod:`nrpm._kernels`. The core starts from z_LPM, the plain
+  layer's output, so z_0 costs nothing extra and its share of the gradient goes through the plain layer's backward.
 * The vote tensor is never built for the whole layer: a custom autograd function keeps only its inputs and
   output-sized per-step statistics (z_k, sum w, and the sum that gives dz_k/dz_{k-1}); its backward applies the
   analytic gradient of the unrolled IRLS (the true gradient through every step, not a detached approximation,
-  unless ``detach_weights=True``) and recomputes the votes. The kernels live in :mod:`nrpm._kernels`: compiled
-  (``torch.compile``: fused C++/OpenMP on CPU, Triton on CUDA; votes built inside the fused reductions) for large
-  problems, eager PyTorch over chunks sized from a memory budget (:func:`set_memory_budget`) otherwise, or when
-  forced (:func:`set_backend`, env ``NRPM_BACKEND=auto|compiled|eager``). Both compute the same formulas; results
-  agree to float rounding.
+  unless ``detach_weights=True``) and recomputes the votes. The kernels run compiled (``torch.compile``: fused
+  C++/OpenMP on CPU, Triton on CUDA; votes built inside the fused reductions, never stored) for large problems,
+  and as eager PyTorch over chunks sized from a memory budget (:func:`set_memory_budget`) for small ones, when
+  compilation is unavailable or fails, or when forced (:func:`set_backend`, env ``NRPM_BACKEND=auto|compiled|
+  eager``). Both run the same kernel functions; results agree to float rounding.
 * Non-finite inputs: NaN or inf in ``x`` give non-finite values in the outputs that depend on them, as in the plain
   layer (an inf vote makes the robust estimate NaN rather than inf). The loop has a fixed length, so it never hangs.
 """
@@ -190,21 +193,26 @@ class _RobustCore(torch.autograd.Function):
 
 def _run_core(x, weight, z0, geom, K, eps, detach_weights):
     """z_NRPM in the kernels' layout: x (N, G, Cg, Hp, Wp, LANES), weight (G, Og, Cg, kh, kw), z0 = z_LPM."""
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or z0.requires_grad)
-    for _attempt in range(2):  # a failed compilation disables the compiled kernels; the rerun is eager
-        try:
-            if needs_grad:
-                return _RobustCore.apply(x, weight, z0, geom, K, eps, detach_weights)
-            # inference: no per-step statistics to keep
-            return _kernels.run_forward(x, weight, z0, geom, K, eps, False, False, _memory_budget_bytes)[0][-1]
-        except _kernels.CompileFailed:
-            continue
-    raise AssertionError("unreachable: the eager kernels do not compile")
+    try:
+        return _core_once(x, weight, z0, geom, K, eps, detach_weights)
+    except _kernels.CompileFailed:  # the compiled kernels are now disabled (with a warning): this reruns eagerly
+        return _core_once(x, weight, z0, geom, K, eps, detach_weights)
+
+
+def _core_once(x, weight, z0, geom, K, eps, detach_weights):
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or z0.requires_grad):
+        return _RobustCore.apply(x, weight, z0, geom, K, eps, detach_weights)
+    # inference: no per-step statistics to keep
+    return _kernels.run_forward(x, weight, z0, geom, K, eps, False, False, _memory_budget_bytes)[0][-1]
 
 
 def _float32_at_least(*tensors):
     # half precision loses the small IRLS weights: compute in float32
     return [t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors]
+
+
+def _is_half(t: torch.Tensor) -> bool:
+    return t.dtype in (torch.float16, torch.bfloat16)
 
 
 def _lanes_last(t: torch.Tensor) -> torch.Tensor:
@@ -218,7 +226,9 @@ def _lanes_last(t: torch.Tensor) -> torch.Tensor:
 def _linear_nrpm(x2d, weight, z_lpm2d, K, eps, detach_weights):
     """Rows in the lanes: a 1x1 "convolution" on a 1x1 plane, (N/16, 1, D, 1, 1, 16) against (1, O, D, 1, 1)."""
     (N, D), O = x2d.shape, weight.shape[0]
-    x2d, weight, z_lpm2d = _float32_at_least(x2d, weight, z_lpm2d)
+    if _is_half(z_lpm2d):  # the IRLS starts from z_LPM: take it in float32, not rounded to half precision
+        x2d, weight = _float32_at_least(x2d, weight)
+        z_lpm2d = F.linear(x2d, weight)
     xb = _lanes_last(x2d).view(-1, 1, D, 1, 1, _kernels.LANES)
     z0b = _lanes_last(z_lpm2d).view(-1, 1, 1, 1, O, _kernels.LANES)
     z = _run_core(xb, weight.view(1, O, D, 1, 1), z0b, _kernels.ONE_BY_ONE, K, eps, detach_weights)
@@ -341,15 +351,20 @@ def robust_conv2d(
 def _robust_conv_mixed(x, weight, z_lpm, lam, stride, padding, dilation, groups, K, eps, detach_weights):
     """lam * z_LPM + (1 - lam) * z_NRPM of a convolution (no bias)."""
     dtype = z_lpm.dtype
-    x, weight, z_lpm32 = _float32_at_least(x, weight, z_lpm)
+    z_lpm32 = z_lpm
+    if _is_half(z_lpm):  # the IRLS starts from z_LPM: take it in float32, not rounded to half precision
+        x, weight = _float32_at_least(x, weight)
+        z_lpm32 = F.conv2d(x, weight, None, stride, padding, dilation, groups)
     B = x.shape[0]
     vote_steps = z_lpm.numel() * weight[0].numel() * K
     # Directly on the image, batch in the lanes, when the compiled kernels run (the eager ones would materialise
-    # whole images' votes per chunk), the stride is 1 (the gathered input gradient needs it) and padding the
-    # batch to a multiple of 16 wastes little; otherwise on unfold's columns.
-    if (stride == (1, 1) and (B % _kernels.LANES == 0 or B >= 4 * _kernels.LANES)
+    # whole images' votes per chunk), padding the batch to a multiple of 16 wastes little, and the stride is 1 or
+    # no input gradient is needed (the gathered input gradient needs stride 1); otherwise on unfold's columns.
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    if ((stride == (1, 1) or not needs_grad) and (B % _kernels.LANES == 0 or B >= 4 * _kernels.LANES)
             and _kernels.will_compile(x.device, vote_steps)):
-        return _conv_direct(x, weight, z_lpm, z_lpm32, lam, padding, dilation, groups, K, eps, detach_weights)
+        return _conv_direct(x, weight, z_lpm, z_lpm32, lam, stride, padding, dilation, groups, K, eps,
+                            detach_weights)
     z = _conv_unfolded(x, weight, z_lpm32, stride, padding, dilation, groups, K, eps, detach_weights)
     return _mix(lam, z_lpm, z.to(dtype))
 
@@ -368,7 +383,7 @@ def _image_to_lanes(x, groups, ph, pw):
     return xb
 
 
-def _conv_direct(x, weight, z_lpm, z_lpm32, lam, padding, dilation, groups, K, eps, detach_weights):
+def _conv_direct(x, weight, z_lpm, z_lpm32, lam, stride, padding, dilation, groups, K, eps, detach_weights):
     """Batch in the lanes: the zero-padded image (B/16, G, Cg, Hp, Wp, 16); receptive fields are strided views."""
     B, (O, Cg, kh, kw), (Ho, Wo) = x.shape[0], weight.shape, z_lpm.shape[2:]
     L, Og = _kernels.LANES, O // groups
@@ -376,8 +391,10 @@ def _conv_direct(x, weight, z_lpm, z_lpm32, lam, padding, dilation, groups, K, e
     xb = _image_to_lanes(x, groups, *padding)
     if pad_b:
         z_lpm, z_lpm32 = (F.pad(t, (0, 0, 0, 0, 0, 0, 0, pad_b)) for t in (z_lpm, z_lpm32))
+    # contiguous: handed a strided view instead, Inductor reorders the kernels' loops around it (35x slower)
     z0b = z_lpm32.view(-1, L, groups, Og, Ho, Wo).permute(0, 4, 5, 2, 3, 1).contiguous()
-    z = _run_core(xb, weight.view(groups, Og, Cg, kh, kw), z0b, (kh, kw, 1, 1, *dilation), K, eps, detach_weights)
+    geom = (kh, kw, *stride, *dilation)
+    z = _run_core(xb, weight.view(groups, Og, Cg, kh, kw), z0b, geom, K, eps, detach_weights)
     # mixed in the (B/16, 16, G, Og, Ho, Wo) view of NCHW: the lerp is the only pass over z's layout
     out = _mix(lam, z_lpm.view(-1, L, groups, Og, Ho, Wo), z.permute(0, 5, 3, 4, 1, 2).to(z_lpm.dtype))
     return out.view(-1, O, Ho, Wo)[:B]
