@@ -541,7 +541,7 @@ def parse_args(argv=None):
     p.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
                    help="first wait up to this long for the load average to drop below 0.7")
     p.add_argument("--naive-max-gb", type=float, default=8.0, help="skip the naive run above this estimate")
-    p.add_argument("--naive-max-seconds", type=float, default=60.0, help="... or above this time per step")
+    p.add_argument("--naive-max-seconds", type=float, default=30.0, help="... or above this time per step")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the fresh-process memory probes")
     p.add_argument("--no-scaling", dest="scaling", action="store_false")
     p.add_argument("--no-checks", dest="checks", action="store_false",

@@ -52,9 +52,10 @@ def naive_conv2d(x, weight, bias, stride, padding, dilation, groups, lam, K, eps
 # ------------------------------------------------------------------------------------------------ helpers
 @pytest.fixture
 def backend():
-    """Switch backends inside a test; always back to the default afterwards."""
+    """Switch backends inside a test; always back to the previous one (e.g. from NRPM_BACKEND) afterwards."""
+    previous = RF.get_backend()
     yield RF.set_backend
-    RF.set_backend("auto")
+    RF.set_backend(previous)
 
 
 def outputs_and_grads(fn, inputs):
@@ -106,6 +107,22 @@ def test_conv2d_layouts_on_eager_kernels(backend, monkeypatch, batch, stride, pa
     got = outputs_and_grads(lambda x, w, b, lam: robust_conv2d(x, w, b, *args, lam=lam, K=3, eps=EPS), (x, w, b, lam))
     want = outputs_and_grads(lambda x, w, b, lam: naive_conv2d(x, w, b, *args, lam, 3, EPS, False), (x, w, b, lam))
     assert_all_close(got, want, **TOL)
+
+
+def test_eager_chunks_of_output_rows(backend):
+    """A tiny memory budget splits unfold's columns into single lane blocks: same values and gradients."""
+    backend("eager")
+    x, w = leaf(2, 3, 11, 9), leaf(4, 3, 3, 3, scale=0.3)
+    fn = lambda x, w: robust_conv2d(x, w, None, 2, 1, lam=0.2, K=2, eps=EPS)  # noqa: E731
+    whole = outputs_and_grads(fn, (x, w))
+    RF.set_memory_budget(0.0005)
+    try:
+        chunked = outputs_and_grads(fn, (x, w))
+    finally:
+        RF.set_memory_budget(256)
+    assert_all_close(chunked, whole)
+    assert_all_close(whole, outputs_and_grads(lambda x, w: naive_conv2d(x, w, torch.zeros(4), 2, 1, 1, 1, 0.2, 2, EPS,
+                                                                        False), (x, w)), **TOL)
 
 
 def eager_instead(kernel, key, args, dynamic):

@@ -61,10 +61,10 @@ def receptive_fields(x, geom, Ho, Wo):
     """View x (N, G, Cg, Hp, Wp, L) as (N, Ho, Wo, G, 1, Cg, kh, kw, L): each output's inputs, without copying."""
     kh, kw, sh, sw, dh, dw = geom
     N, G, Cg, Hp, Wp, L = x.shape
-    s_w, s_h, s_c = L, Wp * L, Hp * Wp * L  # x is contiguous
+    s_n, s_g, s_c, s_h, s_w, s_l = x.stride()  # the eager kernels get slices of x
     # one as_strided rather than unfold + slicing: symbolic-shape tracing of the latter took seconds per kernel
     return x.as_strided((N, Ho, Wo, G, 1, Cg, kh, kw, L),
-                        (G * Cg * s_c, sh * s_h, sw * s_w, Cg * s_c, 0, s_c, dh * s_h, dw * s_w, 1))
+                        (s_n, sh * s_h, sw * s_w, s_g, 0, s_c, dh * s_h, dw * s_w, s_l))
 
 
 def _per_output(t):
