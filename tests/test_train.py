@@ -276,6 +276,20 @@ def test_train_subset_draws_a_fresh_subset_each_epoch(tmp_path):
     assert not torch.equal(first, second)
 
 
+def test_clean_weight_mixes_clean_and_adversarial_loss(tmp_path):
+    """clean_weight=1 trains on clean inputs only (same lam as no attack at all); 0.5 differs from both ends."""
+    def lams(out, **kw):
+        run(cfg(epochs=1, schedule="constant", **kw), out)
+        return final_state(out)["fc1.lam_logit"]
+    only_clean = lams(tmp_path / "w1", clean_weight=1.0)
+    no_attack = lams(tmp_path / "none", attack="none")
+    mixed = lams(tmp_path / "w05", clean_weight=0.5)
+    only_adv = lams(tmp_path / "w0", clean_weight=0.0)
+    assert torch.allclose(only_clean, no_attack)
+    assert not torch.allclose(mixed, only_clean) and not torch.allclose(mixed, only_adv)
+    assert cfg(attack="none", clean_weight=0.5).clean_weight == 0.0  # nothing to mix without an attack
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("kw,message", [
     (dict(paradigm=1), "paradigm 1 trains nothing"),
@@ -287,6 +301,8 @@ def test_train_subset_draws_a_fresh_subset_each_epoch(tmp_path):
     (dict(optimizer="lbfgs"), "unknown optimizer"),
     (dict(train_subset=4), "smaller than one batch"),
     (dict(lr=0), "learning rate"),
+    (dict(clean_weight=1.5), "clean weight"),
+    (dict(clean_weight=-0.1), "clean weight"),
 ])
 def test_bad_config(kw, message):
     with pytest.raises(ValueError, match=message):

@@ -30,6 +30,7 @@ def config_from_args(args, paradigm: int):
         model=args.model, paradigm=paradigm, checkpoint=None if args.checkpoint in (None, "none") else args.checkpoint,
         attack=args.attack, attack_eps=args.attack_eps / unit, attack_steps=args.attack_steps,
         attack_alpha=_per_unit(args.attack_alpha, unit), random_start=args.random_start,
+        clean_weight=args.clean_weight,
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
         milestones=args.milestones or (), gamma=args.gamma, augment=args.augment, train_subset=args.train_subset,
@@ -113,6 +114,8 @@ def _common(p: argparse.ArgumentParser, *, checkpoint_default: str, lr: float, o
                    help="step size in --budget-unit (default fgsm: eps, pgd: 2.5 eps / steps)")
     g.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=None,
                    help="uniform random start in the eps ball (default: on for pgd, off for fgsm)")
+    g.add_argument("--clean-weight", type=float, default=0.0, metavar="W",
+                   help="loss = W * clean CE + (1 - W) * adversarial CE (default 0: adversarial only)")
     g.add_argument("--budget-unit", type=float, default=1.0,
                    help="divide every budget and step size by this (255: give 8 for 8/255)")
     g = p.add_argument_group("optimisation")

@@ -97,7 +97,8 @@ class TrainConfig:
     choice (:func:`nrpm.evaluation.default_robust_layers`: all Linear/Conv2d, ResNets their 3x3 block convs).
     attack: "none", "fgsm" or "pgd"; attack_eps budget (inputs in [0, 1]); attack_steps (fgsm: 1, pgd default 7);
     attack_alpha step size (fgsm default eps, pgd default 2.5 eps / steps); random_start (fgsm default off,
-    pgd default on).
+    pgd default on). clean_weight: the loss is ``w * CE(clean) + (1 - w) * CE(adversarial)`` (0 = adversarial
+    only, Madry et al. and the paper; 0.5 = Goodfellow et al.'s mix); ignored without an attack.
     optimizer "sgd" | "adam" | "adamw", lr (weights), lam_lr (lam logits; default lr), momentum, nesterov,
     weight_decay (never applied to lam logits); schedule "constant" | "step" (milestones, gamma) | "cosine",
     stepped once per epoch.
@@ -122,6 +123,7 @@ class TrainConfig:
     attack_steps: int | None = None
     attack_alpha: float | None = None
     random_start: bool | None = None
+    clean_weight: float = 0.0
     epochs: int = 10
     batch_size: int = 128
     optimizer: str = "sgd"
@@ -168,6 +170,11 @@ class TrainConfig:
             if self.random_start is None:
                 self.random_start = self.attack == "pgd"
             self.random_start = bool(self.random_start)
+        self.clean_weight = float(self.clean_weight)
+        if not 0.0 <= self.clean_weight <= 1.0:
+            raise ValueError(f"clean weight must be in [0, 1], got {self.clean_weight}")
+        if self.attack == "none":
+            self.clean_weight = 0.0
         self.val_attack = self.attack if self.val_attack is None else str(self.val_attack).lower()
         if self.val_attack not in _ATTACKS:
             raise ValueError(f"unknown validation attack {self.val_attack!r}; choose one of {list(_ATTACKS)}")
@@ -818,6 +825,7 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, model: nn.M
                 noise = (2 * torch.rand(xb.shape, generator=generator, dtype=xb.dtype) - 1) * config.attack_eps
             lo, hi = info.rank * per_rank, (info.rank + 1) * per_rank
             xl, yl = xb[lo:hi].to(info.device), yb[lo:hi].to(info.device)
+            x_clean = xl
             if config.attack != "none":
                 xl = adversarial_examples(raw, xl, yl, attack=config.attack, eps=config.attack_eps,
                                           steps=config.attack_steps, alpha=config.attack_alpha,
@@ -825,6 +833,9 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, model: nn.M
             _set_train_modes(raw, bn_eval)
             logits = model(xl)
             loss = F.cross_entropy(logits, yl)
+            if config.clean_weight > 0:
+                w = config.clean_weight
+                loss = w * F.cross_entropy(model(x_clean), yl) + (1 - w) * loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
