@@ -276,6 +276,13 @@ def test_cli_audit_and_table(shared_dir, tmp_path, capsys):
     assert _cli(["audit-table", str(out), "--out", str(tmp_path / "TABLES.md")]) == 0
     table = (tmp_path / "TABLES.md").read_text()
     assert "mlp3" in table and "worst case" in table
+    running = tmp_path / "running"  # an audit in progress has only its cache: listed as unfinished
+    running.mkdir()
+    (running / "cache.json").write_text("{}")
+    assert _cli(["audit-table", str(out), str(running)]) == 0
+    assert "Not finished" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="no audit report"):
+        _cli(["audit-table", str(tmp_path / "nowhere")])
 
     with pytest.raises(SystemExit):
         _cli(["audit", "--model", "mlp3", "--lam", "0.8", "0.7", "--n-samples", "4"])

@@ -1094,11 +1094,16 @@ def _single_step_notes(a, worst, budgets, settings, tol, n) -> list[str]:
 def collate_reports(paths: Sequence[str | Path]) -> str:
     """One markdown document from several audit.json files (or folders holding one): per run its verdict,
     check verdicts and accuracy table, and a summary table of the worst case per budget."""
-    docs = []
+    docs, unfinished = [], []
     for p in paths:
         p = Path(p)
         if p.is_dir():
+            if not (p / "audit.json").is_file() and (p / "cache.json").is_file():
+                unfinished.append(p.name)  # a run in progress (or interrupted): listed, not an error
+                continue
             p = p / "audit.json"
+        if not p.is_file():
+            raise FileNotFoundError(f"no audit report at {p} (expected an audit.json or a folder holding one)")
         data = reports.read_json(p)
         if data.get("format") != AUDIT_FORMAT:
             raise ValueError(f"{p} is not an nrpm audit report")
@@ -1119,6 +1124,9 @@ def collate_reports(paths: Sequence[str | Path]) -> str:
             lines.append(f"| {p.parent.name} | {s['title']}, {s['model_labels'][tag]} | "
                          f"{d['verdict'] if tag == 'nrpm' else ''} | {checks if tag == 'nrpm' else ''} | "
                          f"{_pct(s['clean_accuracy'].get(tag))} | {per} |")
+    if unfinished:
+        lines += ["", "Not finished (cache.json but no audit.json yet; rerun the same `nrpm audit` command to resume): "
+                  + ", ".join(f"`{name}`" for name in unfinished) + "."]
     lines.append("")
     for p, d in docs:
         report = AuditReport(settings=d["settings"], checks=[CheckResult(**c) for c in d["checks"]],
