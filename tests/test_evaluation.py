@@ -49,7 +49,7 @@ def test_resume_with_other_settings_is_refused(shared_dir, tmp_path):
 
 def test_cli_eval_prints_table(shared_dir, tmp_path, capsys):
     code = cli.main(["eval", "--model", "mlp3", "--lam", "1", "--K", "1", "--budgets", "0", "0.05",
-                     "--n-samples", "20", "--out", str(tmp_path), "--no-progress"])
+                     "--n-samples", "20", "--out", str(tmp_path), "--no-progress", "--threads", "1"])
     assert code == 0
     assert "| lam | clean | 0.05 |" in capsys.readouterr().out
 
@@ -61,6 +61,7 @@ def test_cli_eval_prints_table(shared_dir, tmp_path, capsys):
     (["eval", "--model", "mlp3", "--attack", "nosuchattack"], "unknown attack"),
     (["eval", "--model", "mlp3", "--attack-arg", "stepz=3", "--attack", "pgd"], "stepz"),
     (["eval", "--model", "mlp2"], "no released checkpoint"),
+    (["eval", "--model", "mlp3", "--threads", "0"], "--threads must be >= 1"),
 ])
 def test_cli_bad_input_gives_clear_error(argv, message, capsys):
     try:

@@ -97,6 +97,12 @@ def cmd_eval(args) -> int:
     from .evaluation import run_eval
 
     settings = _eval_settings(args)
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise SystemExit(f"error: --threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     try:
         result = run_eval(settings, args.out, device=args.device, progress=not args.no_progress,
                           overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
@@ -159,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--budget-unit", type=float, default=1.0, help="e.g. 255 to give budgets as 8 16 32")
     ev.add_argument("--out", default=None, help="output folder (results.json/.csv, table.md, accuracy.png)")
     ev.add_argument("--overwrite", action="store_true", help="ignore earlier results in --out instead of resuming")
+    ev.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy CPU)")
     ev.set_defaults(func=cmd_eval)
 
     from .cli_audit import add_audit_parser
