@@ -47,6 +47,23 @@ def p1_row(run: str, lam: float, budgets) -> str:
     return " | ".join("…" if v is None else f"{v:.1f}" for v in vals)
 
 
+def _original() -> dict | None:
+    return read(OUT / "resnet18_narrow_original" / "results.json")
+
+
+def original_row() -> str:
+    res = _original()
+    if res is None:
+        return " | ".join("missing" for _ in CIFAR_BUDGETS)
+    acc = {round(c["budget"], 6): 100 * c["accuracy"] for c in res["cells"]}
+    return " | ".join(f"{acc[round(b, 6)]:.1f}" if round(b, 6) in acc else "…" for b in CIFAR_BUDGETS)
+
+
+def original_n() -> str:
+    res = _original()
+    return str(res["cells"][0]["n"]) if res else "–"
+
+
 def lam_text(run: dict | None) -> str:
     if not run or not run.get("lam"):
         return "–"
@@ -60,7 +77,8 @@ def run_facts(run: dict | None) -> str:
     subset = f" x {c['train_subset']} images" if c.get("train_subset") else " (full training set)"
     return (f"{run['epochs_done']} epoch(s){subset}, {run['train_seconds'] / 60:.1f} min of training, "
             f"attack {c['attack']} eps {c['attack_eps']:.4g} steps {c['attack_steps']}, clean weight "
-            f"{c.get('clean_weight', 0)}, {c['optimizer']} lr {c['lr']:g} (lam lr {c.get('lam_lr') or c['lr']:g})")
+            f"{c.get('clean_weight', 0)}, {c['optimizer']} lr {c['lr']:g}"
+            + (f" (lam lr {c.get('lam_lr') or c['lr']:g})" if c.get("paradigm") else ""))
 
 
 def mnist_section(model: str) -> list[str]:
@@ -94,7 +112,7 @@ def cifar_section() -> list[str]:
     for name, run in runs.items():
         lines.append(f"* {name}: {run_facts(run)}")
     lines += ["", "| model | source | n | " + " | ".join(header) + " |", "|---|---|---|" + "---|" * len(header),
-              f"| original (lam 1) | ours, paradigm 1 | 1000 | {p1_row('resnet18_narrow_pgd20_K3', 1.0, CIFAR_BUDGETS)} |"]
+              f"| original (lam 1) | ours | {original_n()} | {original_row()} |"]
     for name, title, p in (("p2", "paradigm 2", 2), ("p3", "paradigm 3", 3), ("at_baseline", "plain PGD-AT", None)):
         if p is not None:
             lines.append(f"| {title} | paper | ? | " + " | ".join(f"{v:g}" for v in PAPER[("resnet18_narrow", p)][0])
