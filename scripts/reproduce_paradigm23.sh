@@ -5,7 +5,7 @@
 # paper drove every lam of mlp3 to ~0.03 and held-out clean accuracy to ~20 % within two epochs (a lam-only model
 # can lower its FGSM loss by masking the gradient rather than by classifying), so the clean term is kept.
 # MNIST: mlp3 MLP_EPOCHS (default 10) full epochs; LeNet LENET_EPOCHS (default 3) epochs of LENET_SUBSET (default
-# 10000) random training images (a full LeNet epoch is ~25 min on one CPU thread).
+# 10000) random training images (a CPU budget: 3 x 10000 images took 1.6-1.9 min; LENET_SUBSET=59000 for full epochs).
 # CIFAR: K 1, eps 1e-3 (the setting that matches the paper's paradigm-1 table, scripts/trace_resnet_setting.py).
 # CIFAR budget: EPOCHS (default 3) epochs of SUBSET (default 2560) random training images each; PGD-20 test on
 # the first TEST_N (default 500) test images.
