@@ -28,40 +28,31 @@ def read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def test_row(run: dict | None, label: str, budgets) -> tuple[str, int | None]:
-    """Accuracies of one final test table of a run, and its sample count."""
-    cells = ((run or {}).get("tests") or {}).get(label, {}).get("cells")
+def cells_row(cells: list | None, budgets, lam: float | None = None) -> tuple[str, int | None]:
+    """One markdown row of accuracies (%) per budget from result cells (those of ``lam`` when given), and the
+    sample count; "missing" when there are no cells, "…" for a budget without one."""
     if not cells:
         return " | ".join("missing" for _ in budgets), None
+    if lam is not None:
+        cells = [c for c in cells if round(c["lam"], 6) == round(lam, 6)]
     acc = {round(c["budget"], 6): 100 * c["accuracy"] for c in cells}
     vals = [acc.get(round(b, 6)) for b in budgets]
-    return " | ".join("…" if v is None else f"{v:.1f}" for v in vals), cells[0]["n"]
+    return " | ".join("…" if v is None else f"{v:.1f}" for v in vals), cells[0]["n"] if cells else None
+
+
+def test_row(run: dict | None, label: str, budgets) -> tuple[str, int | None]:
+    """A final test table of a paradigm-2/3 run."""
+    return cells_row(((run or {}).get("tests") or {}).get(label, {}).get("cells"), budgets)
+
+
+def grid_row(path: Path, lam: float, budgets) -> tuple[str, int | None]:
+    """The ``lam`` row of an `nrpm eval` results.json."""
+    res = read(path)
+    return cells_row(res["cells"] if res else None, budgets, lam)
 
 
 def p1_row(run: str, lam: float, budgets) -> str:
-    res = read(RESULTS / "paradigm1" / run / "results.json")
-    if res is None:
-        return " | ".join("missing" for _ in budgets)
-    acc = {(round(c["lam"], 6), round(c["budget"], 6)): 100 * c["accuracy"] for c in res["cells"]}
-    vals = [acc.get((round(lam, 6), round(b, 6))) for b in budgets]
-    return " | ".join("…" if v is None else f"{v:.1f}" for v in vals)
-
-
-def _original() -> dict | None:
-    return read(OUT / "resnet18_narrow_original" / "results.json")
-
-
-def original_row() -> str:
-    res = _original()
-    if res is None:
-        return " | ".join("missing" for _ in CIFAR_BUDGETS)
-    acc = {round(c["budget"], 6): 100 * c["accuracy"] for c in res["cells"]}
-    return " | ".join(f"{acc[round(b, 6)]:.1f}" if round(b, 6) in acc else "…" for b in CIFAR_BUDGETS)
-
-
-def original_n() -> str:
-    res = _original()
-    return str(res["cells"][0]["n"]) if res else "–"
+    return grid_row(RESULTS / "paradigm1" / run / "results.json", lam, budgets)[0]
 
 
 def lam_text(run: dict | None) -> str:
@@ -109,10 +100,11 @@ def cifar_section() -> list[str]:
     label = "pgd_alpha0.00784313725490196_steps20"
     lines = ["## CIFAR-10 resnet18_narrow, PGD-20 (step 2/255, random start)", ""]
     runs = {name: read(OUT / f"resnet18_narrow_{name}" / "run.json") for name in ("p2", "p3", "at_baseline")}
+    original, n_original = grid_row(OUT / "resnet18_narrow_original" / "results.json", 1.0, CIFAR_BUDGETS)
     for name, run in runs.items():
         lines.append(f"* {name}: {run_facts(run)}")
     lines += ["", "| model | source | n | " + " | ".join(header) + " |", "|---|---|---|" + "---|" * len(header),
-              f"| original (lam 1) | ours | {original_n()} | {original_row()} |"]
+              f"| original (lam 1) | ours | {n_original or '–'} | {original} |"]
     for name, title, p in (("p2", "paradigm 2", 2), ("p3", "paradigm 3", 3), ("at_baseline", "plain PGD-AT", None)):
         if p is not None:
             lines.append(f"| {title} | paper | ? | " + " | ".join(f"{v:g}" for v in PAPER[("resnet18_narrow", p)][0])

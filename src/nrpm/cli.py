@@ -43,6 +43,17 @@ def parse_key_values(items, flag: str = "--attack-arg") -> dict:
     return kwargs
 
 
+def set_threads(threads: int | None) -> None:
+    """--threads: torch's CPU threads (None keeps torch's default)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise SystemExit(f"error: --threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 # ------------------------------------------------------------------------------------------------- demo
 def cmd_demo(args) -> int:
     import torch
@@ -97,12 +108,7 @@ def cmd_eval(args) -> int:
     from .evaluation import run_eval
 
     settings = _eval_settings(args)
-    if args.threads is not None:
-        import torch
-
-        if args.threads < 1:
-            raise SystemExit(f"error: --threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     try:
         result = run_eval(settings, args.out, device=args.device, progress=not args.no_progress,
                           overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))

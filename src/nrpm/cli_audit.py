@@ -102,7 +102,7 @@ def cmd_audit(args) -> int:
     from . import audit as AU
     from . import reports
     from . import evaluation as E
-    from .cli import _budgets, _floats
+    from .cli import _budgets, _floats, set_threads
     from .reprogram import load_reprogramming, undo_reprogramming
 
     lams = _floats(args.lam)
@@ -116,10 +116,7 @@ def cmd_audit(args) -> int:
     if args.steps is not None and args.steps < 1:
         raise SystemExit(f"error: --steps must be >= 1, got {args.steps}")
     settings = _settings(args, lams[0])
-    if args.threads is not None:
-        if args.threads < 1:
-            raise SystemExit(f"error: --threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = E.resolve_device(args.device)
     torch.manual_seed(args.seed)
     model, info = E.build_model(settings, device)

@@ -206,13 +206,13 @@ def _core_once(x, weight, z0, geom, K, eps, detach_weights):
     return _kernels.run_forward(x, weight, z0, geom, K, eps, False, False, _memory_budget_bytes)[0][-1]
 
 
-def _float32_at_least(*tensors):
-    # half precision loses the small IRLS weights: compute in float32
-    return [t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors]
-
-
 def _is_half(t: torch.Tensor) -> bool:
     return t.dtype in (torch.float16, torch.bfloat16)
+
+
+def _float32_at_least(*tensors):
+    # half precision loses the small IRLS weights: compute in float32
+    return [t.float() if _is_half(t) else t for t in tensors]
 
 
 def _lanes_last(t: torch.Tensor) -> torch.Tensor:
