@@ -147,7 +147,11 @@ def test_two_gloo_processes_train_like_one_and_sum_eval_counts(tmp_path):
         env.pop(var, None)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script), str(out)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # on failure show the head of stderr too (the workers' own messages come before torchrun's traceback) and
+    # which ranks got as far as writing their summary (a crash at teardown vs. one mid-run)
+    written = sorted(p.name for p in out.glob("rank*.json"))
+    assert proc.returncode == 0, (f"rank summaries written: {written}\n" + proc.stdout[-2000:]
+                                  + proc.stderr[:3000] + "\n...\n" + proc.stderr[-1500:])
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world"] for r in ranks] == [2, 2] and ranks[0]["shards"] == [[0, 19], [19, 37]]
     assert ranks[0]["total"] == 37 and ranks[0]["counts"] == ranks[1]["counts"]
