@@ -18,8 +18,8 @@ mnist() {
       set -- $ke
       $NRPM eval --model $model --lam $MNIST_LAMS --K $1 --eps $2 --attack fgsm \
         --budgets $MNIST_BUDGETS --n-samples 1000 --no-progress --out $OUT/${model}_fgsm_K$1
-      # PGD-40 costs 40x FGSM: the lam subset PGD_LAMS (default 1.0 0.9 0.7 0.5 0.3) on CPU
-      $NRPM eval --model $model --lam ${PGD_LAMS:-1.0 0.9 0.7 0.5 0.3} --K $1 --eps $2 --attack pgd \
+      # PGD-40 costs 40x FGSM: PGD_LAMS picks a lam subset for a quicker CPU run (default: all 11)
+      $NRPM eval --model $model --lam ${PGD_LAMS:-$MNIST_LAMS} --K $1 --eps $2 --attack pgd \
         --attack-arg steps=40 --budgets $MNIST_BUDGETS --n-samples 1000 --no-progress --out $OUT/${model}_pgd40_K$1
     done
   done
