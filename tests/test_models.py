@@ -12,6 +12,7 @@ from nrpm.models import (
     list_models,
     load_checkpoint,
     load_pretrained,
+    model_from_checkpoint,
     register_model,
 )
 from nrpm.models import registry
@@ -150,6 +151,27 @@ def test_pretrained_dir_from_environment(tmp_path, monkeypatch):
     assert info["source"] == str(tmp_path / "lenet_mnist_model.pth") and not model.training
     with pytest.raises(ValueError, match="available: lenet, mlp3, resnet18_narrow"):
         load_pretrained("resnet34")
+
+
+
+def test_model_from_checkpoint_reads_each_kind_of_spec(tmp_path, monkeypatch):
+    source = create_model("lenet")
+    torch.save(source.state_dict(), tmp_path / "lenet_mnist_model.pth")
+    monkeypatch.setenv("NRPM_PRETRAINED", str(tmp_path))
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        expected = source.eval()(x)
+        for spec in ("pretrained", tmp_path / "lenet_mnist_model.pth"):
+            model, info = model_from_checkpoint("lenet", spec)
+            assert info["source"] == str(tmp_path / "lenet_mnist_model.pth")
+            assert torch.equal(model.eval()(x), expected)
+        for spec in (None, "none"):
+            model, info = model_from_checkpoint("lenet", spec)
+            assert info == {} and not torch.equal(model.eval()(x), expected)
+    with pytest.raises(ValueError, match="no released checkpoint for model 'mlp2'.*pass a checkpoint path"):
+        model_from_checkpoint("mlp2")
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        model_from_checkpoint("lenet", tmp_path / "missing.pth")
 
 
 # --------------------------------------------------------------------------- released checkpoints

@@ -20,7 +20,7 @@ from . import attacks as A
 from . import data as D
 from . import distributed as dist
 from . import reports
-from .models import create_model, load_checkpoint, load_pretrained, PRETRAINED_FILES
+from .models import model_from_checkpoint
 from .reprogram import ReprogramConfig, reprogram, set_lam
 
 __all__ = ["EvalSettings", "build_model", "default_robust_layers", "run_eval", "evaluate_grid",
@@ -76,17 +76,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def build_model(settings: EvalSettings, device: torch.device = torch.device("cpu")) -> tuple[torch.nn.Module, dict]:
     """The model named in ``settings`` with its checkpoint, reprogrammed (paradigm 1, lam = lams[0])."""
-    info: dict = {}
-    ckpt = settings.checkpoint
-    if ckpt == "pretrained":
-        if settings.model not in PRETRAINED_FILES:
-            raise ValueError(f"no released checkpoint for model {settings.model!r} (available: "
-                             f"{sorted(PRETRAINED_FILES)}); pass --checkpoint PATH or --checkpoint none")
-        model, info = load_pretrained(settings.model)
-    else:
-        model = create_model(settings.model)
-        if ckpt not in (None, "none"):
-            info = load_checkpoint(model, ckpt)
+    model, info = model_from_checkpoint(settings.model, settings.checkpoint)
     model = model.to(device).eval()
     layers = settings.layers if settings.layers is not None else default_robust_layers(settings.model)
     config = ReprogramConfig(lam=settings.lams[0], K=settings.K, eps=settings.eps, paradigm=1,

@@ -70,7 +70,7 @@ from . import attacks as A
 from . import data as D
 from . import distributed as dist
 from . import reports
-from .models import create_model, load_checkpoint, load_pretrained, PRETRAINED_FILES
+from .models import create_model, load_checkpoint, model_from_checkpoint
 from .reprogram import (ReprogramConfig, atomic_torch_save, lam_parameters, load_reprogramming, reprogram,
                         reprogramming_state, robust_layers)
 
@@ -387,15 +387,7 @@ def _set_train_modes(model: nn.Module, bn_eval: bool) -> None:
 def _build_model(config: TrainConfig, model: nn.Module | None) -> tuple[nn.Module, dict]:
     info: dict = {}
     if model is None:
-        if config.checkpoint == "pretrained":
-            if config.model not in PRETRAINED_FILES:
-                raise ValueError(f"no released checkpoint for model {config.model!r} (available: "
-                                 f"{sorted(PRETRAINED_FILES)}); pass a checkpoint path or 'none'")
-            model, info = load_pretrained(config.model)
-        else:
-            model = create_model(config.model)
-            if config.checkpoint is not None:
-                info = load_checkpoint(model, config.checkpoint)
+        model, info = model_from_checkpoint(config.model, config.checkpoint)
     layers = robust_layers(model)
     if config.paradigm == 0:
         if layers:
@@ -557,11 +549,7 @@ def load_trained(path: str | os.PathLike, map_location="cpu") -> tuple[nn.Module
     if name is None:
         raise ValueError(f"{rp_file} does not name its base model; load the base model yourself and call "
                          f"nrpm.load_reprogramming(model, path)")
-    if base == "pretrained":
-        model, info = load_pretrained(name)
-    else:
-        model = create_model(name)
-        info = load_checkpoint(model, base) if base else {}
+    model, info = model_from_checkpoint(name, base or None)
     load_reprogramming(model, state)
     info.update(source=str(rp_file), paradigm=2)
     return model.to(map_location).eval(), info

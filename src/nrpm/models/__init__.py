@@ -4,7 +4,8 @@
 >>> model, info = load_pretrained("lenet")     # the authors' released MNIST LeNet
 """
 
-from .checkpoints import PRETRAINED_FILES, load_checkpoint, load_pretrained, resolve_pretrained_dir
+from .checkpoints import (PRETRAINED_FILES, load_checkpoint, load_pretrained, model_from_checkpoint,
+                          resolve_pretrained_dir)
 from .layers import Normalize
 from .mnist import MLP2, MLP3, LeNet, LinearClassifier
 from .registry import create_model, list_models, register_model
@@ -16,6 +17,7 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "load_pretrained",
+    "model_from_checkpoint",
     "resolve_pretrained_dir",
     "PRETRAINED_FILES",
     "Normalize",

@@ -12,7 +12,7 @@ from torch import nn
 
 from .registry import create_model
 
-__all__ = ["load_checkpoint", "load_pretrained", "resolve_pretrained_dir", "PRETRAINED_FILES"]
+__all__ = ["load_checkpoint", "load_pretrained", "model_from_checkpoint", "resolve_pretrained_dir", "PRETRAINED_FILES"]
 
 _REPO = Path(__file__).resolve().parents[3]
 
@@ -152,3 +152,18 @@ def load_pretrained(
     return model.eval(), info
 
 
+
+
+def model_from_checkpoint(name: str, checkpoint: str | os.PathLike | None = "pretrained") -> tuple[nn.Module, dict]:
+    """Model ``name`` with the weights ``checkpoint`` names: 'pretrained' (the authors' released file), a path,
+    or None / 'none' (fresh initialisation). The one reading of a checkpoint spec shared by eval, train and
+    audit, so they accept the same values and fail the same way."""
+    if checkpoint == "pretrained":
+        if name not in PRETRAINED_FILES:
+            raise ValueError(f"no released checkpoint for model {name!r} (available: {sorted(PRETRAINED_FILES)}); "
+                             f"pass a checkpoint path or 'none'")
+        return load_pretrained(name)
+    model = create_model(name)
+    if checkpoint is None or checkpoint == "none":
+        return model, {}
+    return model, load_checkpoint(model, checkpoint)
