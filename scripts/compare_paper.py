@@ -63,6 +63,19 @@ def best_rows(run: str, budgets, header, label) -> list[str]:
     return out + [""]
 
 
+def autoattack_section() -> list[str]:
+    """AutoAttack (standard, Linf 8/255) next to PGD-20 at the same budget, for the lam values the AA run has."""
+    aa, pgd = load("resnet18_narrow_autoattack_K1"), load("resnet18_narrow_pgd20_K1")
+    lines = ["### CIFAR-10 narrow ResNet-18, AutoAttack (standard) at 8/255, K=1 eps=1e-3", ""]
+    if aa is None:
+        return lines + ["missing: run `scripts/reproduce_paradigm1.sh cifar-aa`", ""]
+    lines += ["| lam | clean, first 500 | AutoAttack 8/255, first 500 | PGD-20 8/255, first 1000 |", "|---|---|---|---|"]
+    for lam in sorted({k[0] for k in aa}, reverse=True):
+        vals = [aa.get((lam, 0.0)), aa.get((lam, round(8 / 255, 6))), (pgd or {}).get((lam, round(8 / 255, 6)))]
+        lines.append(f"| {lam:g} | " + " | ".join("…" if v is None else f"{v:.1f}" for v in vals) + " |")
+    return lines + [""]
+
+
 def main() -> int:
     mnist_header = [("clean" if b == 0 else f"{b:g}") for b in MNIST_BUDGETS]
     cifar_header = ["clean", "8/255", "16/255", "32/255"]
@@ -74,6 +87,7 @@ def main() -> int:
                      CIFAR_BUDGETS, cifar_header, [("nrpm K=1 eps=1e-3", "resnet18_narrow_pgd20_K1"),
                                                    ("nrpm K=3 eps=1e-3", "resnet18_narrow_pgd20_K3"),
                                                    ("nrpm K=3, first 200", "resnet18_narrow_pgd20_K3_n200")])
+    lines += autoattack_section()
     for run, budgets, header in [("mlp3_fgsm_K1", MNIST_BUDGETS, mnist_header),
                                  ("mlp3_pgd40_K1", MNIST_BUDGETS, mnist_header),
                                  ("lenet_fgsm_K1", MNIST_BUDGETS, mnist_header),
