@@ -54,7 +54,7 @@ cifar_aa() {
   best=$(.venv/bin/python scripts/best_lam.py $OUT/resnet18_narrow_val_lam_choice_K1/results.json)
   echo "lam chosen on held-out training images: $best"
   lams=$(printf '%s\n' 1 0.9 "$best" | awk '!seen[$1+0]++' | tr '\n' ' ')
-  $NRPM eval --model resnet18_narrow --lam $lams --K 1 --eps 1e-3 --attack autoattack --budgets 8 \
+  $NRPM eval --model resnet18_narrow --lam $lams --K 1 --eps 1e-3 --attack autoattack --budgets 0 8 \
     --budget-unit 255 --n-samples 500 --batch-size 250 --no-progress --out $OUT/resnet18_narrow_autoattack_K1
 }
 
