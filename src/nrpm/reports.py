@@ -85,8 +85,11 @@ def plot_curves(path, curves: dict[str, tuple[Sequence[float], Sequence[float]]]
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label, (xs, ys) in curves.items():
-        ax.plot(xs, [100 * v for v in ys], marker="o", label=label)
+    # the default cycle has 10 colours, and a full lam sweep has 11 curves: past 10, colour them in order instead
+    colors = plt.cm.viridis([i / max(len(curves) - 1, 1) * 0.95 for i in range(len(curves))]) \
+        if len(curves) > 10 else [None] * len(curves)
+    for (label, (xs, ys)), color in zip(curves.items(), colors):
+        ax.plot(xs, [100 * v for v in ys], marker="o", label=label, color=color)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=(-2, 102))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2 if len(curves) > 6 else 1)
