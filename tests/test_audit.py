@@ -326,6 +326,16 @@ def test_verdict_rules_for_the_budget_curve_and_autoattack():
     assert check7(0.38, ["there are 3 points with zero gradient!"]) == WARN
 
 
+def test_cli_audit_refuses_a_folder_another_run_writes(shared_dir, tmp_path):
+    from nrpm._io import output_dir_lock
+
+    with output_dir_lock(tmp_path, "audit"):
+        with pytest.raises(RuntimeError, match="in use by nrpm audit"):
+            _cli(["audit", "--model", "mlp3", "--lam", "0.8", "--n-samples", "4", "--budgets", "0.1",
+                  "--no-autoattack", "--no-progress", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())  # nothing written, and the holder's lock is gone with it
+
+
 def test_cli_audit_of_a_saved_reprogramming_next_to_the_paper_checkpoint(shared_dir, tmp_path):
     from nrpm.models import load_pretrained
 

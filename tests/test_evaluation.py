@@ -86,3 +86,25 @@ def test_results_file_keeps_cells_of_earlier_runs(shared_dir, tmp_path):
     run_eval(_settings(lams=[0.5], budgets=[0.0]), tmp_path, progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert {(c["lam"], c["budget"]) for c in saved["cells"]} == {(1.0, 0.0), (0.5, 0.0)}
+
+
+def test_eval_refuses_a_folder_another_run_is_writing(shared_dir, tmp_path):
+    # two runs rewriting one results.json from their own cells would drop each other's: refused, file untouched
+    from nrpm._io import output_dir_lock
+
+    with output_dir_lock(tmp_path, "eval"):
+        with pytest.raises(RuntimeError, match="in use by nrpm eval"):
+            run_eval(_settings(lams=[1.0], budgets=[0.0]), tmp_path, progress=False)
+    assert not (tmp_path / "results.json").exists()
+    run_eval(_settings(lams=[1.0], budgets=[0.0]), tmp_path, progress=False)
+    assert (tmp_path / "results.json").exists() and not (tmp_path / ".nrpm.lock").exists()
+
+
+def test_cli_eval_names_the_run_that_holds_the_folder(shared_dir, tmp_path, capsys):
+    from nrpm._io import output_dir_lock
+
+    with output_dir_lock(tmp_path, "eval"):
+        code = cli.main(["eval", "--model", "mlp3", "--lam", "1", "--budgets", "0", "--n-samples", "4",
+                         "--out", str(tmp_path), "--no-progress", "--threads", "1"])
+    assert code == 2
+    assert "is in use by nrpm eval (pid" in capsys.readouterr().err

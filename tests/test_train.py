@@ -330,6 +330,17 @@ def test_resume_from_another_config_or_model_is_refused(tmp_path):
         run(cfg(epochs=1), tmp_path / "other", resume=tmp_path / "junk.pt")
 
 
+def test_a_folder_another_run_writes_is_refused_before_any_work(tmp_path):
+    from nrpm._io import output_dir_lock
+
+    with output_dir_lock(tmp_path, "train"):
+        with pytest.raises(RuntimeError, match="in use by nrpm train"):
+            run(cfg(epochs=1), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    run(cfg(epochs=1), tmp_path)
+    assert (tmp_path / "checkpoint.pt").exists() and not (tmp_path / ".nrpm.lock").exists()
+
+
 def test_non_writable_output_folder(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="not writable"):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, IO
+from typing import Callable, IO, Iterator
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary: bool) -> None:
@@ -24,3 +27,70 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+LOCK_NAME = ".nrpm.lock"
+
+
+class OutputFolderInUse(RuntimeError):
+    """Another live run holds the output folder's lock."""
+
+
+@contextmanager
+def output_dir_lock(folder: str | os.PathLike, command: str, *, enabled: bool = True) -> Iterator[None]:
+    """Hold ``folder/.nrpm.lock`` while a run writes into ``folder``.
+
+    Resumable runs rewrite their results file from the cells they hold in memory, so a second run writing into
+    the same folder at the same time would silently drop the other's finished cells. The lock turns that into a
+    clear error. A lock left by a process that no longer exists (killed, crashed) is taken over. ``enabled``
+    False (e.g. a non-zero torchrun rank, which writes nothing) makes this a no-op.
+    """
+    if not enabled:
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_NAME
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command}
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            owner = _read_lock(lock)
+            if owner == {}:
+                continue  # released between our attempt and the read
+            if owner is None or owner.get("host") != me["host"] or _process_alive(owner.get("pid")):
+                who = "an unreadable lock" if owner is None else \
+                    f"nrpm {owner.get('command')} (pid {owner.get('pid')} on {owner.get('host')})"
+                raise OutputFolderInUse(f"{folder} is in use by {who}: wait for it to finish or write elsewhere "
+                                   f"(--out); if no such run is active, delete {lock}")
+            lock.unlink(missing_ok=True)  # its process is gone: a stale lock from a killed run
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(me, f)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _read_lock(lock: Path) -> dict | None:
+    try:
+        owner = json.loads(lock.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def _process_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True

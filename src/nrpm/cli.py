@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from ._io import OutputFolderInUse
+
 __all__ = ["main"]
 
 
@@ -187,7 +189,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TypeError) as error:
+    except (ValueError, FileNotFoundError, TypeError, OutputFolderInUse) as error:
         print(f"nrpm {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

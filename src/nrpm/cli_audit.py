@@ -9,6 +9,8 @@ import sys
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
+from ._io import output_dir_lock
+
 __all__ = ["add_audit_parser", "cmd_audit", "cmd_audit_table"]
 
 # The paper's budgets per dataset: (budgets, unit, PGD steps)
@@ -153,27 +155,29 @@ def cmd_audit(args) -> int:
     tolerances = AU.Tolerances.uniform(tol, **overrides)
     out = Path(args.out) if args.out else None
     cache = out / "cache.json" if out is not None else None
-    if cache is not None and args.overwrite and cache.exists():
-        cache.unlink()
-    title = args.title or f"{args.model} ({'paper checkpoint' if args.checkpoint == 'pretrained' else args.checkpoint})"
-    report = AU.run_audit(
-        model, x, y, budgets=budgets, norm=args.norm, compare_plain=not args.no_plain, plain_model=None if args.no_plain else plain,
-        plain_label=plain_label, steps=steps,
-        alpha=None if args.alpha is None else args.alpha / unit, restarts=args.restarts,
-        apgd_steps=args.apgd_steps, square_queries=args.square_queries, autoattack=not args.no_autoattack,
-        unbounded_eps=args.unbounded_eps,
-        check_budget=None if args.check_budget is None else args.check_budget / unit,
-        tolerances=tolerances, seed=args.seed, batch_size=args.batch_size, cache_path=cache, title=title,
-        budget_unit=unit, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
-    report.settings["eval_settings"] = reports.jsonable(asdict(settings))
-    report.settings["reprogramming_file"] = args.reprogramming
-    report.settings["cli_args"] = reports.jsonable({k: v for k, v in vars(args).items() if k != "func"})
-    report.settings["checkpoint_info"] = reports.jsonable(info or {})
-    print(report.to_markdown())
-    if out is not None:
-        paths = report.save(out)
-        print(f"audit: {paths['json']} (+ audit.md, audit.png, cache.json); {report.seconds:.0f} s",
-              file=sys.stderr)
+    with output_dir_lock(out, "audit", enabled=out is not None):
+        if cache is not None and args.overwrite and cache.exists():
+            cache.unlink()
+        source = "paper checkpoint" if args.checkpoint == "pretrained" else args.checkpoint
+        title = args.title or f"{args.model} ({source})"
+        report = AU.run_audit(
+            model, x, y, budgets=budgets, norm=args.norm, compare_plain=not args.no_plain,
+            plain_model=None if args.no_plain else plain, plain_label=plain_label, steps=steps,
+            alpha=None if args.alpha is None else args.alpha / unit, restarts=args.restarts,
+            apgd_steps=args.apgd_steps, square_queries=args.square_queries, autoattack=not args.no_autoattack,
+            unbounded_eps=args.unbounded_eps,
+            check_budget=None if args.check_budget is None else args.check_budget / unit,
+            tolerances=tolerances, seed=args.seed, batch_size=args.batch_size, cache_path=cache, title=title,
+            budget_unit=unit, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+        report.settings["eval_settings"] = reports.jsonable(asdict(settings))
+        report.settings["reprogramming_file"] = args.reprogramming
+        report.settings["cli_args"] = reports.jsonable({k: v for k, v in vars(args).items() if k != "func"})
+        report.settings["checkpoint_info"] = reports.jsonable(info or {})
+        print(report.to_markdown())
+        if out is not None:
+            paths = report.save(out)
+            print(f"audit: {paths['json']} (+ audit.md, audit.png, cache.json); {report.seconds:.0f} s",
+                  file=sys.stderr)
     if report.verdict == AU.FAIL or (args.strict and report.verdict == AU.WARN):
         return 1
     return 0

@@ -20,6 +20,7 @@ from . import attacks as A
 from . import data as D
 from . import distributed as dist
 from . import reports
+from ._io import output_dir_lock
 from .models import model_from_checkpoint
 from .reprogram import ReprogramConfig, reprogram, set_lam
 
@@ -174,43 +175,44 @@ def run_eval(settings: EvalSettings, out_dir: str | Path | None, *, device: str 
     model, info = build_model(settings, dev)
     x, y = load_eval_samples(model.dataset, settings)
     out = Path(out_dir) if out_dir is not None else None
-    done = _load_previous(out, settings, overwrite) if out is not None else {}
-    if done:
-        log(f"resuming: {len(done)} finished cells found in {out / 'results.json'}")
-    cells_so_far = dict(done)
-    started = time.perf_counter()
+    with output_dir_lock(out, "eval", enabled=out is not None and dist.is_main()):
+        done = _load_previous(out, settings, overwrite) if out is not None else {}
+        if done:
+            log(f"resuming: {len(done)} finished cells found in {out / 'results.json'}")
+        cells_so_far = dict(done)
+        started = time.perf_counter()
 
-    def payload(cells):
-        return {"format": RESULTS_FORMAT, "settings": asdict(settings), "cell_key": settings.cell_key(),
-                "versions": _versions(), "device": str(dev), "checkpoint_info": reports.jsonable(info),
-                "robust_layers": sorted(n for n, _ in _robust_names(model)), "cells": cells}
+        def payload(cells):
+            return {"format": RESULTS_FORMAT, "settings": asdict(settings), "cell_key": settings.cell_key(),
+                    "versions": _versions(), "device": str(dev), "checkpoint_info": reports.jsonable(info),
+                    "robust_layers": sorted(n for n, _ in _robust_names(model)), "cells": cells}
 
-    def save(cell):
-        cells_so_far[(round(cell["lam"], 6), round(cell["budget"], 9))] = cell
+        def save(cell):
+            cells_so_far[(round(cell["lam"], 6), round(cell["budget"], 9))] = cell
+            if out is not None and dist.is_main():
+                reports.write_json(out / "results.json", payload(list(cells_so_far.values())))
+
+        cells = evaluate_grid(model, x, y, settings.lams, settings.budgets, make_attack,
+                              batch_size=settings.batch_size, done=done, on_cell=save, progress=progress,
+                              attack_name=settings.attack)
+        # keep every finished cell on file, also those of lam values / budgets not asked for in this run
+        result = payload(list({**cells_so_far, **{(round(c["lam"], 6), round(c["budget"], 9)): c
+                                                 for c in cells}}.values()))
+        result["seconds_this_run"] = round(time.perf_counter() - started, 2)
+        table = reports.markdown_grid(cells, settings.lams, settings.budgets, unit=settings.budget_unit)
+        result["table"] = table
         if out is not None and dist.is_main():
-            reports.write_json(out / "results.json", payload(list(cells_so_far.values())))
-
-    cells = evaluate_grid(model, x, y, settings.lams, settings.budgets, make_attack,
-                          batch_size=settings.batch_size, done=done, on_cell=save, progress=progress,
-                          attack_name=settings.attack)
-    # keep every finished cell on file, also those of lam values / budgets not asked for in this run
-    result = payload(list({**cells_so_far, **{(round(c["lam"], 6), round(c["budget"], 9)): c
-                                             for c in cells}}.values()))
-    result["seconds_this_run"] = round(time.perf_counter() - started, 2)
-    table = reports.markdown_grid(cells, settings.lams, settings.budgets, unit=settings.budget_unit)
-    result["table"] = table
-    if out is not None and dist.is_main():
-        reports.write_json(out / "results.json", result)
-        reports.write_grid_csv(out / "results.csv", cells)
-        reports.atomic_write_text(out / "table.md", _table_doc(settings, table))
-        curves = {f"lam={lam:g}": (list(settings.budgets),
-                                   [c["accuracy"] for c in cells if c["lam"] == lam]) for lam in settings.lams}
-        unit = f" (x1/{settings.budget_unit:g})" if settings.budget_unit != 1 else ""
-        reports.plot_curves(out / "accuracy.png", {k: ([b * settings.budget_unit for b in v[0]], v[1])
-                                                   for k, v in curves.items()},
-                            title=f"{settings.model}: {settings.attack}, K={settings.K}",
-                            xlabel=f"budget{unit}")
-    return result
+            reports.write_json(out / "results.json", result)
+            reports.write_grid_csv(out / "results.csv", cells)
+            reports.atomic_write_text(out / "table.md", _table_doc(settings, table))
+            curves = {f"lam={lam:g}": (list(settings.budgets),
+                                       [c["accuracy"] for c in cells if c["lam"] == lam]) for lam in settings.lams}
+            unit = f" (x1/{settings.budget_unit:g})" if settings.budget_unit != 1 else ""
+            reports.plot_curves(out / "accuracy.png", {k: ([b * settings.budget_unit for b in v[0]], v[1])
+                                                       for k, v in curves.items()},
+                                title=f"{settings.model}: {settings.attack}, K={settings.K}",
+                                xlabel=f"budget{unit}")
+        return result
 
 
 def _table_doc(settings: EvalSettings, table: str) -> str:

@@ -70,6 +70,7 @@ from . import attacks as A
 from . import data as D
 from . import distributed as dist
 from . import reports
+from ._io import output_dir_lock
 from .models import create_model, load_checkpoint, model_from_checkpoint
 from .reprogram import (ReprogramConfig, atomic_torch_save, lam_parameters, load_reprogramming, reprogram,
                         reprogramming_state, robust_layers)
@@ -688,218 +689,219 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, model: nn.M
     tests = [] if test is None else ([test] if isinstance(test, TestSettings) else list(test))
     out = Path(out_dir)
     _check_writable(out)
-    ckpt_path = out / CHECKPOINT_NAME
+    with output_dir_lock(out, "train", enabled=main):
+        ckpt_path = out / CHECKPOINT_NAME
 
-    saved = None
-    if resume == "auto" and not ckpt_path.exists():
-        resume = None  # "auto": continue the run in out_dir if there is one, else start it
-    if resume:
-        resume_path = ckpt_path if resume is True or resume == "auto" else Path(resume)
-        if not resume_path.is_file():
-            raise FileNotFoundError(f"nothing to resume: {resume_path} does not exist")
-        saved = read_checkpoint(resume_path)
-        diff = _identity_diff(saved["identity"], config.identity())
-        if diff:
-            raise ValueError(f"resume file {resume_path} was written for other settings (model or config): "
-                             + "; ".join(diff))
-    elif ckpt_path.exists() and not overwrite:
-        raise ValueError(f"{ckpt_path} exists: pass resume (--resume) to continue that run, or overwrite "
-                         f"(--overwrite) to start again")
+        saved = None
+        if resume == "auto" and not ckpt_path.exists():
+            resume = None  # "auto": continue the run in out_dir if there is one, else start it
+        if resume:
+            resume_path = ckpt_path if resume is True or resume == "auto" else Path(resume)
+            if not resume_path.is_file():
+                raise FileNotFoundError(f"nothing to resume: {resume_path} does not exist")
+            saved = read_checkpoint(resume_path)
+            diff = _identity_diff(saved["identity"], config.identity())
+            if diff:
+                raise ValueError(f"resume file {resume_path} was written for other settings (model or config): "
+                                 + "; ".join(diff))
+        elif ckpt_path.exists() and not overwrite:
+            raise ValueError(f"{ckpt_path} exists: pass resume (--resume) to continue that run, or overwrite "
+                             f"(--overwrite) to start again")
 
-    torch.manual_seed(config.seed)  # model init (checkpoint 'none') is the same on every rank
-    model, model_info = _build_model(config, model)
-    x_train, y_train, x_val, y_val = _load_train_data(config, model, data)
-    augment = config.augment if config.augment is not None else getattr(model, "dataset", None) == "cifar10"
-    bn_eval = config.bn_eval()
-    model = model.to(info.device)
-    optimizer = _optimizer(config, model)
-    scheduler = _scheduler(config, optimizer)
-    generator = torch.Generator().manual_seed(config.seed)
-    history: list[dict] = []
-    start_epoch, train_seconds, wall_seconds = 0, 0.0, 0.0
-    if saved is not None:
-        try:
-            model.load_state_dict(saved["model_state"])
-        except RuntimeError as error:
-            raise ValueError(f"resume file does not fit the model: {error}") from None
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        generator.set_state(saved["generator"])
-        history = list(saved["history"])
-        start_epoch, train_seconds, wall_seconds = saved["epoch"], saved["train_seconds"], saved["wall_seconds"]
-        ranks = saved["rng"]
-        if len(ranks) == info.world_size:
-            _set_rng_state(ranks[info.rank], info.device)
-        else:
-            _seed_rank(config.seed, info.rank, start_epoch)
-            say(f"note: the checkpoint holds RNG states of {len(ranks)} processes, this run has "
-                f"{info.world_size}: per-process RNGs (dropout) are reseeded")
-        say(f"resuming from {resume_path} at epoch {start_epoch}/{config.epochs}")
-    else:
-        _seed_rank(config.seed, info.rank)
-
-    raw = model
-    has_train_bn = any(_is_bn(m) for m in raw.modules()) and not bn_eval
-    if info.distributed:
-        if has_train_bn and info.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            raw = model
-        elif has_train_bn:
-            say("note: BatchNorm in train mode uses per-process batch statistics on CPU (SyncBatchNorm needs "
-                "CUDA), so results differ slightly from a single process")
-        ddp_kwargs = {"device_ids": [info.device.index]} if info.device.type == "cuda" else {}
-        model = nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
-
-    writer = _tensorboard(out, tensorboard and main, say) if main else None
-    val_attack = _val_attack(config)
-    val_batch = max(config.batch_size, 250)
-    if main:
-        n_trainable = sum(p.numel() for p in raw.parameters() if p.requires_grad)
-        say(f"nrpm {'train' if config.paradigm == 0 else f'reprogram paradigm {config.paradigm}'}: "
-            f"{config.model}, {n_trainable} trainable parameters, {len(x_train)} training / {len(x_val)} held-out "
-            f"images, {info.world_size} process(es) on {info.device}, attack {config.attack}"
-            + (f" eps={config.attack_eps:g} steps={config.attack_steps} alpha={config.attack_alpha:g}"
-               if config.attack != "none" else "")
-            + (", BatchNorm frozen (eval mode)" if bn_eval and any(_is_bn(m) for m in raw.modules()) else ""))
-        if robust_layers(raw):
-            say("lam " + " ".join(f"{n}={v:.3f}" for n, v in _lam_values(raw).items()))
-
-    def artifacts(epoch: int) -> list[str]:
-        written = []
-        if config.paradigm in (2, 3):
-            rp = reprogramming_state(raw)
-            if config.paradigm == 2:
-                rp.update(base_model=config.model, base_checkpoint=config.checkpoint)
-            atomic_torch_save(rp, out / "reprogramming.pt")
-            written.append("reprogramming.pt")
-        if config.paradigm in (0, 3):
-            atomic_torch_save({"format": MODEL_FORMAT, "model": config.model, "paradigm": config.paradigm,
-                               "epoch": epoch, "state_dict": _plain_state_dict(raw),
-                               "reprogramming": reprogramming_state(raw) if config.paradigm else None,
-                               "config": config.to_dict()}, out / "model.pt")
-            written.append("model.pt")
-        return written
-
-    stopped = "completed"
-    epoch = start_epoch
-    from tqdm.auto import tqdm
-
-    while epoch < config.epochs:
-        done_epochs = max(1, len(history))
-        mean_epoch = train_seconds / done_epochs if history else 0.0
-        over = max_minutes is not None and history and train_seconds + mean_epoch > max_minutes * 60
-        if dist.all_reduce_max(1.0 if over else 0.0) > 0:
-            stopped = "time budget"
-            say(f"stopping before epoch {epoch + 1}: {train_seconds / 60:.2f} of {max_minutes:g} minutes of "
-                f"optimisation used, an epoch takes about {mean_epoch / 60:.2f}")
-            break
-        wall_start = time.perf_counter()
-        order = torch.randperm(len(x_train), generator=generator)
-        if config.train_subset is not None:
-            order = order[:config.train_subset]
-        n_steps = len(order) // config.batch_size
-        lr_now = optimizer.param_groups[0]["lr"]
-        bar = tqdm(total=n_steps, disable=not (progress and main), desc=f"epoch {epoch + 1}/{config.epochs}",
-                   unit="step", leave=False)
-        totals = torch.zeros(3, dtype=torch.float64)
-        step_start = time.perf_counter()
-        for step in range(n_steps):
-            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-            xb, yb = x_train[idx], y_train[idx]
-            if augment:
-                xb = D.random_crop_flip(xb, 4, generator=generator)
-            noise = None
-            if config.attack != "none" and config.random_start:
-                noise = (2 * torch.rand(xb.shape, generator=generator, dtype=xb.dtype) - 1) * config.attack_eps
-            lo, hi = info.rank * per_rank, (info.rank + 1) * per_rank
-            xl, yl = xb[lo:hi].to(info.device), yb[lo:hi].to(info.device)
-            x_clean = xl
-            if config.attack != "none":
-                xl = adversarial_examples(raw, xl, yl, attack=config.attack, eps=config.attack_eps,
-                                          steps=config.attack_steps, alpha=config.attack_alpha,
-                                          noise=None if noise is None else noise[lo:hi])
-            _set_train_modes(raw, bn_eval)
-            logits = model(xl)
-            loss = F.cross_entropy(logits, yl)
-            if config.clean_weight > 0:
-                w = config.clean_weight
-                loss = w * F.cross_entropy(model(x_clean), yl) + (1 - w) * loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            totals += torch.tensor([loss.item() * len(yl), (logits.argmax(1) == yl).sum().item(), len(yl)],
-                                   dtype=torch.float64)
-            if main and progress:
-                post = {"loss": f"{loss.item():.3f}"}
-                if robust_layers(raw):
-                    lams = list(_lam_values(raw).values())
-                    post["lam"] = f"{min(lams):.3f}..{max(lams):.3f}" if len(lams) > 1 else f"{lams[0]:.3f}"
-                bar.set_postfix(post)
-            bar.update(1)
-            if step_hook is not None:
-                step_hook(epoch, step)
-        bar.close()
-        step_seconds = dist.all_reduce_max(time.perf_counter() - step_start)
-        totals = dist.all_reduce_sum(totals)
-        train_seconds += step_seconds
-        scheduler.step()
-        val_clean = val_robust = None
-        if len(x_val):
-            val_clean, val_robust = _evaluate_split(raw, x_val, y_val, val_attack, val_batch)
-        epoch += 1
-        row = {"epoch": epoch, "lr": lr_now, "train_loss": totals[0].item() / max(totals[2].item(), 1),
-               "train_acc": totals[1].item() / max(totals[2].item(), 1), "val_clean": val_clean,
-               "val_robust": val_robust, "lam": _lam_values(raw), "samples": int(totals[2].item()),
-               "step_seconds": round(step_seconds, 3)}
-        rng = dist.all_gather_object(_rng_state(info.device))
-        epoch_wall = dist.all_reduce_max(time.perf_counter() - wall_start)
-        wall_seconds += epoch_wall
-        row.update(epoch_seconds=round(epoch_wall, 3), train_seconds=round(train_seconds, 3),
-                   wall_seconds=round(wall_seconds, 3))
-        history.append(row)
-        if main:
-            atomic_torch_save({"format": CHECKPOINT_FORMAT, "identity": config.identity(), "config": config.to_dict(),
-                               "epoch": epoch,
-                               "model_state": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
-                               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                               "generator": generator.get_state(), "rng": rng, "history": history,
-                               "train_seconds": train_seconds, "wall_seconds": wall_seconds,
-                               "world_size": info.world_size}, ckpt_path)
-            artifacts(epoch)
-            _write_logs(out, history)
-            if writer is not None:
-                for key in ("train_loss", "train_acc", "val_clean", "val_robust", "lr"):
-                    if row[key] is not None:
-                        writer.add_scalar(key, row[key], epoch)
-                for name, value in row["lam"].items():
-                    writer.add_scalar(f"lam/{name}", value, epoch)
-                writer.flush()
-            say(_epoch_line(config, row))
-        dist.barrier()
-
-    if writer is not None:
-        writer.close()
-    written = [] if epoch == 0 else (["reprogramming.pt"] if config.paradigm in (2, 3) else []) + (
-        ["model.pt"] if config.paradigm in (0, 3) else [])
-    summary = {"format": "nrpm-train-run/1", "config": config.to_dict(), "epochs_done": epoch,
-               "stopped": stopped, "train_seconds": round(train_seconds, 3), "wall_seconds": round(wall_seconds, 3),
-               "max_minutes": max_minutes, "final": history[-1] if history else None,
-               "lam": _lam_values(raw) if robust_layers(raw) else None, "artifacts": written,
-               "checkpoint_info": {k: v for k, v in model_info.items() if isinstance(v, (str, int, float))},
-               "versions": _versions(info), "tests": {}}
-    row_name = {0: f"{config.model} trained", 2: f"{config.model} paradigm 2", 3: f"{config.model} paradigm 3"}
-    for settings in tests:
-        res = _run_test(raw, settings, test_data, config, config.seed, out, main, say,
-                        {"row": row_name[config.paradigm], "epochs_done": epoch})
-        summary["tests"][settings.label()] = {"table": res["table"], "cells": res["cells"]}
-    if main:
-        previous = {}
-        if (out / "run.json").is_file():
+        torch.manual_seed(config.seed)  # model init (checkpoint 'none') is the same on every rank
+        model, model_info = _build_model(config, model)
+        x_train, y_train, x_val, y_val = _load_train_data(config, model, data)
+        augment = config.augment if config.augment is not None else getattr(model, "dataset", None) == "cifar10"
+        bn_eval = config.bn_eval()
+        model = model.to(info.device)
+        optimizer = _optimizer(config, model)
+        scheduler = _scheduler(config, optimizer)
+        generator = torch.Generator().manual_seed(config.seed)
+        history: list[dict] = []
+        start_epoch, train_seconds, wall_seconds = 0, 0.0, 0.0
+        if saved is not None:
             try:
-                previous = reports.read_json(out / "run.json").get("tests", {})
-            except (ValueError, OSError):
-                previous = {}
-        summary["tests"] = {**previous, **summary["tests"]}
-        reports.write_json(out / "run.json", summary)
-    dist.barrier()
-    return summary
+                model.load_state_dict(saved["model_state"])
+            except RuntimeError as error:
+                raise ValueError(f"resume file does not fit the model: {error}") from None
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            generator.set_state(saved["generator"])
+            history = list(saved["history"])
+            start_epoch, train_seconds, wall_seconds = saved["epoch"], saved["train_seconds"], saved["wall_seconds"]
+            ranks = saved["rng"]
+            if len(ranks) == info.world_size:
+                _set_rng_state(ranks[info.rank], info.device)
+            else:
+                _seed_rank(config.seed, info.rank, start_epoch)
+                say(f"note: the checkpoint holds RNG states of {len(ranks)} processes, this run has "
+                    f"{info.world_size}: per-process RNGs (dropout) are reseeded")
+            say(f"resuming from {resume_path} at epoch {start_epoch}/{config.epochs}")
+        else:
+            _seed_rank(config.seed, info.rank)
+
+        raw = model
+        has_train_bn = any(_is_bn(m) for m in raw.modules()) and not bn_eval
+        if info.distributed:
+            if has_train_bn and info.device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                raw = model
+            elif has_train_bn:
+                say("note: BatchNorm in train mode uses per-process batch statistics on CPU (SyncBatchNorm needs "
+                    "CUDA), so results differ slightly from a single process")
+            ddp_kwargs = {"device_ids": [info.device.index]} if info.device.type == "cuda" else {}
+            model = nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
+
+        writer = _tensorboard(out, tensorboard and main, say) if main else None
+        val_attack = _val_attack(config)
+        val_batch = max(config.batch_size, 250)
+        if main:
+            n_trainable = sum(p.numel() for p in raw.parameters() if p.requires_grad)
+            say(f"nrpm {'train' if config.paradigm == 0 else f'reprogram paradigm {config.paradigm}'}: "
+                f"{config.model}, {n_trainable} trainable parameters, {len(x_train)} training / {len(x_val)} held-out "
+                f"images, {info.world_size} process(es) on {info.device}, attack {config.attack}"
+                + (f" eps={config.attack_eps:g} steps={config.attack_steps} alpha={config.attack_alpha:g}"
+                   if config.attack != "none" else "")
+                + (", BatchNorm frozen (eval mode)" if bn_eval and any(_is_bn(m) for m in raw.modules()) else ""))
+            if robust_layers(raw):
+                say("lam " + " ".join(f"{n}={v:.3f}" for n, v in _lam_values(raw).items()))
+
+        def artifacts(epoch: int) -> list[str]:
+            written = []
+            if config.paradigm in (2, 3):
+                rp = reprogramming_state(raw)
+                if config.paradigm == 2:
+                    rp.update(base_model=config.model, base_checkpoint=config.checkpoint)
+                atomic_torch_save(rp, out / "reprogramming.pt")
+                written.append("reprogramming.pt")
+            if config.paradigm in (0, 3):
+                atomic_torch_save({"format": MODEL_FORMAT, "model": config.model, "paradigm": config.paradigm,
+                                   "epoch": epoch, "state_dict": _plain_state_dict(raw),
+                                   "reprogramming": reprogramming_state(raw) if config.paradigm else None,
+                                   "config": config.to_dict()}, out / "model.pt")
+                written.append("model.pt")
+            return written
+
+        stopped = "completed"
+        epoch = start_epoch
+        from tqdm.auto import tqdm
+
+        while epoch < config.epochs:
+            done_epochs = max(1, len(history))
+            mean_epoch = train_seconds / done_epochs if history else 0.0
+            over = max_minutes is not None and history and train_seconds + mean_epoch > max_minutes * 60
+            if dist.all_reduce_max(1.0 if over else 0.0) > 0:
+                stopped = "time budget"
+                say(f"stopping before epoch {epoch + 1}: {train_seconds / 60:.2f} of {max_minutes:g} minutes of "
+                    f"optimisation used, an epoch takes about {mean_epoch / 60:.2f}")
+                break
+            wall_start = time.perf_counter()
+            order = torch.randperm(len(x_train), generator=generator)
+            if config.train_subset is not None:
+                order = order[:config.train_subset]
+            n_steps = len(order) // config.batch_size
+            lr_now = optimizer.param_groups[0]["lr"]
+            bar = tqdm(total=n_steps, disable=not (progress and main), desc=f"epoch {epoch + 1}/{config.epochs}",
+                       unit="step", leave=False)
+            totals = torch.zeros(3, dtype=torch.float64)
+            step_start = time.perf_counter()
+            for step in range(n_steps):
+                idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+                xb, yb = x_train[idx], y_train[idx]
+                if augment:
+                    xb = D.random_crop_flip(xb, 4, generator=generator)
+                noise = None
+                if config.attack != "none" and config.random_start:
+                    noise = (2 * torch.rand(xb.shape, generator=generator, dtype=xb.dtype) - 1) * config.attack_eps
+                lo, hi = info.rank * per_rank, (info.rank + 1) * per_rank
+                xl, yl = xb[lo:hi].to(info.device), yb[lo:hi].to(info.device)
+                x_clean = xl
+                if config.attack != "none":
+                    xl = adversarial_examples(raw, xl, yl, attack=config.attack, eps=config.attack_eps,
+                                              steps=config.attack_steps, alpha=config.attack_alpha,
+                                              noise=None if noise is None else noise[lo:hi])
+                _set_train_modes(raw, bn_eval)
+                logits = model(xl)
+                loss = F.cross_entropy(logits, yl)
+                if config.clean_weight > 0:
+                    w = config.clean_weight
+                    loss = w * F.cross_entropy(model(x_clean), yl) + (1 - w) * loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                totals += torch.tensor([loss.item() * len(yl), (logits.argmax(1) == yl).sum().item(), len(yl)],
+                                       dtype=torch.float64)
+                if main and progress:
+                    post = {"loss": f"{loss.item():.3f}"}
+                    if robust_layers(raw):
+                        lams = list(_lam_values(raw).values())
+                        post["lam"] = f"{min(lams):.3f}..{max(lams):.3f}" if len(lams) > 1 else f"{lams[0]:.3f}"
+                    bar.set_postfix(post)
+                bar.update(1)
+                if step_hook is not None:
+                    step_hook(epoch, step)
+            bar.close()
+            step_seconds = dist.all_reduce_max(time.perf_counter() - step_start)
+            totals = dist.all_reduce_sum(totals)
+            train_seconds += step_seconds
+            scheduler.step()
+            val_clean = val_robust = None
+            if len(x_val):
+                val_clean, val_robust = _evaluate_split(raw, x_val, y_val, val_attack, val_batch)
+            epoch += 1
+            row = {"epoch": epoch, "lr": lr_now, "train_loss": totals[0].item() / max(totals[2].item(), 1),
+                   "train_acc": totals[1].item() / max(totals[2].item(), 1), "val_clean": val_clean,
+                   "val_robust": val_robust, "lam": _lam_values(raw), "samples": int(totals[2].item()),
+                   "step_seconds": round(step_seconds, 3)}
+            rng = dist.all_gather_object(_rng_state(info.device))
+            epoch_wall = dist.all_reduce_max(time.perf_counter() - wall_start)
+            wall_seconds += epoch_wall
+            row.update(epoch_seconds=round(epoch_wall, 3), train_seconds=round(train_seconds, 3),
+                       wall_seconds=round(wall_seconds, 3))
+            history.append(row)
+            if main:
+                atomic_torch_save({"format": CHECKPOINT_FORMAT, "identity": config.identity(),
+                                   "config": config.to_dict(), "epoch": epoch,
+                                   "model_state": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
+                                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                   "generator": generator.get_state(), "rng": rng, "history": history,
+                                   "train_seconds": train_seconds, "wall_seconds": wall_seconds,
+                                   "world_size": info.world_size}, ckpt_path)
+                artifacts(epoch)
+                _write_logs(out, history)
+                if writer is not None:
+                    for key in ("train_loss", "train_acc", "val_clean", "val_robust", "lr"):
+                        if row[key] is not None:
+                            writer.add_scalar(key, row[key], epoch)
+                    for name, value in row["lam"].items():
+                        writer.add_scalar(f"lam/{name}", value, epoch)
+                    writer.flush()
+                say(_epoch_line(config, row))
+            dist.barrier()
+
+        if writer is not None:
+            writer.close()
+        written = [] if epoch == 0 else (["reprogramming.pt"] if config.paradigm in (2, 3) else []) + (
+            ["model.pt"] if config.paradigm in (0, 3) else [])
+        summary = {"format": "nrpm-train-run/1", "config": config.to_dict(), "epochs_done": epoch,
+                   "stopped": stopped, "train_seconds": round(train_seconds, 3), "wall_seconds": round(wall_seconds, 3),
+                   "max_minutes": max_minutes, "final": history[-1] if history else None,
+                   "lam": _lam_values(raw) if robust_layers(raw) else None, "artifacts": written,
+                   "checkpoint_info": {k: v for k, v in model_info.items() if isinstance(v, (str, int, float))},
+                   "versions": _versions(info), "tests": {}}
+        row_name = {0: f"{config.model} trained", 2: f"{config.model} paradigm 2", 3: f"{config.model} paradigm 3"}
+        for settings in tests:
+            res = _run_test(raw, settings, test_data, config, config.seed, out, main, say,
+                            {"row": row_name[config.paradigm], "epochs_done": epoch})
+            summary["tests"][settings.label()] = {"table": res["table"], "cells": res["cells"]}
+        if main:
+            previous = {}
+            if (out / "run.json").is_file():
+                try:
+                    previous = reports.read_json(out / "run.json").get("tests", {})
+                except (ValueError, OSError):
+                    previous = {}
+            summary["tests"] = {**previous, **summary["tests"]}
+            reports.write_json(out / "run.json", summary)
+        dist.barrier()
+        return summary
