@@ -60,10 +60,12 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
         assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
 
 
-@pytest.mark.parametrize("content", ["{not json", json.dumps({"pid": 1, "host": "another-machine", "command": "eval"})])
+@pytest.mark.parametrize("content", ["{not json", "{}", "[1]",
+                                     json.dumps({"pid": 1, "host": "another-machine", "command": "eval"})])
 def test_lock_that_cannot_be_checked_is_respected(tmp_path, content):
     (tmp_path / LOCK_NAME).write_text(content)
-    with pytest.raises(RuntimeError, match="delete"):
+    owner = r"nrpm eval \(pid 1 on another-machine\)" if "another-machine" in content else "an unreadable lock"
+    with pytest.raises(RuntimeError, match=f"in use by {owner}.*delete"):
         with output_dir_lock(tmp_path, "eval"):
             pass
 

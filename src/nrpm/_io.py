@@ -58,13 +58,13 @@ def output_dir_lock(folder: str | os.PathLike, command: str, *, enabled: bool = 
             break
         except FileExistsError:
             owner = _read_lock(lock)
-            if owner == {}:
+            if owner is _RELEASED:
                 continue  # released between our attempt and the read
             if owner is None or owner.get("host") != me["host"] or _process_alive(owner.get("pid")):
                 who = "an unreadable lock" if owner is None else \
                     f"nrpm {owner.get('command')} (pid {owner.get('pid')} on {owner.get('host')})"
                 raise OutputFolderInUse(f"{folder} is in use by {who}: wait for it to finish or write elsewhere "
-                                   f"(--out); if no such run is active, delete {lock}")
+                                        f"(--out); if no such run is active, delete {lock}")
             lock.unlink(missing_ok=True)  # its process is gone: a stale lock from a killed run
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(me, f)
@@ -74,14 +74,18 @@ def output_dir_lock(folder: str | os.PathLike, command: str, *, enabled: bool = 
         lock.unlink(missing_ok=True)
 
 
-def _read_lock(lock: Path) -> dict | None:
+_RELEASED = object()  # _read_lock: the lock file vanished before it could be read
+
+
+def _read_lock(lock: Path):
+    """The owner dict, None when the file cannot be understood, or _RELEASED when it is gone."""
     try:
         owner = json.loads(lock.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return {}
+        return _RELEASED
     except (OSError, ValueError):
         return None
-    return owner if isinstance(owner, dict) else None
+    return owner if isinstance(owner, dict) and {"pid", "host"} <= owner.keys() else None
 
 
 def _process_alive(pid) -> bool:
