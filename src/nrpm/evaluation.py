@@ -163,7 +163,7 @@ def _load_previous(out_dir: Path, settings: EvalSettings, overwrite: bool) -> di
     if previous.get("format") != RESULTS_FORMAT or previous.get("cell_key") != settings.cell_key():
         raise ValueError(f"{path} holds results of other settings; resume needs the same model, checkpoint, "
                          f"K, eps, layers, attack, samples and seed. Use another --out or --overwrite.")
-    return {(round(c["lam"], 6), round(c["budget"], 9)): c for c in previous["cells"]}
+    return reports.cell_map(previous["cells"])
 
 
 def run_eval(settings: EvalSettings, out_dir: str | Path | None, *, device: str = "auto", progress: bool = True,
@@ -175,7 +175,8 @@ def run_eval(settings: EvalSettings, out_dir: str | Path | None, *, device: str 
     model, info = build_model(settings, dev)
     x, y = load_eval_samples(model.dataset, settings)
     out = Path(out_dir) if out_dir is not None else None
-    with output_dir_lock(out, "eval", enabled=out is not None and dist.is_main()):
+    writes = out is not None and dist.is_main()  # under torchrun only rank 0 writes
+    with output_dir_lock(out, "eval", enabled=writes):
         done = _load_previous(out, settings, overwrite) if out is not None else {}
         if done:
             log(f"resuming: {len(done)} finished cells found in {out / 'results.json'}")
@@ -188,32 +189,33 @@ def run_eval(settings: EvalSettings, out_dir: str | Path | None, *, device: str 
                     "robust_layers": sorted(n for n, _ in _robust_names(model)), "cells": cells}
 
         def save(cell):
-            cells_so_far[(round(cell["lam"], 6), round(cell["budget"], 9))] = cell
-            if out is not None and dist.is_main():
+            cells_so_far.update(reports.cell_map([cell]))
+            if writes:
                 reports.write_json(out / "results.json", payload(list(cells_so_far.values())))
 
         cells = evaluate_grid(model, x, y, settings.lams, settings.budgets, make_attack,
                               batch_size=settings.batch_size, done=done, on_cell=save, progress=progress,
                               attack_name=settings.attack)
         # keep every finished cell on file, also those of lam values / budgets not asked for in this run
-        result = payload(list({**cells_so_far, **{(round(c["lam"], 6), round(c["budget"], 9)): c
-                                                 for c in cells}}.values()))
+        result = payload(list({**cells_so_far, **reports.cell_map(cells)}.values()))
         result["seconds_this_run"] = round(time.perf_counter() - started, 2)
-        table = reports.markdown_grid(cells, settings.lams, settings.budgets, unit=settings.budget_unit)
-        result["table"] = table
-        if out is not None and dist.is_main():
-            reports.write_json(out / "results.json", result)
-            reports.write_grid_csv(out / "results.csv", cells)
-            reports.atomic_write_text(out / "table.md", _table_doc(settings, table))
-            curves = {f"lam={lam:g}": (list(settings.budgets),
-                                       [c["accuracy"] for c in cells if c["lam"] == lam]) for lam in settings.lams}
-            unit = f" (x1/{settings.budget_unit:g})" if settings.budget_unit != 1 else ""
-            reports.plot_curves(out / "accuracy.png", {k: ([b * settings.budget_unit for b in v[0]], v[1])
-                                                       for k, v in curves.items()},
-                                title=f"{settings.model}: {settings.attack}, K={settings.K}",
-                                xlabel=f"budget{unit}")
+        result["table"] = reports.markdown_grid(cells, settings.lams, settings.budgets, unit=settings.budget_unit)
+        if writes:
+            _write_outputs(out, settings, result, cells)
         return result
 
+
+def _write_outputs(out: Path, settings: EvalSettings, result: dict, cells: list[dict]) -> None:
+    """results.json (every cell on file), and this run's grid as results.csv, table.md and accuracy.png."""
+    reports.write_json(out / "results.json", result)
+    reports.write_grid_csv(out / "results.csv", cells)
+    reports.atomic_write_text(out / "table.md", _table_doc(settings, result["table"]))
+    curves = {f"lam={lam:g}": (list(settings.budgets),
+                               [c["accuracy"] for c in cells if c["lam"] == lam]) for lam in settings.lams}
+    unit = f" (x1/{settings.budget_unit:g})" if settings.budget_unit != 1 else ""
+    reports.plot_curves(out / "accuracy.png", {k: ([b * settings.budget_unit for b in v[0]], v[1])
+                                               for k, v in curves.items()},
+                        title=f"{settings.model}: {settings.attack}, K={settings.K}", xlabel=f"budget{unit}")
 
 def _table_doc(settings: EvalSettings, table: str) -> str:
     return (f"# {settings.model}, attack {settings.attack} {settings.attack_kwargs or ''}\n\n"

@@ -47,14 +47,15 @@ def format_budget(budget: float, unit: float = 1.0) -> str:
     return f"{budget:g}"
 
 
-def _cell_map(cells: Iterable[dict]) -> dict[tuple[float, float], dict]:
+def cell_map(cells: Iterable[dict]) -> dict[tuple[float, float], dict]:
+    """Result cells keyed by (lam, budget), rounded so that float noise never splits one cell in two."""
     return {(round(c["lam"], 6), round(c["budget"], 9)): c for c in cells}
 
 
 def markdown_grid(cells: Sequence[dict], lams: Sequence[float], budgets: Sequence[float], *, unit: float = 1.0,
                   row_label: str = "lam", value_key: str = "accuracy") -> str:
     """Rows lam, columns budgets (clean = budget 0 first), values in %; missing cells show as '…'."""
-    lookup = _cell_map(cells)
+    lookup = cell_map(cells)
     header = [row_label] + [("clean" if b == 0 else format_budget(b, unit)) for b in budgets]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for lam in lams:

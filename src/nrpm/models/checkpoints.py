@@ -152,8 +152,6 @@ def load_pretrained(
     return model.eval(), info
 
 
-
-
 def model_from_checkpoint(name: str, checkpoint: str | os.PathLike | None = "pretrained") -> tuple[nn.Module, dict]:
     """Model ``name`` with the weights ``checkpoint`` names: 'pretrained' (the authors' released file), a path,
     or None / 'none' (fresh initialisation). The one reading of a checkpoint spec shared by eval, train and
