@@ -1,4 +1,5 @@
-"""The paper's straightforward NRPM formulation, kept as the benchmark's baseline (not used by the library).
+"""The paper's straightforward NRPM formulation (:mod:`nrpm.reference`, which the tests check against too) as
+the benchmark's baseline.
 
 It materialises every vote ``x_d * a_d`` of the whole layer (for a convolution via ``unfold``, as a
 (B, O, D, L) tensor), runs the K IRLS steps as elementwise passes over it, and lets autograd differentiate through
@@ -14,10 +15,10 @@ import contextlib
 import types
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nrpm.nn import RobustConv2d, RobustLinear, RobustMixin
+from nrpm.reference import naive_conv2d, naive_linear
 
 # Bytes autograd keeps per vote (float32) and step: the votes once, then per step |r| and w (saved by abs and
 # reciprocal) and w * y (saved for the product's backward); plus about three vote-sized temporaries in flight.
@@ -26,48 +27,17 @@ _SAVED_PER_VOTE_STEP = 3
 _TEMPORARIES = 3
 
 
-def naive_irls(votes: torch.Tensor, dim: int, lam, K: int, eps: float, detach: bool = False) -> torch.Tensor:
-    """lam * sum(votes) + (1 - lam) * IRLS(votes), along ``dim``, by plain elementwise ops and autograd."""
-    D = votes.shape[dim]
-    z_lpm = votes.sum(dim, keepdim=True)
-    z = z_lpm
-    for _ in range(K):
-        w = 1.0 / ((votes - z / D).abs() + eps)
-        if detach:
-            w = w.detach()
-        z = D * (w * votes).sum(dim, keepdim=True) / w.sum(dim, keepdim=True)
-    return (lam * z_lpm + (1 - lam) * z).squeeze(dim)
-
-
-def naive_linear(x, weight, bias, lam, K, eps, detach=False):
-    votes = x.unsqueeze(-2) * weight  # (*, O, D)
-    out = naive_irls(votes, -1, lam, K, eps, detach)
-    return out if bias is None else out + bias
-
-
-def naive_conv2d(x, weight, bias, stride, padding, dilation, groups, lam, K, eps, detach=False):
-    B = x.shape[0]
-    O = weight.shape[0]
-    cols = F.unfold(x, weight.shape[2:], dilation=dilation, padding=padding, stride=stride)  # (B, C*kh*kw, L)
-    L = cols.shape[-1]
-    cols = cols.view(B, groups, 1, -1, L)
-    w = weight.reshape(groups, O // groups, -1, 1)
-    votes = cols * w  # (B, G, O/G, D, L): every vote of the layer
-    out = naive_irls(votes, 3, lam, K, eps, detach).reshape(B, O, L)
-    h_out = (x.shape[2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
-    out = out.view(B, O, h_out, -1)
-    return out if bias is None else out + bias.view(1, -1, 1, 1)
-
-
 def _naive_linear_forward(self: RobustLinear, x):
-    return naive_linear(x, self.weight, self.bias, self._lam_for_forward(), self.K, self.eps, self.detach_weights)
+    return naive_linear(x, self.weight, self.bias, self.lam_value() if not self.learnable_lam else self.get_lam(), self.K, self.eps,
+                        self.detach_weights)
 
 
 def _naive_conv_forward(self: RobustConv2d, x):
     if self.padding_mode != "zeros" or isinstance(self.padding, str) or x.dim() != 4:
         raise NotImplementedError("the naive baseline covers batched, zero-padded convolutions only")
     return naive_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                        self._lam_for_forward(), self.K, self.eps, self.detach_weights)
+                        self.lam_value() if not self.learnable_lam else self.get_lam(), self.K, self.eps,
+                        self.detach_weights)
 
 
 @contextlib.contextmanager

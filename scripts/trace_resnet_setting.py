@@ -19,7 +19,7 @@ import torch
 from nrpm import ReprogramConfig, reprogram
 from nrpm.attacks import clean_accuracy
 from nrpm.data import load_dataset, subset
-from nrpm.evaluation import default_robust_layers
+from nrpm.models import default_robust_layers
 from nrpm.models import load_pretrained
 from nrpm.reports import atomic_write_text
 

@@ -24,7 +24,7 @@ from nrpm.attacks import (
     PGDL2,
     AutoAttackStandard,
     Square,
-    _attack_mode,
+    eval_frozen,
     clean_accuracy,
     make_attack,
     perturbation_norm,
@@ -151,8 +151,8 @@ def test_attack_contract(case_name, trained, model):
 
     # The attack's own output must respect the budget, not just after the base
     # class's safety-net projection (this is where pyautoattack is checked).
-    with _attack_mode(model):
-        raw = attack._perturb(model, x, y)
+    with eval_frozen(model):
+        raw = attack.perturb(model, x, y)
     _assert_valid(raw.to(x.dtype).detach(), x, attack)
 
     model.train()

@@ -15,38 +15,9 @@ import torch.nn.functional as F
 from nrpm import _kernels
 from nrpm import functional as RF
 from nrpm.functional import robust_conv2d, robust_linear
+from nrpm.reference import naive_conv2d, naive_linear
 
 EPS = 1e-2
-
-
-# ------------------------------------------------------------------------------- naive reference (tests only)
-def naive_irls(votes, lam, K, eps, detach):
-    D = votes.shape[-1]
-    z_lpm = votes.sum(-1)
-    z = z_lpm
-    for _ in range(K):
-        w = 1.0 / ((votes - z[..., None] / D).abs() + eps)
-        if detach:
-            w = w.detach()
-        z = D * (w * votes).sum(-1) / w.sum(-1)
-    return lam * z_lpm + (1 - lam) * z
-
-
-def naive_linear(x, weight, bias, lam, K, eps, detach):
-    return naive_irls(x[..., None, :] * weight, lam, K, eps, detach) + bias
-
-
-def naive_conv2d(x, weight, bias, stride, padding, dilation, groups, lam, K, eps, detach):
-    """Votes from unfold, one group at a time: (B, G, L, Og, Dg)."""
-    B, O = x.shape[0], weight.shape[0]
-    h_out = (x.shape[2] + 2 * padding - dilation * (weight.shape[2] - 1) - 1) // stride + 1
-    w_out = (x.shape[3] + 2 * padding - dilation * (weight.shape[3] - 1) - 1) // stride + 1
-    cols = F.unfold(x, weight.shape[2:], dilation=dilation, padding=padding, stride=stride)  # (B, C*kh*kw, L)
-    cols = cols.view(B, groups, -1, cols.shape[-1])
-    w3 = weight.reshape(groups, O // groups, -1)
-    votes = cols.permute(0, 1, 3, 2)[:, :, :, None, :] * w3[None, :, None]  # (B, G, L, Og, Dg)
-    out = naive_irls(votes, lam, K, eps, detach).permute(0, 1, 3, 2).reshape(B, O, h_out, w_out)
-    return out + bias.view(1, -1, 1, 1)
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -10,50 +10,7 @@ import torch.nn.functional as F
 
 from nrpm import functional as RF
 from nrpm.functional import robust_conv2d, robust_linear, robust_sum
-
-
-# ------------------------------------------------------------------------------- naive reference (tests only)
-def naive_irls(votes, lam, K, eps, detach=False):
-    """votes (..., D): plain autograd IRLS, written independently of the library."""
-    D = votes.shape[-1]
-    z_lpm = votes.sum(-1)
-    z = z_lpm
-    for _ in range(K):
-        w = 1.0 / ((votes - z[..., None] / D).abs() + eps)
-        if detach:
-            w = w.detach()
-        z = D * (w * votes).sum(-1) / w.sum(-1)
-    return lam * z_lpm + (1 - lam) * z
-
-
-def naive_linear(x, weight, bias, lam, K, eps, detach=False):
-    votes = x[..., None, :] * weight  # (..., O, D)
-    out = naive_irls(votes, lam, K, eps, detach)
-    return out if bias is None else out + bias
-
-
-def naive_conv2d(x, weight, bias, stride, padding, dilation, groups, lam, K, eps):
-    """Votes by explicit kernel-offset slicing of the zero-padded input (no unfold)."""
-    B, C, H, W = x.shape
-    O, Cg, kh, kw = weight.shape
-    xp = F.pad(x, (padding, padding, padding, padding))
-    h_out = (H + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
-    w_out = (W + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
-    patches = torch.stack([
-        torch.stack([
-            xp[:, :, i * dilation: i * dilation + stride * (h_out - 1) + 1: stride,
-               j * dilation: j * dilation + stride * (w_out - 1) + 1: stride]
-            for j in range(kw)], dim=2)
-        for i in range(kh)], dim=2)  # (B, C, kh, kw, h_out, w_out)
-    og = O // groups
-    outs = []
-    for o in range(O):
-        g = o // og
-        p = patches[:, g * Cg:(g + 1) * Cg]  # (B, Cg, kh, kw, h, w)
-        votes = (p * weight[o][None, :, :, :, None, None]).permute(0, 4, 5, 1, 2, 3).reshape(B, h_out, w_out, -1)
-        outs.append(naive_irls(votes, lam, K, eps))
-    out = torch.stack(outs, dim=1)
-    return out if bias is None else out + bias.view(1, -1, 1, 1)
+from nrpm.reference import naive_conv2d, naive_irls, naive_linear
 
 
 def _tol(dtype):

@@ -189,9 +189,9 @@ def mnist_first_1000(shared_dir):
 
 
 def _pretrained(shared_dir, name):
-    from nrpm.models import PRETRAINED_FILES
+    from nrpm.models import model_entry
 
-    return load_pretrained(name, path=shared_dir / "pretrained" / PRETRAINED_FILES[name])
+    return load_pretrained(name, path=shared_dir / "pretrained" / model_entry(name).pretrained.file)
 
 
 def test_released_mlp3_clean_accuracy(shared_dir, mnist_first_1000):

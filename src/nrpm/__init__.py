@@ -4,7 +4,7 @@ Implements "Robustness Reprogramming for Representation Learning" (Hou, Torkaman
 """
 
 from .functional import robust_conv2d, robust_linear, robust_sum, set_memory_budget
-from .nn import RobustConv2d, RobustLinear
+from .nn import RobustConv2d, RobustLinear, backward_override, lam_override
 from .reprogram import (
     ReprogramConfig,
     count_trainable_parameters,
@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "robust_sum", "robust_linear", "robust_conv2d", "set_memory_budget",
-    "RobustLinear", "RobustConv2d",
+    "RobustLinear", "RobustConv2d", "lam_override", "backward_override",
     "ReprogramConfig", "reprogram", "undo_reprogramming", "robust_layers", "lam_table", "set_lam",
     "lam_parameters", "count_trainable_parameters", "save_reprogramming", "load_reprogramming",
 ]

@@ -43,6 +43,7 @@ from torch import nn
 from . import attacks as A
 from . import reports
 from .reprogram import robust_layers, undo_reprogramming
+from .validation import check_batch
 
 __all__ = ["Tolerances", "CheckResult", "AuditReport", "run_audit", "straight_through", "lam_one",
            "collate_reports", "PASS", "WARN", "FAIL", "SKIP"]
@@ -372,7 +373,7 @@ class _TransferPGD(A.Attack):
         self.source, self.norm, self.steps, self.seed = source, norm, int(steps), int(seed)
         self.alpha = 2.5 * self.eps / self.steps if alpha is None else float(alpha)
 
-    def _perturb(self, model, x, y):
+    def perturb(self, model, x, y):
         g = torch.Generator(device=x.device)
         g.manual_seed(self.seed)
         if self.norm == "Linf":
@@ -415,7 +416,7 @@ class _BPDA(A.Attack):
         super().__init__(inner.eps)
         self.inner, self.norm, self.name = inner, inner.norm, "bpda"
 
-    def _perturb(self, model, x, y):
+    def perturb(self, model, x, y):
         with straight_through(model):
             return self.inner(model, x, y)
 
@@ -428,7 +429,7 @@ class _DetachedIRLS(A.Attack):
         super().__init__(inner.eps)
         self.inner, self.norm, self.name = inner, inner.norm, "detached-irls"
 
-    def _perturb(self, model, x, y):
+    def perturb(self, model, x, y):
         layers = list(robust_layers(model).values())
         saved = [layer.detach_weights for layer in layers]
         try:
@@ -584,7 +585,7 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, budgets: Se
     budgets = sorted({float(b) for b in budgets if float(b) > 0})
     if not budgets:
         raise ValueError("give at least one budget > 0 (clean accuracy is always measured)")
-    A._validate_batch(x, y)
+    check_batch(x, y)
     if len(x) == 0:
         raise ValueError("the audit needs at least one sample")
     for name, value in (("steps", steps), ("restarts", restarts), ("apgd_steps", apgd_steps),
@@ -621,7 +622,7 @@ def _run_audit(model, x, y, layers, started, *, budgets, norm, base_model, plain
     if base_model is None and layers:
         base_model = undo_reprogramming(copy.deepcopy(model))
         derived_base = True
-    all_plain = bool(layers) and all(m._is_plain() for m in layers.values())
+    all_plain = bool(layers) and all(m.is_plain() for m in layers.values())
     if plain_model is None:
         plain_model = base_model
     else:

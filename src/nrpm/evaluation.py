@@ -6,9 +6,7 @@ without redoing finished (lam, budget) cells, provided the settings that define 
 
 from __future__ import annotations
 
-import inspect
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,22 +19,14 @@ from . import data as D
 from . import distributed as dist
 from . import reports
 from ._io import output_dir_lock
-from .models import model_from_checkpoint
+from .provenance import versions
+from .models import default_robust_layers, model_from_checkpoint
 from .reprogram import ReprogramConfig, reprogram, set_lam
 
-__all__ = ["EvalSettings", "build_model", "default_robust_layers", "run_eval", "evaluate_grid",
+__all__ = ["EvalSettings", "build_model", "run_eval", "evaluate_grid",
            "resolve_device"]
 
 RESULTS_FORMAT = "nrpm-eval/1"
-
-# Which layers the paper made robust: all Linear/Conv of the MNIST models, the 3x3 block convs of the ResNets.
-_RESNET_BLOCK_CONVS = ["layer*.*.conv1", "layer*.*.conv2"]
-
-
-def default_robust_layers(model_name: str) -> list[str] | None:
-    """Module-name patterns reprogrammed by default (None = every nn.Linear / nn.Conv2d)."""
-    return list(_RESNET_BLOCK_CONVS) if model_name.startswith("resnet") else None
-
 
 @dataclass
 class EvalSettings:
@@ -101,10 +91,7 @@ def load_eval_samples(dataset: str, settings: EvalSettings):
 
 
 def _attack_factory(settings: EvalSettings) -> Callable[[float], A.Attack]:
-    kwargs = dict(settings.attack_kwargs)
-    factory = A.ATTACKS.get(settings.attack.lower().replace("_", "-")) or A.ATTACKS.get(settings.attack)
-    if factory is not None and "seed" in inspect.signature(factory).parameters and "seed" not in kwargs:
-        kwargs["seed"] = settings.seed
+    kwargs = A.with_default_seed(settings.attack, settings.attack_kwargs, settings.seed)
     A.make_attack(settings.attack, 0.0, **kwargs)  # validate name and arguments before any work
     return lambda eps: A.make_attack(settings.attack, eps, **kwargs)
 
@@ -145,16 +132,6 @@ def evaluate_grid(model, x, y, lams, budgets, make_attack: Callable[[float], A.A
     return [done[(round(lam, 6), round(b, 9))] for lam in lams for b in budgets]
 
 
-def _versions() -> dict:
-    import numpy
-
-    import nrpm
-
-    return {"nrpm": nrpm.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
-            "python": platform.python_version(), "machine": platform.machine(),
-            "threads": torch.get_num_threads()}
-
-
 def _load_previous(out_dir: Path, settings: EvalSettings, overwrite: bool) -> dict:
     path = out_dir / "results.json"
     if not path.exists() or overwrite:
@@ -185,7 +162,7 @@ def run_eval(settings: EvalSettings, out_dir: str | Path | None, *, device: str 
 
         def payload(cells):
             return {"format": RESULTS_FORMAT, "settings": asdict(settings), "cell_key": settings.cell_key(),
-                    "versions": _versions(), "device": str(dev), "checkpoint_info": reports.jsonable(info),
+                    "versions": versions(), "device": str(dev), "checkpoint_info": reports.jsonable(info),
                     "robust_layers": sorted(n for n, _ in _robust_names(model)), "cells": cells}
 
         def save(cell):

@@ -32,16 +32,14 @@ Implementation notes (why it looks like this):
 
 from __future__ import annotations
 
-import math
 import os
-from numbers import Real
-from typing import Union
 
 import torch
 import torch.nn.functional as F
 
 from . import _kernels
 from ._kernels import get_backend, set_backend
+from .validation import LamType, check_eps, check_floating, check_K, check_lam
 
 __all__ = [
     "DEFAULT_K",
@@ -60,8 +58,6 @@ DEFAULT_K = 3
 DEFAULT_EPS = 1e-3
 DEFAULT_LAM = 0.5
 
-LamType = Union[float, torch.Tensor]
-
 # Working memory (bytes) one chunk of the eager IRLS kernels may use (they materialise a chunk's votes); the
 # compiled kernels never materialise votes and need no chunks.
 _memory_budget_bytes = int(float(os.environ.get("NRPM_MEMORY_MB", "256")) * 2**20)
@@ -78,40 +74,6 @@ def set_memory_budget(megabytes: float) -> None:
 def get_memory_budget() -> float:
     """The current working-memory budget of the robust core, in MiB."""
     return _memory_budget_bytes / 2**20
-
-
-# ----------------------------------------------------------------------------------------------- validation
-def _check_K(K) -> int:
-    if isinstance(K, bool) or not isinstance(K, int):
-        raise ValueError(f"K (number of IRLS steps) must be an int >= 0, got {K!r} of type {type(K).__name__}")
-    if K < 0:
-        raise ValueError(f"K (number of IRLS steps) must be >= 0, got {K}")
-    return K
-
-
-def _check_eps(eps) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, Real) or not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
-    return float(eps)
-
-
-def _check_lam(lam) -> LamType:
-    if isinstance(lam, torch.Tensor):
-        if lam.numel() != 1 or lam.dim() > 1:
-            raise ValueError(f"lam must be a float or a 0-d tensor, got a tensor of shape {tuple(lam.shape)}")
-        if not lam.is_floating_point():
-            raise ValueError(f"lam tensor must be floating point, got dtype {lam.dtype}")
-        return lam.reshape(())
-    if isinstance(lam, bool) or not isinstance(lam, Real) or not (0.0 <= lam <= 1.0):
-        raise ValueError(f"lam must be a number in [0, 1] (1 = original linear layer), got {lam!r}")
-    return float(lam)
-
-
-def _check_floating(x: torch.Tensor, what: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"{what} must have a floating-point dtype, got {x.dtype}")
 
 
 def _mix(lam: LamType, z_lpm: torch.Tensor, z_nrpm: torch.Tensor) -> torch.Tensor:
@@ -138,8 +100,8 @@ def robust_sum(
     This is the building block for custom units whose votes are cheap to hold; Linear and Conv2d use the
     memory-bounded :func:`robust_linear` / :func:`robust_conv2d` instead.
     """
-    K, eps, lam = _check_K(K), _check_eps(eps), _check_lam(lam)
-    _check_floating(votes, "votes")
+    K, eps, lam = check_K(K), check_eps(eps), check_lam(lam)
+    check_floating(votes, "votes")
     D = votes.shape[dim]
     z_lpm = votes.sum(dim)
     z = z_lpm
@@ -251,9 +213,9 @@ def robust_linear(
     ``x`` has any shape ``(*, in_features)`` that ``F.linear`` accepts. ``lam`` is a float in [0, 1] or a 0-d
     tensor (e.g. a learnable ``sigmoid(logit)``); ``lam = 1`` is exactly ``F.linear`` and ``K = 0`` is LPM.
     """
-    K, eps, lam = _check_K(K), _check_eps(eps), _check_lam(lam)
-    _check_floating(x, "input")
-    _check_floating(weight, "weight")
+    K, eps, lam = check_K(K), check_eps(eps), check_lam(lam)
+    check_floating(x, "input")
+    check_floating(weight, "weight")
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
     if x.dim() == 0 or x.shape[-1] != weight.shape[1]:
@@ -308,9 +270,9 @@ def robust_conv2d(
     The votes of one output are the ``C_in/groups * kh * kw`` products of its receptive field, zero padding
     included. ``x`` is (B, C_in, H, W) or unbatched (C_in, H, W). The bias is added after the mix.
     """
-    K, eps, lam = _check_K(K), _check_eps(eps), _check_lam(lam)
-    _check_floating(x, "input")
-    _check_floating(weight, "weight")
+    K, eps, lam = check_K(K), check_eps(eps), check_lam(lam)
+    check_floating(x, "input")
+    check_floating(weight, "weight")
     if weight.dim() != 4:
         raise ValueError(f"weight must be 4-D (C_out, C_in/groups, kh, kw), got shape {tuple(weight.shape)}")
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or weight.shape[0] % groups:

@@ -8,18 +8,33 @@ They keep the parent's ``weight``/``bias`` (so state_dicts stay compatible) and 
   can never push it out of (0, 1).
 
 Defaults: ``K = 3`` IRLS steps and ``eps = 1e-3``, the paper's setting for its MNIST tables. ``lam = 0.5``.
+
+Gradient modes (``backward_mode``), for adaptive attacks and experiments; the forward value never changes:
+
+* ``"exact"`` (default): the true gradient through every unrolled IRLS step;
+* ``"detached"``: the IRLS weights ``w_d`` are treated as constants in the backward pass;
+* ``"plain"``: the plain linear layer's backward (BPDA, Athalye et al. 2018): ``plain + (robust - plain).detach()``.
+
+:func:`lam_override` and :func:`backward_override` set lam / the gradient mode of every robust layer of a model
+for the duration of a ``with`` block and restore each layer's state exactly afterwards; code outside this module
+uses them (and the public methods) instead of touching a layer's storage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from . import functional as RF
+from .validation import check_eps, check_K, check_lam
 
-__all__ = ["RobustLinear", "RobustConv2d", "RobustMixin"]
+__all__ = ["RobustLinear", "RobustConv2d", "RobustMixin", "BACKWARD_MODES", "lam_override", "backward_override"]
+
+BACKWARD_MODES = ("exact", "detached", "plain")
 
 # A learnable lam lives in logit space; 0 and 1 exactly would be infinite logits, so clamp when switching.
 _LOGIT_CLAMP = 1e-4
@@ -28,12 +43,32 @@ _LOGIT_CLAMP = 1e-4
 class RobustMixin:
     """lam/K/eps handling shared by the robust layers."""
 
-    def _init_robust(self, lam, K, eps, learnable_lam, detach_weights):
-        self.K = RF._check_K(K)
-        self.eps = RF._check_eps(eps)
-        self.detach_weights = bool(detach_weights)
+    def _init_robust(self, lam, K, eps, learnable_lam, detach_weights, backward_mode):
+        self.K = check_K(K)
+        self.eps = check_eps(eps)
+        self.backward_mode = "detached" if detach_weights and backward_mode == "exact" else backward_mode
         device = self.weight.device if self.weight.device.type != "meta" else None
-        self._set_lam_storage(float(RF._check_lam(float(lam))), learnable_lam, device)
+        self._set_lam_storage(float(check_lam(float(lam))), learnable_lam, device)
+
+    @property
+    def backward_mode(self) -> str:
+        """'exact', 'detached' (IRLS weights constant in the backward) or 'plain' (the plain layer's backward)."""
+        return self._backward_mode
+
+    @backward_mode.setter
+    def backward_mode(self, mode: str) -> None:
+        if mode not in BACKWARD_MODES:
+            raise ValueError(f"backward_mode must be one of {BACKWARD_MODES}, got {mode!r}")
+        self._backward_mode = mode
+
+    @property
+    def detach_weights(self) -> bool:
+        """``backward_mode == 'detached'`` (the older name of that mode)."""
+        return self._backward_mode == "detached"
+
+    @detach_weights.setter
+    def detach_weights(self, value: bool) -> None:
+        self.backward_mode = "detached" if value else "exact"
 
     def _set_lam_storage(self, value: float, learnable: bool, device) -> None:
         for name in ("lam", "lam_logit"):
@@ -65,7 +100,7 @@ class RobustMixin:
 
     def set_lam(self, value: float) -> None:
         """Set lam in [0, 1], keeping the current mode (a learnable lam is clamped to [1e-4, 1 - 1e-4])."""
-        value = RF._check_lam(float(value))
+        value = check_lam(float(value))
         with torch.no_grad():
             if self.learnable_lam:
                 v = min(max(value, _LOGIT_CLAMP), 1 - _LOGIT_CLAMP)
@@ -82,13 +117,26 @@ class RobustMixin:
         # a fixed lam goes in as a Python float, so lam == 1 takes the exact plain path and lam == 0 skips a mix
         return self.get_lam() if self.learnable_lam else self.lam_value()
 
-    def _is_plain(self) -> bool:
-        # lam == 1 (fixed) or K == 0 is the original layer: run the parent's forward, bit for bit
+    def is_plain(self) -> bool:
+        """True when this layer computes exactly the original layer: lam == 1 (fixed) or K == 0."""
         return self.K == 0 or (not self.learnable_lam and self.lam_value() == 1.0)
+
+    def _lam_storage(self) -> torch.Tensor:
+        return self.lam_logit if self.learnable_lam else self._buffers["lam"]
+
+    def _forward_with_mode(self, x: torch.Tensor, plain_forward, robust_forward) -> torch.Tensor:
+        if self.is_plain():
+            return plain_forward(x)  # the parent's forward, bit for bit
+        if self._backward_mode != "plain":
+            return robust_forward(x, self._backward_mode == "detached")
+        plain = plain_forward(x)
+        with torch.no_grad():
+            robust = robust_forward(x, False)
+        return plain + (robust - plain.detach())  # robust value, the plain layer's gradient (BPDA)
 
     def _robust_repr(self) -> str:
         mode = "learnable" if self.learnable_lam else "fixed"
-        extra = ", detach_weights=True" if self.detach_weights else ""
+        extra = f", backward_mode={self._backward_mode!r}" if self._backward_mode != "exact" else ""
         return f"lam={self.lam_value():.4g} ({mode}), K={self.K}, eps={self.eps:g}{extra}"
 
 
@@ -97,9 +145,9 @@ class RobustLinear(RobustMixin, nn.Linear):
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *,
                  lam=RF.DEFAULT_LAM, K=RF.DEFAULT_K, eps=RF.DEFAULT_EPS, learnable_lam=False,
-                 detach_weights=False):
+                 detach_weights=False, backward_mode="exact"):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self._init_robust(lam, K, eps, learnable_lam, detach_weights)
+        self._init_robust(lam, K, eps, learnable_lam, detach_weights, backward_mode)
 
     @classmethod
     def from_module(cls, module: nn.Linear, **robust_kwargs) -> "RobustLinear":
@@ -122,10 +170,11 @@ class RobustLinear(RobustMixin, nn.Linear):
         return plain
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._is_plain():
-            return super().forward(x)
+        return self._forward_with_mode(x, super().forward, self._robust_forward)
+
+    def _robust_forward(self, x: torch.Tensor, detach_weights: bool) -> torch.Tensor:
         return RF.robust_linear(x, self.weight, self.bias, lam=self._lam_for_forward(), K=self.K, eps=self.eps,
-                                detach_weights=self.detach_weights)
+                                detach_weights=detach_weights)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._robust_repr()}"
@@ -140,11 +189,12 @@ class RobustConv2d(RobustMixin, nn.Conv2d):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", device=None, dtype=None, *, lam=RF.DEFAULT_LAM,
-                 K=RF.DEFAULT_K, eps=RF.DEFAULT_EPS, learnable_lam=False, detach_weights=False):
+                 K=RF.DEFAULT_K, eps=RF.DEFAULT_EPS, learnable_lam=False, detach_weights=False,
+                 backward_mode="exact"):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode, device=device,
                          dtype=dtype)
-        self._init_robust(lam, K, eps, learnable_lam, detach_weights)
+        self._init_robust(lam, K, eps, learnable_lam, detach_weights, backward_mode)
 
     @classmethod
     def from_module(cls, module: nn.Conv2d, **robust_kwargs) -> "RobustConv2d":
@@ -168,8 +218,9 @@ class RobustConv2d(RobustMixin, nn.Conv2d):
         return plain
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._is_plain():
-            return super().forward(x)
+        return self._forward_with_mode(x, super().forward, self._robust_forward)
+
+    def _robust_forward(self, x: torch.Tensor, detach_weights: bool) -> torch.Tensor:
         padding = self.padding
         if self.padding_mode != "zeros":
             # as nn.Conv2d._conv_forward: pad explicitly, then convolve without padding
@@ -179,7 +230,60 @@ class RobustConv2d(RobustMixin, nn.Conv2d):
             padding = 0
         return RF.robust_conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups,
                                 lam=self._lam_for_forward(), K=self.K, eps=self.eps,
-                                detach_weights=self.detach_weights)
+                                detach_weights=detach_weights)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._robust_repr()}"
+
+
+def _robust_modules(model: nn.Module) -> dict[str, RobustMixin]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, RobustMixin)}
+
+
+@contextlib.contextmanager
+def lam_override(model: nn.Module, value: float | dict[str, float]) -> Iterator[nn.Module]:
+    """Every robust layer of ``model`` at lam = ``value`` (a float, or {layer name: lam}) inside the block.
+
+    The value is exact, also for a learnable lam (whose logit becomes +-inf at 1 / 0, with no clamping), so
+    ``lam_override(model, 1.0)`` is the original model. Each layer's lam storage is restored bit for bit on exit.
+    """
+    layers = _robust_modules(model)
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(layers))
+        if unknown:
+            raise ValueError(f"no robust layer named {unknown}; robust layers are {list(layers)}")
+        targets = {name: check_lam(float(v)) for name, v in value.items()}
+    else:
+        value = check_lam(float(value))
+        targets = {name: value for name in layers}
+    saved = [(layer._lam_storage(), layer._lam_storage().detach().clone()) for layer in layers.values()]
+    try:
+        with torch.no_grad():
+            for name, v in targets.items():
+                layer = layers[name]
+                if layer.learnable_lam:
+                    logit = math.inf if v == 1.0 else -math.inf if v == 0.0 else math.log(v / (1 - v))
+                    layer.lam_logit.fill_(logit)
+                else:
+                    layer._buffers["lam"].fill_(v)
+        yield model
+    finally:
+        with torch.no_grad():
+            for tensor, old in saved:
+                tensor.copy_(old)
+
+
+@contextlib.contextmanager
+def backward_override(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """Every robust layer of ``model`` with ``backward_mode = mode`` inside the block; restored on exit."""
+    if mode not in BACKWARD_MODES:
+        raise ValueError(f"backward_mode must be one of {BACKWARD_MODES}, got {mode!r}")
+    layers = list(_robust_modules(model).values())
+    saved = [layer.backward_mode for layer in layers]
+    try:
+        for layer in layers:
+            layer.backward_mode = mode
+        yield model
+    finally:
+        for layer, old in zip(layers, saved):
+            layer.backward_mode = old

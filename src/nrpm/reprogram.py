@@ -22,7 +22,8 @@ from torch import nn
 
 from . import functional as RF
 from ._io import atomic_write
-from .nn import RobustConv2d, RobustLinear, RobustMixin
+from .nn import BACKWARD_MODES, RobustConv2d, RobustLinear, RobustMixin
+from .validation import check_eps, check_K, check_lam
 
 __all__ = [
     "ReprogramConfig",
@@ -66,11 +67,17 @@ class ReprogramConfig:
     predicate: Callable[[str, nn.Module], bool] | None = field(default=None, repr=False)
     lam_per_layer: dict[str, float] | None = None
     detach_weights: bool = False
+    backward_mode: str = "exact"
 
     def __post_init__(self):
-        RF._check_K(self.K)
-        RF._check_eps(self.eps)
-        RF._check_lam(self.lam)
+        check_K(self.K)
+        check_eps(self.eps)
+        check_lam(self.lam)
+        if self.detach_weights and self.backward_mode == "exact":
+            self.backward_mode = "detached"  # the older spelling of that gradient mode
+        if self.backward_mode not in BACKWARD_MODES:
+            raise ValueError(f"backward_mode must be one of {BACKWARD_MODES}, got {self.backward_mode!r}")
+        self.detach_weights = self.backward_mode == "detached"
         if self.paradigm not in (1, 2, 3):
             raise ValueError(f"paradigm must be 1, 2 or 3, got {self.paradigm!r}")
         self.target_types = tuple(self.target_types)
@@ -80,7 +87,7 @@ class ReprogramConfig:
         if isinstance(self.skip, str):
             self.skip = [self.skip]
         for name, value in (self.lam_per_layer or {}).items():
-            RF._check_lam(value)
+            check_lam(value)
 
     def _types(self) -> tuple[type, ...]:
         out = []
@@ -172,7 +179,7 @@ def reprogram(model: nn.Module, config: ReprogramConfig | None = None, **overrid
         lam = (config.lam_per_layer or {}).get(name, config.lam)
         robust = _SUPPORTED[type(module)].from_module(module, lam=lam, K=config.K, eps=config.eps,
                                                       learnable_lam=learnable,
-                                                      detach_weights=config.detach_weights)
+                                                      backward_mode=config.backward_mode)
         _replace(model, name, robust)
     for pname, p in model.named_parameters():
         p.requires_grad_(config.paradigm == 3 or (config.paradigm == 2 and pname.endswith("lam_logit")))
@@ -277,6 +284,6 @@ def load_reprogramming(model: nn.Module, path_or_state) -> nn.Module:
                          f"{sorted(layers)}")
     for name, value in state["lam"].items():
         layer = layers[name]
-        layer.K, layer.eps, layer.detach_weights = config.K, config.eps, config.detach_weights
+        layer.K, layer.eps, layer.backward_mode = config.K, config.eps, config.backward_mode
         layer.set_lam(value)
     return model

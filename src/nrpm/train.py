@@ -48,7 +48,6 @@ sets the latter); two OpenMP threads competing with other jobs for two cores wer
 from __future__ import annotations
 
 import csv
-import inspect
 import io
 import json
 import math
@@ -71,7 +70,7 @@ from . import data as D
 from . import distributed as dist
 from . import reports
 from ._io import output_dir_lock
-from .models import create_model, load_checkpoint, model_from_checkpoint
+from .models import create_model, default_robust_layers, load_checkpoint, model_from_checkpoint
 from .reprogram import (ReprogramConfig, atomic_torch_save, lam_parameters, load_reprogramming, reprogram,
                         reprogramming_state, robust_layers)
 
@@ -95,7 +94,7 @@ class TrainConfig:
     model / checkpoint: registry name; "pretrained" (the paper's file), a path, or None (random init).
     paradigm: 0 (plain model), 2 (lam only) or 3 (weights and lam).
     lam, K, eps, layers, skip, layer_types: the reprogramming (paradigms 2, 3); layers None = the paper's
-    choice (:func:`nrpm.evaluation.default_robust_layers`: all Linear/Conv2d, ResNets their 3x3 block convs).
+    choice (:func:`nrpm.models.default_robust_layers`: all Linear/Conv2d, ResNets their 3x3 block convs).
     attack: "none", "fgsm" or "pgd"; attack_eps budget (inputs in [0, 1]); attack_steps (fgsm: 1, pgd default 7);
     attack_alpha step size (fgsm default eps, pgd default 2.5 eps / steps); random_start (fgsm default off,
     pgd default on). clean_weight: the loss is ``w * CE(clean) + (1 - w) * CE(adversarial)`` (0 = adversarial
@@ -228,8 +227,6 @@ class TrainConfig:
         self.layer_types = [self.layer_types] if isinstance(self.layer_types, str) else list(self.layer_types)
 
     def reprogram_config(self) -> ReprogramConfig:
-        from .evaluation import default_robust_layers
-
         layers = self.layers if self.layers is not None else default_robust_layers(self.model)
         return ReprogramConfig(lam=self.lam, K=self.K, eps=self.eps, paradigm=self.paradigm if self.paradigm else 1,
                                target_modules=layers, skip=list(self.skip), target_types=list(self.layer_types))
@@ -278,7 +275,7 @@ class TestSettings:
 
     def label(self) -> str:
         opts = "".join(f"_{k}{v}" for k, v in sorted(self.attack_kwargs.items()))
-        return f"{A._canonical(self.attack).replace('-', '_')}{opts}"
+        return f"{A.canonical_name(self.attack).replace('-', '_')}{opts}"
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -627,10 +624,7 @@ def _run_test(model: nn.Module, settings: TestSettings, test_data, config: Train
     else:
         x, y = test_data
     x, y = D.subset(x, y, min(settings.n_samples, len(x)))
-    kwargs = dict(settings.attack_kwargs)
-    factory = {A._canonical(k): v for k, v in A.ATTACKS.items()}.get(A._canonical(settings.attack))
-    if factory is not None and "seed" in inspect.signature(factory).parameters and "seed" not in kwargs:
-        kwargs["seed"] = seed
+    kwargs = A.with_default_seed(settings.attack, settings.attack_kwargs, seed)
     cells = []
     for budget in settings.budgets:
         start = time.perf_counter()

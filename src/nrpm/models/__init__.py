@@ -4,11 +4,11 @@
 >>> model, info = load_pretrained("lenet")     # the authors' released MNIST LeNet
 """
 
-from .checkpoints import (PRETRAINED_FILES, load_checkpoint, load_pretrained, model_from_checkpoint,
-                          resolve_pretrained_dir)
+from .checkpoints import load_checkpoint, load_pretrained, model_from_checkpoint, resolve_pretrained_dir
 from .layers import Normalize
 from .mnist import MLP2, MLP3, LeNet, LinearClassifier
-from .registry import create_model, list_models, register_model
+from .registry import (ModelEntry, PretrainedFile, create_model, default_robust_layers, list_models, model_entry,
+                       register_model)
 from .resnet import BasicBlock, ResNet, resnet
 
 __all__ = [
@@ -19,7 +19,10 @@ __all__ = [
     "load_pretrained",
     "model_from_checkpoint",
     "resolve_pretrained_dir",
-    "PRETRAINED_FILES",
+    "model_entry",
+    "ModelEntry",
+    "PretrainedFile",
+    "default_robust_layers",
     "Normalize",
     "LinearClassifier",
     "MLP2",

@@ -10,18 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .registry import create_model
+from .registry import create_model, list_models, model_entry
 
-__all__ = ["load_checkpoint", "load_pretrained", "model_from_checkpoint", "resolve_pretrained_dir", "PRETRAINED_FILES"]
+__all__ = ["load_checkpoint", "load_pretrained", "model_from_checkpoint", "resolve_pretrained_dir"]
 
 _REPO = Path(__file__).resolve().parents[3]
 
-# registry name -> file name of the authors' checkpoint in the pretrained folder
-PRETRAINED_FILES = {
-    "mlp3": "mlp3_mnist_model.pth",
-    "lenet": "lenet_mnist_model.pth",
-    "resnet18_narrow": "tinyresnet18_cifar10_model.t7",
-}
 
 # Parameter slots of the original reprogramming code (lambda / beta of its robust_sum). They
 # are not trained weights of the plain model, so they are dropped (and reported).
@@ -140,11 +134,12 @@ def load_pretrained(
     mode and on ``map_location``. ``info`` has 'source', 'ignored_keys' and, for the .t7,
     the stored 'acc', 'adv_acc' and 'epoch'.
     """
-    if name not in PRETRAINED_FILES:
-        known = ", ".join(sorted(PRETRAINED_FILES))
+    entry = model_entry(name)
+    if entry.pretrained is None:
+        known = ", ".join(list_models(pretrained=True))
         raise ValueError(f"no released checkpoint for {name!r}; available: {known}")
     if path is None:
-        path = resolve_pretrained_dir() / PRETRAINED_FILES[name]
+        path = resolve_pretrained_dir() / entry.pretrained.file
     model = create_model(name)
     info = load_checkpoint(model, path, map_location=map_location)
     if isinstance(map_location, (str, torch.device)):
@@ -157,9 +152,9 @@ def model_from_checkpoint(name: str, checkpoint: str | os.PathLike | None = "pre
     or None / 'none' (fresh initialisation). The one reading of a checkpoint spec shared by eval, train and
     audit, so they accept the same values and fail the same way."""
     if checkpoint == "pretrained":
-        if name not in PRETRAINED_FILES:
-            raise ValueError(f"no released checkpoint for model {name!r} (available: {sorted(PRETRAINED_FILES)}); "
-                             f"pass a checkpoint path or 'none'")
+        if model_entry(name).pretrained is None:  # unknown names fail here with close matches
+            raise ValueError(f"no released checkpoint for model {name!r} (available: "
+                             f"{list_models(pretrained=True)}); pass a checkpoint path or 'none'")
         return load_pretrained(name)
     model = create_model(name)
     if checkpoint is None or checkpoint == "none":

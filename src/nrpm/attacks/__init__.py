@@ -1,0 +1,37 @@
+"""Adversarial attacks and robust-accuracy helpers, one file per family (like torchattacks).
+
+``attack(model, x, y) -> x_adv``: every attack is an :class:`Attack` with a budget ``eps``, a ``norm`` and a
+``name``; write your own by subclassing it and implementing ``perturb(model, x, y)`` (the one extension point, as
+``forward`` is torchattacks'). See :mod:`nrpm.attacks.base` for the contract all attacks keep.
+
+* :mod:`~nrpm.attacks.single_step`: ``FGSM``, the paper's ``FGML2`` / ``FGML1`` and ``L0TopK``;
+* :mod:`~nrpm.attacks.pgd`: ``PGD`` / ``PGDL2`` on one projected-gradient core (:func:`ascend`) with a
+  pluggable loss and gradient source (:mod:`~nrpm.attacks.gradients`: exact, transfer, BPDA, detached IRLS);
+* :mod:`~nrpm.attacks.noise`: the random-noise baseline;
+* :mod:`~nrpm.attacks.autoattack`: ``APGDCE``, ``APGDDLR``, ``Square`` and ``AutoAttackStandard`` through
+  ``pyautoattack`` (the published reference code);
+* :mod:`~nrpm.attacks.registry`: ``make_attack(name, eps, **kwargs)``;
+* :mod:`~nrpm.attacks.accuracy`: ``clean_accuracy``, ``robust_accuracy`` (misclassified clean samples count as
+  errors).
+
+The constructors take the budget first: ``PGD(8 / 255, steps=20)``; ``PGD(eps=8 / 255)`` works too. (They do
+not take the model, unlike torchattacks: one attack object serves any model, ``attack(model, x, y)``.)
+"""
+from .accuracy import clean_accuracy, model_device, robust_accuracy
+from .autoattack import APGDCE, APGDDLR, AutoAttackStandard, Square
+from .base import (NORMS, Attack, GradientAttack, LossFn, cross_entropy_per_sample, eval_frozen,
+                   loss_and_gradient, perturbation_norm)
+from .gradients import BackwardModeGradient, GradientSource, ModelGradient, TransferGradient
+from .noise import NoiseAttack
+from .pgd import PGD, PGDL2, ascend
+from .registry import ATTACKS, attack_factory, canonical_name, make_attack, with_default_seed
+from .single_step import FGML1, FGML2, FGSM, L0TopK
+
+__all__ = [
+    "Attack", "GradientAttack", "LossFn", "FGSM", "PGD", "PGDL2", "FGML1", "FGML2", "L0TopK", "NoiseAttack",
+    "APGDCE", "APGDDLR", "Square", "AutoAttackStandard",
+    "GradientSource", "ModelGradient", "TransferGradient", "BackwardModeGradient", "ascend",
+    "ATTACKS", "make_attack", "canonical_name", "attack_factory", "with_default_seed",
+    "robust_accuracy", "clean_accuracy", "model_device", "perturbation_norm", "NORMS",
+    "eval_frozen", "cross_entropy_per_sample", "loss_and_gradient",
+]

@@ -1,0 +1,63 @@
+"""Clean and robust accuracy over a dataset, in batches, on the model's device."""
+from __future__ import annotations
+
+import torch
+
+from ..validation import check_batch, check_count
+from .base import Attack, eval_frozen, logits_2d
+
+__all__ = ["clean_accuracy", "robust_accuracy", "model_device"]
+
+
+def model_device(model, fallback: torch.device) -> torch.device:
+    """The device of the model's first parameter (or buffer), else ``fallback``."""
+    if isinstance(model, torch.nn.Module):
+        for tensor in model.parameters():
+            return tensor.device
+        for tensor in model.buffers():
+            return tensor.device
+    return fallback
+
+
+def _batches(x, y, batch_size: int, device):
+    batch_size = check_count(batch_size, "batch_size", 1)
+    for start in range(0, len(x), batch_size):
+        yield x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
+
+
+@torch.no_grad()
+def _predict(model, x: torch.Tensor) -> torch.Tensor:
+    return logits_2d(model, x).argmax(dim=1)
+
+
+def clean_accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    """Fraction of ``x`` the model classifies correctly (eval mode, no grad)."""
+    check_batch(x, y)
+    if len(x) == 0:
+        raise ValueError("cannot compute an accuracy on an empty batch")
+    correct = 0
+    with eval_frozen(model):
+        for x_batch, y_batch in _batches(x, y, batch_size, model_device(model, x.device)):
+            correct += (_predict(model, x_batch) == y_batch).sum().item()
+    return correct / len(x)
+
+
+def robust_accuracy(model, attack: Attack, x: torch.Tensor, y: torch.Tensor,
+                    batch_size: int = 256) -> float:
+    """Fraction of ``x`` classified correctly both clean and under ``attack``.
+
+    Misclassified clean samples count as errors and are not attacked (they could not become robust), which also
+    saves time.
+    """
+    check_batch(x, y)
+    if len(x) == 0:
+        raise ValueError("cannot compute an accuracy on an empty batch")
+    robust = 0
+    with eval_frozen(model):
+        for x_batch, y_batch in _batches(x, y, batch_size, model_device(model, x.device)):
+            correct = _predict(model, x_batch) == y_batch
+            if not correct.any():
+                continue
+            x_adv = attack(model, x_batch[correct], y_batch[correct])
+            robust += (_predict(model, x_adv) == y_batch[correct]).sum().item()
+    return robust / len(x)

@@ -1,0 +1,122 @@
+"""Shared input checks (like kornia's ``kornia.core.check``): one place that says what a valid value is.
+
+Every public entry point of nrpm (functional ops, layers, reprogramming, attacks, training) validates its
+arguments with these helpers, so the same bad value gets the same clear ``ValueError`` wherever it enters.
+Each returns the value normalised (an ``int``, a ``float``, a 0-d tensor) so callers can write
+``K = check_K(K)``.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Union
+
+import torch
+
+__all__ = ["check_K", "check_eps", "check_lam", "check_floating", "check_count", "check_nonneg",
+           "check_positive", "check_budget", "check_norm", "check_batch", "LamType"]
+
+LamType = Union[float, torch.Tensor]
+
+
+def check_K(K) -> int:
+    """K, the number of IRLS steps: an int >= 0."""
+    if isinstance(K, bool) or not isinstance(K, int):
+        raise ValueError(f"K (number of IRLS steps) must be an int >= 0, got {K!r} of type {type(K).__name__}")
+    if K < 0:
+        raise ValueError(f"K (number of IRLS steps) must be >= 0, got {K}")
+    return K
+
+
+def check_eps(eps) -> float:
+    """The IRLS smoothing eps: a finite number > 0."""
+    if isinstance(eps, bool) or not isinstance(eps, Real) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    return float(eps)
+
+
+def check_lam(lam) -> LamType:
+    """lam: a number in [0, 1] or a 0-d floating-point tensor (e.g. a learnable ``sigmoid(logit)``)."""
+    if isinstance(lam, torch.Tensor):
+        if lam.numel() != 1 or lam.dim() > 1:
+            raise ValueError(f"lam must be a float or a 0-d tensor, got a tensor of shape {tuple(lam.shape)}")
+        if not lam.is_floating_point():
+            raise ValueError(f"lam tensor must be floating point, got dtype {lam.dtype}")
+        return lam.reshape(())
+    if isinstance(lam, bool) or not isinstance(lam, Real) or not (0.0 <= lam <= 1.0):
+        raise ValueError(f"lam must be a number in [0, 1] (1 = original linear layer), got {lam!r}")
+    return float(lam)
+
+
+def check_floating(x, what: str) -> None:
+    """``x`` is a floating-point tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{what} must have a floating-point dtype, got {x.dtype}")
+
+
+def check_count(value, what: str, minimum: int) -> int:
+    """An integer option such as ``steps`` (integral floats such as 3.0 are accepted), at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, Real) or value != int(value) or int(value) < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _finite_real(value, what: str, condition: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number {condition}, got {value!r}")
+    return float(value)
+
+
+def check_nonneg(value, what: str) -> float:
+    """A finite number >= 0."""
+    value = _finite_real(value, what, ">= 0")
+    if value < 0:
+        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def check_positive(value, what: str) -> float:
+    """A finite number > 0."""
+    value = _finite_real(value, what, "> 0")
+    if value <= 0:
+        raise ValueError(f"{what} must be a finite number > 0, got {value!r}")
+    return value
+
+
+def check_budget(eps, what: str = "eps") -> float:
+    """An attack budget: a finite real number >= 0 (NaN and inf are refused)."""
+    return check_nonneg(eps, what)
+
+
+def check_norm(norm: str, allowed) -> str:
+    """``norm`` is one of ``allowed`` (e.g. 'Linf', 'L2')."""
+    if norm not in allowed:
+        raise ValueError(f"norm must be one of {tuple(allowed)}, got {norm!r}")
+    return norm
+
+
+def check_batch(x, y) -> None:
+    """A batch an attack or an accuracy can use: float ``x`` (N, ...) in [0, 1] without NaN, integer labels (N,)."""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise ValueError("x and y must be torch.Tensors")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor with values in [0, 1], got dtype {x.dtype}")
+    if x.dim() < 2:
+        raise ValueError(f"x must be batched (N, ...), got shape {tuple(x.shape)}")
+    if y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"y must be a 1-D tensor of integer class labels, got shape {tuple(y.shape)} "
+                         f"and dtype {y.dtype}")
+    if len(x) != len(y):
+        raise ValueError(f"x and y batch sizes differ: {len(x)} inputs vs {len(y)} labels")
+    if x.device != y.device:
+        raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
+    if x.numel() == 0:
+        return
+    if torch.isnan(x).any():
+        raise ValueError("x contains NaN; inputs must lie in [0, 1]")
+    low, high = x.min().item(), x.max().item()
+    if low < 0.0 or high > 1.0:
+        raise ValueError(f"x must lie in [0, 1], but its values range over [{low:.6g}, {high:.6g}]")
