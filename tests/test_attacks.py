@@ -385,3 +385,73 @@ def test_accuracy_helpers_restore_training_mode(trained, model):
     clean_accuracy(model, x, y)
     robust_accuracy(model, FGSM(0.05), x, y)
     assert all(m.training for m in model.modules())
+
+
+# --------------------------------------------------------------------------
+# One projected-gradient core, pluggable gradient sources, the extension point
+# --------------------------------------------------------------------------
+
+def test_budget_can_be_given_by_keyword():
+    assert PGD(eps=0.1).eps == 0.1 and FGSM(eps=0.2).eps == 0.2
+
+
+def _old_transfer_pgd(source, x, y, eps, steps, alpha, seed):
+    """The audit's former hand-written transfer PGD (Linf), kept here to pin the shared core to it."""
+    g = torch.Generator().manual_seed(seed)
+    x_adv = (x + eps * (2 * torch.rand(x.shape, generator=g, dtype=x.dtype) - 1))
+    x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+    for _ in range(steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(source(x_adv), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv = torch.min(torch.max(x_adv.detach() + alpha * grad.sign(), x - eps), x + eps).clamp(0, 1)
+    return x_adv
+
+
+def test_transfer_gradient_with_keep_last_is_the_transfer_protocol(trained, model):
+    from nrpm.attacks import TransferGradient
+
+    x, y = trained[1][:40], trained[2][:40]
+    source = nn.Sequential(nn.Linear(N_FEATURES, N_CLASSES)).eval()
+    target_calls = []
+    handle = model.register_forward_hook(lambda *a: target_calls.append(1))
+    attack = PGD(0.1, steps=5, seed=3, gradient=TransferGradient(source), keep="last")
+    got = attack(model, x, y)
+    handle.remove()
+    assert not target_calls  # the attacked model is never queried
+    assert torch.equal(got, _old_transfer_pgd(source, x, y, 0.1, 5, 2.5 * 0.1 / 5, 3))
+    with pytest.raises(ValueError, match="never queries the attacked model"):
+        PGD(0.1, gradient=TransferGradient(source))
+    with pytest.raises(ValueError, match="restarts must be 1"):
+        PGD(0.1, restarts=2, keep="last")
+
+
+def test_backward_mode_gradient_is_bpda_on_a_reprogrammed_model(trained):
+    import copy
+
+    import nrpm
+    from nrpm.attacks import BackwardModeGradient
+
+    robust = nrpm.reprogram(copy.deepcopy(trained[0]), nrpm.ReprogramConfig(lam=0.5, K=2)).eval()
+    x, y = trained[1][:20], trained[2][:20]
+    bpda = PGD(0.2, steps=4, seed=1, gradient=BackwardModeGradient("plain"))(robust, x, y)
+    with nrpm.backward_override(robust, "plain"):
+        manual = PGD(0.2, steps=4, seed=1)(robust, x, y)
+    assert torch.equal(bpda, manual)
+    assert all(m.backward_mode == "exact" for m in nrpm.robust_layers(robust).values())
+    assert not torch.equal(bpda, PGD(0.2, steps=4, seed=1)(robust, x, y))
+
+
+def test_a_user_attack_only_implements_perturb(trained, model):
+    from nrpm.attacks import Attack
+
+    class Shift(Attack):
+        name, norm = "shift", "Linf"
+
+        def perturb(self, model, x, y):
+            assert not model.training and not any(p.requires_grad for p in model.parameters())
+            return x + 10.0  # out of budget on purpose: the base class projects it back
+
+    x, y = trained[1][:8], trained[2][:8]
+    x_adv = Shift(0.05)(model, x, y)
+    assert (x_adv - x).abs().max() <= 0.05 + 1e-7 and x_adv.max() <= 1

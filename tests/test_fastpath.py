@@ -163,3 +163,11 @@ def test_compile_failure_warns_once_and_falls_back(backend, monkeypatch):
     monkeypatch.setattr(_kernels._compiled, "failure", None)
     with pytest.raises(RuntimeError, match="no C"):
         robust_linear(x, w, lam=0.2, K=2)
+
+
+def test_the_first_compilation_of_a_geometry_is_announced_once(capsys):
+    kernels = _kernels._CompiledKernels()
+    for key in (("forward", (3, 3, 1, 1, 1, 1), 1), ("grad_x", (3, 3, 1, 1, 1, 1), 1), ("forward", (5, 5, 1, 1, 1, 1))):
+        kernels._announce(key)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("nrpm: compiling the NRPM kernels") for line in err)

@@ -75,3 +75,14 @@ def test_disabled_lock_writes_nothing(tmp_path):
     with output_dir_lock(tmp_path / "absent", "eval", enabled=False):
         pass
     assert not (tmp_path / "absent").exists()
+
+
+def test_atomic_write_fsyncs_the_file_and_its_folder(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_mode), real_fsync(fd)))
+    atomic_write(tmp_path / "out.txt", lambda f: f.write("x"), binary=False)
+    import stat
+
+    assert (tmp_path / "out.txt").read_text() == "x"
+    assert [stat.S_ISREG(m) for m in synced] == [True, False]  # the file, then the folder holding the rename

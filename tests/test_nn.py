@@ -104,3 +104,131 @@ def test_wrong_input_shape_raises_value_error():
         RobustConv2d(3, 2, 3)(torch.randn(1, 4, 8, 8))
     with pytest.raises(ValueError, match="in_features"):
         RobustLinear(3, 2)(torch.randn(5, 4))
+
+
+# ------------------------------------------------------------------------------------------- gradient modes
+def _input_grad(layer, x):
+    x = x.clone().requires_grad_(True)
+    out = layer(x)
+    (g,) = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(), x)
+    return out.detach(), g
+
+
+@pytest.mark.parametrize("make", [lambda: RobustLinear(12, 4, lam=0.3, K=2, eps=1e-2),
+                                  lambda: RobustConv2d(2, 3, 3, padding=1, lam=0.3, K=2, eps=1e-2)])
+def test_backward_modes_keep_the_forward_and_change_only_the_gradient(make):
+    torch.manual_seed(1)
+    layer = make()
+    x = torch.rand(5, 12) if isinstance(layer, RobustLinear) else torch.rand(2, 2, 5, 5)
+    out_exact, g_exact = _input_grad(layer, x)
+    layer.backward_mode = "plain"
+    out_plain, g_plain = _input_grad(layer, x)
+    layer.backward_mode = "detached"
+    out_det, g_det = _input_grad(layer, x)
+    assert layer.detach_weights and "backward_mode='detached'" in repr(layer)
+    torch.testing.assert_close(out_plain, out_exact, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out_det, out_exact)
+    plain = layer.to_plain()
+    _, g_lpm = _input_grad(plain, x)
+    torch.testing.assert_close(g_plain, g_lpm)  # BPDA: exactly the plain layer's gradient
+    want = RF.robust_linear if isinstance(layer, RobustLinear) else None
+    if want is not None:
+        xg = x.clone().requires_grad_(True)
+        ref = RF.robust_linear(xg, layer.weight, layer.bias, lam=0.3, K=2, eps=1e-2, detach_weights=True)
+        (g_ref,) = torch.autograd.grad((ref * torch.linspace(-1, 1, ref.numel()).view_as(ref)).sum(), xg)
+        torch.testing.assert_close(g_det, g_ref)
+    assert not torch.allclose(g_exact, g_lpm)
+
+
+def test_backward_mode_is_validated():
+    layer = RobustLinear(3, 2)
+    with pytest.raises(ValueError, match="backward_mode must be one of"):
+        layer.backward_mode = "bpda"
+    with pytest.raises(ValueError, match="backward_mode must be one of"):
+        RobustLinear(3, 2, backward_mode="nope")
+
+
+def test_lam_override_is_exact_and_restores_fixed_and_learnable_lams():
+    import nrpm
+
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    plain_out = model(torch.rand(4, 6))
+    x = torch.rand(4, 6)
+    plain_out = model(x)
+    nrpm.reprogram(model, nrpm.ReprogramConfig(lam=0.3, K=2, paradigm=2))
+    logits_before = [m.lam_logit.detach().clone() for m in nrpm.robust_layers(model).values()]
+    with nrpm.lam_override(model, 1.0):
+        assert all(m.lam_value() == 1.0 for m in nrpm.robust_layers(model).values())  # not clamped to 0.9999
+        torch.testing.assert_close(model(x), plain_out)
+    assert all(torch.equal(m.lam_logit, b) for m, b in zip(nrpm.robust_layers(model).values(), logits_before))
+    nrpm.undo_reprogramming(model)
+    nrpm.reprogram(model, nrpm.ReprogramConfig(lam=0.3, K=2))
+    with nrpm.lam_override(model, {"0": 0.0}):
+        assert nrpm.lam_table(model) == {"0": 0.0, "2": pytest.approx(0.3)}
+    assert nrpm.lam_table(model) == {"0": pytest.approx(0.3), "2": pytest.approx(0.3)}
+    with pytest.raises(ValueError, match="no robust layer named"):
+        with nrpm.lam_override(model, {"fc9": 0.5}):
+            pass
+
+
+def test_backward_override_restores_each_layer():
+    import nrpm
+
+    model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 3))
+    nrpm.reprogram(model, nrpm.ReprogramConfig(lam=0.3, K=1))
+    nrpm.robust_layers(model)["1"].backward_mode = "detached"
+    with nrpm.backward_override(model, "plain"):
+        assert {m.backward_mode for m in nrpm.robust_layers(model).values()} == {"plain"}
+    assert [m.backward_mode for m in nrpm.robust_layers(model).values()] == ["exact", "detached"]
+
+
+# ------------------------------------------------------------------------------------------- edge cases
+@pytest.mark.parametrize("layer, x, shape", [
+    (RobustLinear(5, 3, lam=0.5), torch.rand(0, 5), (0, 3)),
+    (RobustConv2d(3, 4, 3, lam=0.5), torch.rand(0, 3, 8, 8), (0, 4, 6, 6)),
+    (RobustConv2d(3, 4, 3, lam=0.5, padding=1, padding_mode="reflect"), torch.rand(0, 3, 8, 8), (0, 4, 8, 8)),
+    (RobustConv2d(3, 4, 3, lam=0.5, stride=2, padding=1), torch.rand(0, 3, 8, 8), (0, 4, 4, 4)),
+])
+def test_empty_batches_give_empty_outputs_of_the_right_shape(layer, x, shape):
+    assert layer(x).shape == shape
+    assert layer(x.requires_grad_(True)).shape == shape
+
+
+def _small_reprogrammed(paradigm):
+    import nrpm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    return nrpm.reprogram(model, nrpm.ReprogramConfig(lam=0.5, K=2, paradigm=paradigm)).eval()
+
+
+@pytest.mark.parametrize("paradigm", [1, 2])
+def test_torch_compile_fullgraph_traces_a_reprogrammed_model(paradigm):
+    model = _small_reprogrammed(paradigm)
+    x = torch.rand(4, 1, 8, 8, requires_grad=True)
+    want = model(x)
+    (g_want,) = torch.autograd.grad(want.sum(), x)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")  # fullgraph: any graph break is an error
+    got = compiled(x)
+    (g_got,) = torch.autograd.grad(got.sum(), x)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(g_got, g_want)
+
+
+def test_torch_export_of_a_reprogrammed_model():
+    model = _small_reprogrammed(1)
+    x = torch.rand(4, 1, 8, 8)
+    exported = torch.export.export(model, (x,))
+    torch.testing.assert_close(exported.module()(x), model(x))
+
+
+def test_set_lam_after_compile_is_seen_by_the_compiled_model():
+    import nrpm
+
+    model = _small_reprogrammed(1)
+    x = torch.rand(4, 1, 8, 8)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    compiled(x)
+    nrpm.set_lam(model, 1.0)
+    plain = nrpm.undo_reprogramming(_small_reprogrammed(1))
+    torch.testing.assert_close(compiled(x), plain(x))

@@ -154,3 +154,119 @@ def test_bad_configs_raise(net):
 def test_helpers_on_plain_model_raise():
     with pytest.raises(ValueError, match="no robust layers"):
         nrpm.lam_table(nn.Linear(2, 2))
+
+
+# ------------------------------------------------------------------------------------------- aliases, typos
+def test_a_module_shared_under_two_names_gets_one_robust_module_and_undo_keeps_the_sharing():
+    shared = nn.Linear(8, 8)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    reprogram(model, ReprogramConfig(lam=0.4, K=1))
+    assert model[0] is model[2] and isinstance(model[0], RobustLinear)
+    assert nrpm.lam_table(model) == {"0": pytest.approx(0.4)}
+    nrpm.undo_reprogramming(model)
+    assert model[0] is model[2] and type(model[0]) is nn.Linear and model[0].weight is shared.weight
+
+
+def test_skipping_one_alias_skips_the_shared_module():
+    shared = nn.Linear(8, 8)
+    model = nn.Sequential(shared, nn.ReLU(), shared, nn.Linear(8, 2))
+    reprogram(model, ReprogramConfig(skip=["2"]))
+    assert type(model[0]) is nn.Linear and model[0] is model[2] and isinstance(model[3], RobustLinear)
+
+
+def test_misspelt_option_is_refused(net):
+    with pytest.raises(ValueError, match="unknown reprogramming option 'lamda'.*did you mean 'lam'"):
+        reprogram(net, ReprogramConfig(), lamda=0.1)
+    with pytest.raises(ValueError, match="unknown reprogramming option 'lamda'"):
+        reprogram(net, lamda=0.1)
+
+
+def test_lam_per_layer_naming_no_reprogrammed_layer_is_refused(net):
+    with pytest.raises(ValueError, match=r"lam_per_layer names \['conv9'\].*reprogrammed layers: \['conv1'"):
+        reprogram(net, ReprogramConfig(lam_per_layer={"conv9": 0.2}))
+    with pytest.raises(ValueError, match=r"lam_per_layer names \['fc'\]"):
+        reprogram(net, ReprogramConfig(target_types=["conv2d"], lam_per_layer={"fc": 0.2}))
+
+
+# ------------------------------------------------------------------------------------------- PEFT-style targets
+class Headed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = SmallNet()
+        self.head = nn.Sequential()
+        self.head.fc2 = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head.fc2(self.body(x))
+
+
+def test_a_bare_name_matches_as_a_suffix_and_regexes_match_whole_names():
+    import re
+
+    assert list(robust_names(reprogram(Headed(), target_modules=["fc2"]))) == ["head.fc2"]
+    assert list(robust_names(reprogram(Headed(), target_modules=["conv1"]))) == ["body.conv1"]
+    assert list(robust_names(reprogram(Headed(), target_modules="re:body\\.conv\\d"))) == ["body.conv1", "body.conv2"]
+    assert list(robust_names(reprogram(Headed(), target_modules=[re.compile(r".*fc2?")]))) == ["body.fc", "head.fc2"]
+    assert list(robust_names(reprogram(Headed(), target_modules=["body.conv*"]))) == ["body.conv1", "body.conv2"]
+    with pytest.raises(ValueError, match="invalid regular expression"):
+        ReprogramConfig(target_modules=["re:conv(("])
+
+
+def robust_names(model):
+    return nrpm.robust_layers(model)
+
+
+def test_print_trainable_parameters_prints_what_peft_prints(net, capsys):
+    reprogram(net, ReprogramConfig(paradigm=2))
+    nrpm.print_trainable_parameters(net)
+    total = sum(p.numel() for p in net.parameters())
+    assert capsys.readouterr().out == f"trainable params: 3 || all params: {total:,d} || trainable%: {300 / total:.4f}\n"
+
+
+# ------------------------------------------------------------------------------------------- saved states
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod."])
+def test_a_saved_reprogramming_loads_across_wrappers(net, tmp_path, prefix):
+    reprogram(net, ReprogramConfig(lam=0.3, K=2, eps=1e-2, lam_per_layer={"fc": 0.7}))
+    path = tmp_path / "rp.pt"
+    nrpm.save_reprogramming(net, path)
+    torch.manual_seed(0)
+    wrapped = nn.Module()
+    wrapped.add_module(prefix.rstrip("."), SmallNet())
+    nrpm.load_reprogramming(wrapped, path)
+    assert nrpm.lam_table(wrapped) == {f"{prefix}conv1": pytest.approx(0.3), f"{prefix}conv2": pytest.approx(0.3),
+                                       f"{prefix}fc": pytest.approx(0.7)}
+    nrpm.save_reprogramming(wrapped, path)  # and back into the bare model
+    bare = SmallNet()
+    nrpm.load_reprogramming(bare, path)
+    assert nrpm.lam_table(bare) == {"conv1": pytest.approx(0.3), "conv2": pytest.approx(0.3), "fc": pytest.approx(0.7)}
+
+
+def test_loading_selects_exactly_the_saved_layers():
+    model = Headed()
+    reprogram(model, target_modules=["body.conv1"])
+    from nrpm.reprogram import reprogramming_state
+
+    state = reprogramming_state(model)
+    state["config"]["target_modules"] = ["conv1"]  # a bare name would also match other convs as a suffix
+    state["lam"] = {"body.conv1": 0.5}
+    fresh = Headed()
+    nrpm.load_reprogramming(fresh, state)
+    assert list(nrpm.robust_layers(fresh)) == ["body.conv1"]
+
+
+def test_the_saved_learnable_flag_is_honoured(net, tmp_path):
+    reprogram(net, ReprogramConfig(lam=0.3, paradigm=1))
+    nrpm.robust_layers(net)["fc"].set_learnable_lam(True)
+    nrpm.save_reprogramming(net, tmp_path / "rp.pt")
+    fresh = SmallNet()
+    nrpm.load_reprogramming(fresh, tmp_path / "rp.pt")
+    assert {n: m.learnable_lam for n, m in nrpm.robust_layers(fresh).items()} == \
+        {"conv1": False, "conv2": False, "fc": True}
+    assert nrpm.lam_table(fresh)["fc"] == pytest.approx(0.3)
+
+
+def test_a_corrupt_reprogramming_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "rp.pt"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="is not a readable nrpm reprogramming state"):
+        nrpm.load_reprogramming(SmallNet(), bad)

@@ -11,6 +11,7 @@ from .reprogram import (
     lam_parameters,
     lam_table,
     load_reprogramming,
+    print_trainable_parameters,
     reprogram,
     robust_layers,
     save_reprogramming,
@@ -25,4 +26,5 @@ __all__ = [
     "RobustLinear", "RobustConv2d", "lam_override", "backward_override",
     "ReprogramConfig", "reprogram", "undo_reprogramming", "robust_layers", "lam_table", "set_lam",
     "lam_parameters", "count_trainable_parameters", "save_reprogramming", "load_reprogramming",
+    "print_trainable_parameters",
 ]

@@ -12,7 +12,9 @@ from typing import Callable, IO, Iterator
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary: bool) -> None:
-    """Call ``write(f)`` on a temp file in the target folder, then rename it over ``path``."""
+    """Call ``write(f)`` on a temp file in the target folder, fsync it, rename it over ``path`` and fsync the
+    folder: a crash or a power loss leaves either the old file or the whole new one, never an empty or partial
+    one (without the fsyncs the rename can reach the disk before the data)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -22,11 +24,28 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; folders cannot be opened for fsync on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the file itself is already on disk
+    finally:
+        os.close(fd)
 
 
 LOCK_NAME = ".nrpm.lock"

@@ -33,6 +33,7 @@ Two ways to run the same Python kernels:
 from __future__ import annotations
 
 import os
+import sys
 import types
 import warnings
 from typing import Callable
@@ -197,17 +198,27 @@ class _CompiledKernels:
 
     def __init__(self):
         self._fns: dict[tuple, Callable] = {}
+        self._announced: set = set()
         self.failure: str | None = None
 
     def get(self, kernel: Callable, key: tuple) -> Callable:
         fn = self._fns.get(key)
         if fn is None:
+            self._announce(key)
             # A private copy of the code object gives each configuration its own Dynamo cache, so configurations
             # never count against each other's recompile limit nor add guards to each other's calls.
             code = kernel.__code__.replace()
             copy = types.FunctionType(code, kernel.__globals__, kernel.__name__, kernel.__defaults__)
             fn = self._fns[key] = torch.compile(copy, fullgraph=True, options=_INDUCTOR_OPTIONS)
         return fn
+
+    def _announce(self, key: tuple) -> None:
+        # the first compilation of a kernel geometry takes 15-50 s on a CPU; say so instead of hanging silently
+        geom = key[1]
+        if geom not in self._announced:
+            self._announced.add(geom)
+            print(f"nrpm: compiling the NRPM kernels for kernel geometry {geom} (the first call takes up to a minute; "
+                  f"later runs reuse torch's on-disk cache)", file=sys.stderr, flush=True)
 
     def disable(self, error: BaseException) -> None:
         self.failure = f"{type(error).__name__}: {error}"

@@ -225,7 +225,7 @@ def robust_linear(
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     z_lpm = F.linear(x, weight)
-    if (isinstance(lam, float) and lam == 1.0) or K == 0:
+    if (isinstance(lam, float) and lam == 1.0) or K == 0 or z_lpm.numel() == 0:  # empty batch: empty output
         out = z_lpm
     else:
         z_nrpm = _linear_nrpm(x.reshape(-1, weight.shape[1]), weight, z_lpm.reshape(-1, weight.shape[0]), K, eps,
@@ -301,7 +301,7 @@ def robust_conv2d(
     padding = _pair(padding, "padding")
 
     z_lpm = F.conv2d(x, weight, None, stride, padding, dilation, groups)
-    if (isinstance(lam, float) and lam == 1.0) or K == 0:
+    if (isinstance(lam, float) and lam == 1.0) or K == 0 or z_lpm.numel() == 0:  # empty batch: empty output
         out = z_lpm
     else:
         out = _robust_conv_mixed(x, weight, z_lpm, lam, stride, padding, dilation, groups, K, eps, detach_weights)

@@ -77,6 +77,9 @@ class RobustMixin:
             if name in self._parameters:
                 del self._parameters[name]
         dtype = torch.float32
+        # a Python copy of a fixed lam: the forward branches on it (lam == 1 is the plain layer) without reading
+        # the tensor, so torch.compile(fullgraph=True) and torch.export trace the layer with no data-dependent guard
+        self._fixed_lam = None if learnable else float(value)
         if learnable:
             v = min(max(value, _LOGIT_CLAMP), 1 - _LOGIT_CLAMP)
             self.lam_logit = nn.Parameter(torch.tensor(math.log(v / (1 - v)), dtype=dtype, device=device))
@@ -96,6 +99,8 @@ class RobustMixin:
         return self._buffers["lam"]
 
     def lam_value(self) -> float:
+        if self._fixed_lam is not None:
+            return self._fixed_lam
         return float(self.get_lam().detach())
 
     def set_lam(self, value: float) -> None:
@@ -107,6 +112,7 @@ class RobustMixin:
                 self.lam_logit.fill_(math.log(v / (1 - v)))
             else:
                 self._buffers["lam"].fill_(value)
+                self._fixed_lam = value
 
     def set_learnable_lam(self, learnable: bool) -> None:
         """Switch between a fixed buffer (paradigm 1) and a learnable logit (paradigms 2, 3), keeping the value."""
@@ -266,11 +272,14 @@ def lam_override(model: nn.Module, value: float | dict[str, float]) -> Iterator[
                     layer.lam_logit.fill_(logit)
                 else:
                     layer._buffers["lam"].fill_(v)
+                    layer._fixed_lam = v
         yield model
     finally:
         with torch.no_grad():
-            for tensor, old in saved:
+            for (tensor, old), layer in zip(saved, layers.values()):
                 tensor.copy_(old)
+                if not layer.learnable_lam:
+                    layer._fixed_lam = float(old)
 
 
 @contextlib.contextmanager

@@ -11,11 +11,13 @@ Paradigms: 1 = every parameter frozen, lam fixed (a buffer); 2 = only the per-la
 
 from __future__ import annotations
 
-import fnmatch
+import dataclasses
+import difflib
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -23,6 +25,7 @@ from torch import nn
 from . import functional as RF
 from ._io import atomic_write
 from .nn import BACKWARD_MODES, RobustConv2d, RobustLinear, RobustMixin
+from .targets import canonical_name, matches, module_aliases, normalize_pattern
 from .validation import check_eps, check_K, check_lam
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "count_trainable_parameters",
     "save_reprogramming",
     "load_reprogramming",
+    "print_trainable_parameters",
     "atomic_torch_save",
 ]
 
@@ -50,11 +54,16 @@ class ReprogramConfig:
 
     lam: initial/fixed mixing weight in [0, 1] (1 = original model); K: IRLS steps; eps: IRLS smoothing.
     paradigm: 1 (frozen, fixed lam), 2 (only lam learns), 3 (weights and lam learn).
-    target_modules: module names or glob patterns (``"layer*.conv*"``); None = every module of target_types.
+    target_modules: module patterns (see :mod:`nrpm.targets`): a name, also matching as a dotted suffix
+    (``"fc2"`` matches ``"head.fc2"``, as in PEFT), a glob (``"layer*.*.conv1"``) or a regular expression
+    ``"re:..."`` / ``re.compile(...)`` matched against the whole name; None = every module of target_types.
     target_types: ``"linear"`` / ``"conv2d"`` or the classes nn.Linear / nn.Conv2d.
-    skip: names or glob patterns never reprogrammed (e.g. the first conv, the classifier).
+    skip: patterns never reprogrammed (e.g. the first conv, the classifier).
+    A module shared under several names is reprogrammed under all of them (one robust module) or none.
     predicate: optional ``f(name, module) -> bool``, applied after the above (not saved to files).
-    lam_per_layer: optional {name: lam} overriding ``lam`` for some layers.
+    lam_per_layer: optional {name: lam} overriding ``lam`` for some layers (names of reprogrammed layers).
+    backward_mode: "exact", "detached" (IRLS weights constant in the backward; ``detach_weights=True`` is the
+    older spelling) or "plain" (BPDA: the plain layer's backward); see :mod:`nrpm.nn`.
     """
 
     lam: float = RF.DEFAULT_LAM
@@ -82,10 +91,13 @@ class ReprogramConfig:
             raise ValueError(f"paradigm must be 1, 2 or 3, got {self.paradigm!r}")
         self.target_types = tuple(self.target_types)
         self._types()  # validates names and classes
-        if isinstance(self.target_modules, str):
+        if isinstance(self.target_modules, (str, re.Pattern)):
             self.target_modules = [self.target_modules]
-        if isinstance(self.skip, str):
+        if isinstance(self.skip, (str, re.Pattern)):
             self.skip = [self.skip]
+        if self.target_modules is not None:
+            self.target_modules = [normalize_pattern(p) for p in self.target_modules]
+        self.skip = [normalize_pattern(p) for p in self.skip]
         for name, value in (self.lam_per_layer or {}).items():
             check_lam(value)
 
@@ -118,34 +130,44 @@ class ReprogramConfig:
         return cls(**known)
 
 
-def _matches(name: str, patterns: Iterable[str]) -> bool:
-    return any(name == p or fnmatch.fnmatchcase(name, p) for p in patterns)
+def _check_patterns_hit(model: nn.Module, config: ReprogramConfig, aliases: dict[int, list[str]],
+                        modules: dict[int, nn.Module]) -> None:
+    """Every target pattern must match some module, and a plain name must not name an unsupported one."""
+    for pattern in config.target_modules:
+        hits = [(names, modules[key]) for key, names in aliases.items() if matches_any(names, [pattern])]
+        if not hits:
+            raise ValueError(f"target module {pattern!r} matches no module of {type(model).__name__}")
+        plain_name = isinstance(pattern, str) and not pattern.startswith("re:") and not set("*?[") & set(pattern)
+        for names, m in hits:
+            if plain_name and not isinstance(m, RobustMixin) and type(m) not in _SUPPORTED:
+                raise ValueError(f"module {names[0]!r} is a {type(m).__name__}: NRPM supports exactly nn.Linear "
+                                 f"and nn.Conv2d")
 
 
-def _select(model: nn.Module, config: ReprogramConfig) -> list[str]:
+def matches_any(names: list[str], patterns) -> bool:
+    return any(matches(n, patterns) for n in names)
+
+
+def _select(model: nn.Module, config: ReprogramConfig) -> dict[int, list[str]]:
+    """{id(module): all its names} of the modules to reprogram. A module shared under several names is selected
+    when any of its names is targeted, and skipped when any of them is skipped, so its aliases never disagree."""
     types = config._types()
-    modules = dict(model.named_modules())
+    aliases = module_aliases(model)
+    modules = {id(m): m for _, m in model.named_modules()}
     if config.target_modules is not None:
-        for pattern in config.target_modules:
-            hits = [n for n in modules if n and _matches(n, [pattern])]
-            if not hits:
-                raise ValueError(f"target module {pattern!r} matches no module of {type(model).__name__}")
-            for n in hits:
-                m = modules[n]
-                if pattern == n and not isinstance(m, RobustMixin) and type(m) not in _SUPPORTED:
-                    raise ValueError(f"module {n!r} is a {type(m).__name__}: NRPM supports exactly nn.Linear "
-                                     f"and nn.Conv2d")
-    selected = []
-    for name, module in modules.items():
-        if not name or isinstance(module, RobustMixin) or type(module) not in types:
+        _check_patterns_hit(model, config, aliases, modules)
+    selected = {}
+    for key, names in aliases.items():
+        module = modules[key]
+        if isinstance(module, RobustMixin) or type(module) not in types:
             continue  # exact types only: a subclass may change forward in ways NRPM would silently drop
-        if config.target_modules is not None and not _matches(name, config.target_modules):
+        if config.target_modules is not None and not matches_any(names, config.target_modules):
             continue
-        if _matches(name, config.skip):
+        if matches_any(names, config.skip):
             continue
-        if config.predicate is not None and not config.predicate(name, module):
+        if config.predicate is not None and not config.predicate(names[0], module):
             continue
-        selected.append(name)
+        selected[key] = names
     if not selected:
         raise ValueError(f"the reprogramming config matches no nn.Linear/nn.Conv2d module of "
                          f"{type(model).__name__} (target_modules={config.target_modules}, "
@@ -159,28 +181,57 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def _config_with(config: ReprogramConfig | None, overrides: dict) -> ReprogramConfig:
+    """``config`` with ``overrides`` applied; an unknown option (a typo such as ``lamda``) is an error."""
+    valid = [f for f in ReprogramConfig.__dataclass_fields__]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown reprogramming option {unknown[0]!r}{hint}; valid options: {', '.join(valid)}")
+    if "backward_mode" in overrides and "detach_weights" not in overrides:
+        overrides = {**overrides, "detach_weights": overrides["backward_mode"] == "detached"}
+    if config is None:
+        return ReprogramConfig(**overrides)
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
+def _check_lam_per_layer(config: ReprogramConfig, selected: dict[int, list[str]]) -> None:
+    names = [n for aliases in selected.values() for n in aliases]
+    unknown = sorted(set(config.lam_per_layer or {}) - set(names))
+    if unknown:
+        raise ValueError(f"lam_per_layer names {unknown}, which are not reprogrammed layers; reprogrammed layers: "
+                         f"{[aliases[0] for aliases in selected.values()]}")
+
+
+def _lam_for(config: ReprogramConfig, names: list[str]) -> float:
+    per_layer = config.lam_per_layer or {}
+    given = {per_layer[n] for n in names if n in per_layer}
+    if len(given) > 1:
+        raise ValueError(f"lam_per_layer gives the shared module {names} different lam values {sorted(given)}")
+    return given.pop() if given else config.lam
+
+
 def reprogram(model: nn.Module, config: ReprogramConfig | None = None, **overrides) -> nn.Module:
     """Swap the matching Linear/Conv2d modules of ``model`` for robust ones, in place; return ``model``.
 
     The robust layers share the original weight and bias tensors. The requires_grad flags are set by the
     paradigm (and restored by :func:`undo_reprogramming`).
     """
-    if config is None:
-        config = ReprogramConfig(**overrides)
-    elif overrides:
-        config = ReprogramConfig.from_dict({**config.to_dict(), **overrides})
+    config = _config_with(config, overrides)
     if robust_layers(model):
         raise ValueError("model is already reprogrammed: call undo_reprogramming(model) first, or set_lam()")
-    names = _select(model, config)
+    selected = _select(model, config)
+    _check_lam_per_layer(config, selected)
     original_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     learnable = config.paradigm in (2, 3)
-    for name in names:
-        module = model.get_submodule(name)
-        lam = (config.lam_per_layer or {}).get(name, config.lam)
-        robust = _SUPPORTED[type(module)].from_module(module, lam=lam, K=config.K, eps=config.eps,
-                                                      learnable_lam=learnable,
+    for names in selected.values():
+        module = model.get_submodule(names[0])
+        robust = _SUPPORTED[type(module)].from_module(module, lam=_lam_for(config, names), K=config.K,
+                                                      eps=config.eps, learnable_lam=learnable,
                                                       backward_mode=config.backward_mode)
-        _replace(model, name, robust)
+        for name in names:  # every alias gets the same robust module, so sharing survives
+            _replace(model, name, robust)
     for pname, p in model.named_parameters():
         p.requires_grad_(config.paradigm == 3 or (config.paradigm == 2 and pname.endswith("lam_logit")))
     model.nrpm_config = config
@@ -231,8 +282,13 @@ def count_trainable_parameters(model: nn.Module) -> int:
 
 def undo_reprogramming(model: nn.Module) -> nn.Module:
     """Put plain nn.Linear / nn.Conv2d back (same weight tensors) and restore the requires_grad flags."""
-    for name, layer in _require_robust(model).items():
-        _replace(model, name, layer.to_plain())
+    _require_robust(model)
+    modules = {id(m): m for _, m in model.named_modules()}
+    for key, names in module_aliases(model).items():
+        if isinstance(modules[key], RobustMixin):
+            plain = modules[key].to_plain()
+            for name in names:  # one plain module for all aliases: sharing survives the undo
+                _replace(model, name, plain)
     flags = getattr(model, "_nrpm_original_requires_grad", {})
     for pname, p in model.named_parameters():
         if pname in flags:
@@ -264,26 +320,58 @@ def save_reprogramming(model: nn.Module, path: str | os.PathLike) -> None:
     atomic_torch_save(reprogramming_state(model), path)
 
 
-def load_reprogramming(model: nn.Module, path_or_state) -> nn.Module:
-    """Apply a saved reprogramming state to ``model`` (a plain one is reprogrammed first); return ``model``."""
+def _read_state(path_or_state) -> dict:
     state = path_or_state
     if not isinstance(state, dict):
         path = Path(path_or_state)
         if not path.is_file():
             raise FileNotFoundError(f"reprogramming state not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # truncated or foreign file: name it instead of a pickle traceback
+            raise ValueError(f"{path} is not a readable nrpm reprogramming state: {error}") from None
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
         raise ValueError(f"not an nrpm reprogramming state (expected format {_FORMAT!r})")
+    return state
+
+
+def _layers_by_canonical_name(model: nn.Module) -> dict[str, RobustMixin]:
+    return {canonical_name(n): m for n, m in robust_layers(model).items()}
+
+
+def load_reprogramming(model: nn.Module, path_or_state) -> nn.Module:
+    """Apply a saved reprogramming state to ``model`` (a plain one is reprogrammed first); return ``model``.
+
+    Layer names are matched without wrapper prefixes (``module.`` of DataParallel / DDP, ``_orig_mod.`` of
+    torch.compile), so a state saved from a wrapped model loads into the bare one and back. Each layer gets its
+    saved lam, K, eps, gradient mode and lam mode (fixed or learnable).
+    """
+    state = _read_state(path_or_state)
     config = ReprogramConfig.from_dict(state["config"])
-    layers = robust_layers(model)
-    if not layers:
-        reprogram(model, config)
-        layers = robust_layers(model)
-    if set(layers) != set(state["lam"]):
-        raise ValueError(f"saved state is for layers {sorted(state['lam'])}, model has robust layers "
+    saved = {canonical_name(n): v for n, v in state["lam"].items()}
+    learnable = {canonical_name(n): v for n, v in state.get("learnable", {}).items()}
+    if not robust_layers(model):
+        # the saved names are exact: select exactly them (suffix matching could also pick e.g. layer1.0.conv1
+        # for a saved stem 'conv1')
+        exact = dataclasses.replace(config, target_modules=None, skip=[], lam_per_layer=None,
+                                    predicate=lambda name, _m: canonical_name(name) in saved)
+        reprogram(model, exact)
+    layers = _layers_by_canonical_name(model)
+    if set(layers) != set(saved):
+        raise ValueError(f"saved state is for layers {sorted(saved)}, model has robust layers "
                          f"{sorted(layers)}")
-    for name, value in state["lam"].items():
+    for name, value in saved.items():
         layer = layers[name]
         layer.K, layer.eps, layer.backward_mode = config.K, config.eps, config.backward_mode
+        layer.set_learnable_lam(learnable.get(name, layer.learnable_lam))
         layer.set_lam(value)
     return model
+
+
+def print_trainable_parameters(model: nn.Module) -> None:
+    """Print the trainable and total parameter counts, as PEFT's ``print_trainable_parameters`` does:
+    ``trainable params: 4 || all params: 2,912 || trainable%: 0.1374``."""
+    trainable = count_trainable_parameters(model)
+    total = sum(p.numel() for p in model.parameters())
+    share = 100 * trainable / total if total else 0.0
+    print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {share:.4f}")
