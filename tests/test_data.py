@@ -1,7 +1,6 @@
 """Data readers (on files written here), helpers, augmentation, and the staged real data."""
 
 import gzip
-import io
 import pickle
 import urllib.error
 import urllib.request
@@ -71,12 +70,15 @@ def write_cifar_batch(path: Path, n: int = 10000, seed: int = 0, bytes_keys: boo
 
 
 def test_resolve_data_root_order(monkeypatch, tmp_path):
+    # the full order (cache, shared mirror) is tested in test_download.py
+    monkeypatch.setenv("NRPM_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("NRPM_DATA", str(tmp_path / "env"))
     assert resolve_data_root(tmp_path / "explicit") == tmp_path / "explicit"
     assert resolve_data_root() == tmp_path / "env"
     monkeypatch.delenv("NRPM_DATA")
     shared = Path(data.__file__).resolve().parents[2].parent / "shared" / "data"
-    assert resolve_data_root() == (shared if shared.is_dir() else Path("data"))
+    expected = shared if (shared / "MNIST").is_dir() else tmp_path / "home" / "data"
+    assert resolve_data_root() == expected
 
 
 # --------------------------------------------------------------------------- IDX
@@ -132,7 +134,7 @@ def test_load_mnist_missing_files_message(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         load_mnist(tmp_path, train=True)
     message = str(err.value)
-    assert str(tmp_path / "MNIST" / "raw") in message
+    assert str(tmp_path / "MNIST" / "raw") in message and f"looked in: given {tmp_path}" in message
     assert "train-images-idx3-ubyte[.gz]" in message and "train-labels-idx1-ubyte" in message
     assert "--data-root" in message and "NRPM_DATA" in message
 
@@ -174,34 +176,15 @@ def test_download_failure_is_reported_clearly(tmp_path, monkeypatch):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(FileNotFoundError) as err:
         load_mnist(tmp_path, download=True)
     message = str(err.value)
     assert "https://ossci-datasets.s3.amazonaws.com/mnist/t10k-images-idx3-ubyte.gz" in message
-    assert "no network" in message and "NRPM_DATA" in message
+    assert "no network" in message and "NRPM_DATA" in message and "\n" not in message
     assert list((tmp_path / "MNIST" / "raw").iterdir()) == []  # no partial files left
 
 
-def test_download_writes_gz_files_that_load(tmp_path, monkeypatch):
-    served = tmp_path / "server"
-    images, labels = write_mnist_test_split(served, compress_images=True)
-    requested = []
-
-    def fake_urlopen(url, timeout=None):
-        requested.append(url)
-        return io.BytesIO((served / "MNIST" / "raw" / url.rsplit("/", 1)[1]).read_bytes())
-
-    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
-    x, y = load_mnist(tmp_path / "root", download=True)
-    assert [u.rsplit("/", 1)[1] for u in requested] == [
-        "t10k-images-idx3-ubyte.gz",
-        "t10k-labels-idx1-ubyte.gz",
-    ]
-    assert torch.equal(y, torch.from_numpy(labels).long())
-    assert sorted(p.name for p in (tmp_path / "root" / "MNIST" / "raw").iterdir()) == [
-        "t10k-images-idx3-ubyte.gz",
-        "t10k-labels-idx1-ubyte.gz",
-    ]
+# Downloads from a local HTTP server (files written, hashes, CIFAR archive): test_download.py.
 
 
 # --------------------------------------------------------------------------- CIFAR-10

@@ -1,10 +1,12 @@
 """Model registry, architectures, checkpoint loading, and the authors' released checkpoints."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nrpm import paths
 from nrpm.data import load_cifar10, load_mnist, subset
 from nrpm.models import (
     Normalize,
@@ -152,6 +154,49 @@ def test_pretrained_dir_from_environment(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="available: lenet, mlp3, resnet18_narrow"):
         load_pretrained("resnet34")
 
+
+
+def _saved_lenet_bytes(tmp_path):
+    torch.save(create_model("lenet").state_dict(), tmp_path / "whole.pth")
+    return (tmp_path / "whole.pth").read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["first_100_bytes", "cut_in_half", "random_bytes", "empty", "text"])
+def test_unreadable_checkpoint_is_a_clear_value_error(tmp_path, kind):
+    whole = _saved_lenet_bytes(tmp_path)
+    content = {
+        "first_100_bytes": whole[:100],
+        "cut_in_half": whole[: len(whole) // 2],
+        "random_bytes": np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+        "empty": b"",
+        "text": b"not a checkpoint\n",
+    }[kind]
+    path = tmp_path / "broken.pth"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as err:
+        load_checkpoint(create_model("lenet"), path)
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {path} is not a readable PyTorch checkpoint (")
+    assert "\n" not in message
+
+
+def test_truncated_released_checkpoint_via_load_pretrained(shared_dir, tmp_path, monkeypatch):
+    real = shared_dir / "pretrained" / "lenet_mnist_model.pth"
+    (tmp_path / real.name).write_bytes(real.read_bytes()[:100])
+    monkeypatch.setenv("NRPM_PRETRAINED", str(tmp_path))
+    with pytest.raises(ValueError, match="is not a readable PyTorch checkpoint"):
+        load_pretrained("lenet")
+
+
+def test_missing_released_checkpoint_lists_places(tmp_path, monkeypatch):
+    monkeypatch.delenv("NRPM_PRETRAINED", raising=False)
+    monkeypatch.setenv("NRPM_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(paths, "source_checkout", lambda package_dir=None: None)  # no shared mirror
+    with pytest.raises(FileNotFoundError) as err:
+        load_pretrained("lenet")
+    message = str(err.value)
+    assert "lenet_mnist_model.pth" in message and str(tmp_path / "home" / "pretrained") in message
+    assert "NRPM_PRETRAINED" in message and "--download" in message
 
 
 def test_model_from_checkpoint_reads_each_kind_of_spec(tmp_path, monkeypatch):

@@ -3,8 +3,10 @@
 Everything is plain torch/numpy: no torchvision. Images come back as float32 in [0, 1] with
 shape (N, C, H, W); models carry any normalisation themselves.
 
-Data root resolution (``resolve_data_root``): explicit argument, else ``$NRPM_DATA``, else
-``<repo>/../shared/data`` when it exists, else ``./data``. Layouts follow torchvision:
+Data root resolution (``resolve_data_root``) follows :mod:`nrpm.paths`: explicit argument
+(``--data-root``), else ``$NRPM_DATA``, else the cache ``$NRPM_HOME/data`` or the shared mirror
+beside a source checkout when it holds the dataset, else the cache (where ``download=True`` /
+``--download`` writes, see :mod:`nrpm.download`). Layouts follow torchvision:
 ``<root>/MNIST/raw/*-ubyte[.gz]`` and ``<root>/cifar-10-batches-py/``.
 """
 
@@ -14,10 +16,6 @@ import functools
 import gzip
 import os
 import pickle
-import shutil
-import tarfile
-import tempfile
-import urllib.request
 import zlib
 from pathlib import Path
 from typing import Iterator
@@ -26,27 +24,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import paths
+
 __all__ = [
     "resolve_data_root",
     "load_mnist",
     "load_cifar10",
     "load_dataset",
     "list_datasets",
+    "dataset_key",
+    "missing_files",
     "subset",
     "batches",
     "random_crop_flip",
     "clear_cache",
 ]
 
-_REPO = Path(__file__).resolve().parents[2]
-
-MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 MNIST_FILES = {
     # split -> (images stem, labels stem, expected count)
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60000),
     False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10000),
 }
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_BATCHES = ("test_batch",)
@@ -60,18 +58,75 @@ _HINT = "pass --data-root, set NRPM_DATA, or use --download"
 # --------------------------------------------------------------------------- root
 
 
-def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
-    """Return the data folder: ``root``, else ``$NRPM_DATA``, else ``<repo>/../shared/data``
-    if it exists, else ``./data``."""
-    if root is not None:
-        return Path(root).expanduser()
-    env = os.environ.get("NRPM_DATA")
-    if env:
-        return Path(env).expanduser()
-    shared = _REPO.parent / "shared" / "data"
-    if shared.is_dir():
-        return shared
-    return Path("data")
+def resolve_data_root(
+    root: str | os.PathLike | None = None, dataset: str | None = None, *, train: bool | None = None
+) -> Path:
+    """The data folder by the order of :mod:`nrpm.paths`: ``root``, else ``$NRPM_DATA``, else
+    the cache ``$NRPM_HOME/data`` or the shared mirror (source checkouts only) when it holds the
+    data, else the cache path.
+
+    "Holds the data" means: every file of ``dataset`` ('mnist' / 'cifar10'; of the ``train``
+    split only, if given), or, with ``dataset=None``, every file of at least one dataset.
+    """
+    if dataset is None:
+        keys = sorted(_LOADERS)
+    else:
+        keys = [dataset_key(dataset)]
+
+    def holds(folder: Path) -> bool:
+        return any(not missing_files(key, folder, train) for key in keys)
+
+    return paths.resolve("data", root, holds)
+
+
+def dataset_key(name: str) -> str:
+    """'mnist' or 'cifar10' for any accepted spelling ('CIFAR-10', 'cifar_10', ...)."""
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in _LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
+    return key
+
+
+def _splits(train: bool | None) -> tuple[bool, ...]:
+    return (True, False) if train is None else (train,)
+
+
+def missing_files(name: str, root: str | os.PathLike, train: bool | None = None) -> list[str]:
+    """The files of dataset ``name`` absent under ``root`` (MNIST: IDX stems, found plain or
+    .gz; CIFAR-10: batch names), for the ``train`` split or both (None)."""
+    key, root = dataset_key(name), Path(root)
+    missing = []
+    for split in _splits(train):
+        if key == "mnist":
+            raw = root / "MNIST" / "raw"
+            missing += [s for s in MNIST_FILES[split][:2] if _find_idx_file(raw, s) is None]
+        else:
+            missing += _cifar_missing(root / CIFAR10_DIR, split)
+    return missing
+
+
+def _dataset_root(key: str, root, train: bool, download: bool) -> Path:
+    """The absolute root holding split ``train`` of ``key``; downloads it first if asked."""
+    if download:
+        from .download import ensure_dataset  # here, not at the top: download imports data
+
+        return ensure_dataset(key, root, train=train).resolve()
+    folder = resolve_data_root(root, key, train=train)
+    if missing_files(key, folder, train):
+        raise FileNotFoundError(_missing_message(key, folder, train, root))
+    return folder.resolve()
+
+
+def _missing_message(key: str, folder: Path, train: bool, root) -> str:
+    if key == "mnist":
+        stems = MNIST_FILES[train][:2]
+        needed = ", ".join(f"{s}[.gz]" for s in stems)
+        head = f"MNIST not found under {folder / 'MNIST' / 'raw'}: expected {needed}"
+    else:
+        missing = _cifar_missing(folder / CIFAR10_DIR, train)
+        head = (f"CIFAR-10 not found under {folder / CIFAR10_DIR}: missing {', '.join(missing)} "
+                f"(expected {', '.join(_cifar_batch_names(train))})")
+    return f"{head}; {paths.looked_in('data', root)}; {_HINT}"
 
 
 # --------------------------------------------------------------------------- MNIST (IDX)
@@ -127,12 +182,6 @@ def _mnist_missing_message(raw_dir: Path, stems: tuple[str, ...]) -> str:
     return f"MNIST not found under {raw_dir}: expected {needed}; {_HINT}"
 
 
-def _download_mnist(raw_dir: Path, stems: tuple[str, ...]) -> None:
-    for stem in stems:
-        if _find_idx_file(raw_dir, stem) is None:
-            _download(MNIST_URL + f"{stem}.gz", raw_dir / f"{stem}.gz")
-
-
 def _read_mnist_split(raw_dir: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
     """Images (N,28,28) and labels (N,) of one split, with counts checked."""
     images_stem, labels_stem, count = MNIST_FILES[train]
@@ -163,14 +212,10 @@ def load_mnist(
     """Load MNIST as ``(x, y)``: x float32 (N,1,28,28) in [0,1], y int64 (N,).
 
     Reads ``<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``. With
-    ``download=True`` missing files are fetched first. The returned tensors are fresh copies,
-    so callers may modify them in place.
+    ``download=True`` missing files are fetched first (see :func:`nrpm.download.ensure_dataset`).
+    The returned tensors are fresh copies, so callers may modify them in place.
     """
-    root = resolve_data_root(root).resolve()
-    if download:
-        images_stem, labels_stem, _ = MNIST_FILES[train]
-        _download_mnist(root / "MNIST" / "raw", (images_stem, labels_stem))
-    images, labels = _mnist_cached(root, train)
+    images, labels = _mnist_cached(_dataset_root("mnist", root, train, download), train)
     return images.unsqueeze(1).float().div_(255.0), labels.clone()
 
 
@@ -231,30 +276,6 @@ def _read_cifar_split(folder: Path, train: bool) -> tuple[np.ndarray, np.ndarray
     return data, labels
 
 
-def _download_cifar10(root: Path) -> None:
-    """Fetch and unpack the CIFAR-10 archive into ``root`` (only the batch folder)."""
-    root.mkdir(parents=True, exist_ok=True)
-    archive = root / "cifar-10-python.tar.gz"
-    if not archive.is_file():
-        _download(CIFAR10_URL, archive)
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
-        with tarfile.open(archive, "r:gz") as tar:
-            members = [
-                m
-                for m in tar.getmembers()
-                if m.name.startswith(CIFAR10_DIR + "/") and ".." not in Path(m.name).parts
-            ]
-            if hasattr(tarfile, "data_filter"):  # Python >= 3.12: refuse unsafe members
-                tar.extractall(tmp, members=members, filter="data")
-            else:
-                tar.extractall(tmp, members=members)  # names checked above
-        target = root / CIFAR10_DIR
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(Path(tmp) / CIFAR10_DIR, target)
-    archive.unlink()
-
-
 @functools.lru_cache(maxsize=4)
 def _cifar_cached(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     data, labels = _read_cifar_split(root / CIFAR10_DIR, train)
@@ -269,12 +290,9 @@ def load_cifar10(
 
     Reads ``<root>/cifar-10-batches-py/{data_batch_1..5 | test_batch}``; each batch must hold
     10000 rows of 3072 bytes. With ``download=True`` the archive is fetched when batches are
-    missing. The returned tensors are fresh copies.
+    missing (see :func:`nrpm.download.ensure_dataset`). The returned tensors are fresh copies.
     """
-    root = resolve_data_root(root).resolve()
-    if download and _cifar_missing(root / CIFAR10_DIR, train):
-        _download_cifar10(root)
-    images, labels = _cifar_cached(root, train)
+    images, labels = _cifar_cached(_dataset_root("cifar10", root, train, download), train)
     return images.float().div_(255.0), labels.clone()
 
 
@@ -286,22 +304,6 @@ def _check_labels(labels: np.ndarray, path: Path, num_classes: int = 10) -> None
         raise ValueError(
             f"{path}: labels span {labels.min()}..{labels.max()}, expected 0..{num_classes - 1}"
         )
-
-
-def _download(url: str, dest: Path) -> None:
-    """Download ``url`` to ``dest`` atomically (temp file in the same folder, then rename)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, out)
-        os.replace(tmp_name, dest)
-    except Exception as err:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise RuntimeError(
-            f"could not download {url} to {dest}: {err}. Fetch it manually into "
-            f"{dest.parent}, or pass --data-root / set NRPM_DATA to a folder that has the data"
-        ) from err
 
 
 def clear_cache() -> None:
@@ -325,10 +327,7 @@ def load_dataset(
     download: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Load ``'mnist'`` or ``'cifar10'`` (case-insensitive; 'cifar-10' also accepted)."""
-    key = name.lower().replace("-", "").replace("_", "")
-    if key not in _LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
-    return _LOADERS[key](root=root, train=train, download=download)
+    return _LOADERS[dataset_key(name)](root=root, train=train, download=download)
 
 
 def subset(x: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:

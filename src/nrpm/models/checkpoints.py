@@ -1,8 +1,15 @@
-"""Loading state_dicts into registry models, and the authors' released checkpoints."""
+"""Loading state_dicts into registry models, and the authors' released checkpoints.
+
+Released checkpoints are found by the order of :mod:`nrpm.paths`: an explicit path, else
+``$NRPM_PRETRAINED``, else the cache ``$NRPM_HOME/pretrained`` or the shared mirror beside a
+source checkout when it holds the file, else the cache (where :mod:`nrpm.download` writes).
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -10,12 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import paths
 from .registry import create_model, list_models, model_entry
 
 __all__ = ["load_checkpoint", "load_pretrained", "model_from_checkpoint", "resolve_pretrained_dir"]
-
-_REPO = Path(__file__).resolve().parents[3]
-
 
 # Parameter slots of the original reprogramming code (lambda / beta of its robust_sum). They
 # are not trained weights of the plain model, so they are dropped (and reported).
@@ -24,21 +29,54 @@ _WRAPPER_KEYS = ("net", "state_dict", "model")
 _MAX_LISTED = 12
 
 
-def resolve_pretrained_dir(folder: str | os.PathLike | None = None) -> Path:
-    """``folder``, else ``$NRPM_PRETRAINED``, else ``<repo>/../shared/pretrained``."""
-    if folder is not None:
-        return Path(folder).expanduser()
-    env = os.environ.get("NRPM_PRETRAINED")
-    if env:
-        return Path(env).expanduser()
-    return _REPO.parent / "shared" / "pretrained"
+def _released_files(name: str | None) -> list[str]:
+    names = [name] if name is not None else list_models(pretrained=True)
+    return [model_entry(n).pretrained.file for n in names if model_entry(n).pretrained is not None]
+
+
+def resolve_pretrained_dir(folder: str | os.PathLike | None = None, name: str | None = None) -> Path:
+    """The folder of the released checkpoints by the order of :mod:`nrpm.paths`: ``folder``, else
+    ``$NRPM_PRETRAINED``, else the cache ``$NRPM_HOME/pretrained`` or the shared mirror (source
+    checkouts only, never site-packages) when it holds model ``name``'s file (``name`` None: any
+    released file), else the cache path."""
+    files = _released_files(name)
+
+    def holds(candidate: Path) -> bool:
+        return any((candidate / file).is_file() for file in files)
+
+    return paths.resolve("pretrained", folder, holds)
+
+
+# What torch.load raises on bytes that are not a checkpoint (truncated zip, random data, ...);
+# its zip reader reports some truncations as OSError (EINVAL), hence OSError too.
+_UNREADABLE = (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, zipfile.BadZipFile,
+               UnicodeDecodeError, IndexError, KeyError, AttributeError, OSError)
 
 
 def _read_checkpoint(path: Path, map_location) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    # weights_only=True: the released files are plain tensors/numbers, no pickled code needed.
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        # weights_only=True: the released files are plain tensors/numbers, no pickled code needed.
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except PermissionError:  # a real OS problem, not a broken file: let it say so itself
+        raise
+    except _UNREADABLE as err:
+        raise ValueError(
+            f"checkpoint {path} is not a readable PyTorch checkpoint (truncated, corrupt or not "
+            f"written by torch.save; re-download or re-save it): {_short_reason(err)}"
+        ) from err
+
+
+def _short_reason(err: BaseException) -> str:
+    """One line out of torch.load's multi-line errors: the line that names the actual problem."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    reason = lines[0] if lines else "unexpected end of file"
+    if reason.startswith("Weights only load failed"):  # the cause follows the boilerplate
+        marker = next((i for i, line in enumerate(lines) if "WeightsUnpickler error" in line), None)
+        detail = lines[marker + 1] if marker is not None and marker + 1 < len(lines) else reason
+        reason = f"weights-only unpickling refused it: {detail}"
+    return f"{type(err).__name__}: {reason}"
 
 
 def _split_checkpoint(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -130,21 +168,32 @@ def load_pretrained(
     """Build model ``name`` and load the authors' released checkpoint; returns (model, info).
 
     ``name`` is one of 'mlp3', 'lenet', 'resnet18_narrow'. The file defaults to
-    ``<pretrained dir>/<file>`` (see ``resolve_pretrained_dir``). The model is put in eval
-    mode and on ``map_location``. ``info`` has 'source', 'ignored_keys' and, for the .t7,
-    the stored 'acc', 'adv_acc' and 'epoch'.
+    ``<pretrained dir>/<file>`` (see ``resolve_pretrained_dir``; FileNotFoundError listing the
+    places looked in if it is absent; :func:`nrpm.download.ensure_pretrained` fetches it). The
+    model is put in eval mode and on ``map_location``. ``info`` has 'source', 'ignored_keys'
+    and, for the .t7, the stored 'acc', 'adv_acc' and 'epoch'. An unreadable file raises
+    ValueError.
     """
     entry = model_entry(name)
     if entry.pretrained is None:
         known = ", ".join(list_models(pretrained=True))
         raise ValueError(f"no released checkpoint for {name!r}; available: {known}")
     if path is None:
-        path = resolve_pretrained_dir() / entry.pretrained.file
+        path = _find_released(name, entry.pretrained.file)
     model = create_model(name)
     info = load_checkpoint(model, path, map_location=map_location)
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     return model.eval(), info
+
+
+def _find_released(name: str, file: str) -> Path:
+    path = resolve_pretrained_dir(name=name) / file
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"released checkpoint {file} of {name!r} not found; {paths.looked_in('pretrained')}; "
+            "pass a checkpoint path, set NRPM_PRETRAINED to a folder holding it, or use --download")
+    return path
 
 
 def model_from_checkpoint(name: str, checkpoint: str | os.PathLike | None = "pretrained") -> tuple[nn.Module, dict]:
