@@ -232,3 +232,22 @@ def test_set_lam_after_compile_is_seen_by_the_compiled_model():
     nrpm.set_lam(model, 1.0)
     plain = nrpm.undo_reprogramming(_small_reprogrammed(1))
     torch.testing.assert_close(compiled(x), plain(x))
+
+
+def test_layers_carry_their_estimator():
+    import nrpm
+
+    layer = RobustConv2d(2, 3, 3, lam=0.2, K=2, norm="huber", delta=0.05, scale="absolute")
+    assert layer.estimator() == {"norm": "huber", "gamma": 4.0, "delta": 0.05, "scale": "absolute"}
+    assert "norm='huber'" in repr(layer) and "norm=" not in repr(RobustLinear(3, 2))
+    x = torch.rand(2, 2, 5, 5)
+    want = RF.robust_conv2d(x, layer.weight, layer.bias, lam=0.2, K=2, norm="huber", delta=0.05)
+    torch.testing.assert_close(layer(x), want)
+    with pytest.raises(ValueError, match="HM estimator needs gamma > delta"):
+        RobustLinear(3, 2, norm="hm", gamma=1.0, delta=2.0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    nrpm.reprogram(model, nrpm.ReprogramConfig(norm="mcp", gamma=0.5, scale="relative"))
+    state = __import__("nrpm.reprogram", fromlist=["reprogramming_state"]).reprogramming_state(model)
+    fresh = nn.Sequential(nn.Linear(4, 3))
+    nrpm.load_reprogramming(fresh, state)
+    assert fresh[0].estimator() == {"norm": "mcp", "gamma": 0.5, "delta": 3.0, "scale": "relative"}

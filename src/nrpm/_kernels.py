@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["LANES", "BACKENDS", "ONE_BY_ONE", "CompileFailed", "set_backend", "get_backend", "irls_forward",
-           "irls_grad_x", "irls_grad_w_per_block", "run_forward", "run_backward", "will_compile"]
+           "irls_grad_x", "irls_grad_w_per_block", "run_forward", "run_backward", "will_compile",
+           "estimator_params", "weights"]
 
 LANES = 16
 BACKENDS = ("auto", "compiled", "eager")
@@ -76,59 +77,115 @@ def _per_output(t):
 _FIELD = (5, 6, 7)  # the receptive-field dims (Cg, kh, kw) of a vote tensor
 
 
-def irls_forward(x, w, z0, geom, K: int, eps: float, with_s: bool, with_q: bool):
-    """Run K IRLS steps from z0. Returns ([z_1..z_K], [S_1..S_K], [Q_1..Q_K]) (the last two empty unless asked).
+def estimator_params(est, scale, eps: float):
+    """(alpha, beta, lo, hi) of a weighting ``w = clamp(alpha / (|r| + eps) + beta, lo, hi)``.
 
-    Step k, from z = z_{k-1}:  r_d = y_d - z/D,  w_d = 1/(|r_d| + eps),  S_k = sum w_d,  z_k = D sum(w_d y_d) / S_k.
-    Q_k = sum_d sign(r_d) w_d^2 (y_d - z_k/D) is what the backward needs for dz_k/dz_{k-1} = Q_k / S_k; it is
-    accumulated here, as sum w^2 |r| + delta * sum sign(r) w^2 with delta = (z_{k-1} - z_k)/D, because it needs
-    the same w_d and would otherwise cost the backward one more pass over the votes per step.
+    ``est = (norm, gamma, delta, relative)`` (static); the weightings of the official code, each the same form:
+    mcp ``max(u - 1/gamma, eps)``, huber ``min(delta u, 1)``, hm ``clamp(delta/(gamma - delta) (gamma u - 1),
+    eps, 1)`` with ``u = 1/(|r| + eps)``. ``relative``: gamma and delta are in units of ``scale`` (per output,
+    broadcast against the votes), the mean absolute residual at the LPM start (see :func:`irls_scale`).
+    """
+    norm, gamma, delta, relative = est
+    if relative:
+        gamma, delta = gamma * scale, delta * scale
+    if norm == "mcp":
+        return 1.0, -1.0 / gamma, eps, None
+    if norm == "huber":
+        return delta, 0.0, None, 1.0
+    if norm == "hm":
+        return delta * gamma / (gamma - delta), -delta / (gamma - delta), eps, 1.0
+    raise ValueError(f"unknown estimator {norm!r}")
+
+
+def weights(abs_r, eps: float, params, with_slope: bool = True):
+    """(w, -dw/d|r|) at |r| = abs_r (the slope None unless asked): L1 (params None) is 1/(|r| + eps) and its
+    square; the clamped weightings have zero derivative where the clamp is active."""
+    u = 1.0 / (abs_r + eps)
+    if params is None:
+        return u, (u * u if with_slope else None)
+    alpha, beta, lo, hi = params
+    raw = alpha * u + beta
+    if not with_slope:
+        return torch.clamp(raw, min=lo, max=hi), None
+    inside = torch.ones_like(raw, dtype=torch.bool)
+    if lo is not None:
+        inside = inside & (raw > lo)
+    if hi is not None:
+        inside = inside & (raw < hi)
+    return torch.clamp(raw, min=lo, max=hi), torch.where(inside, alpha * u * u, 0.0)
+
+
+def irls_scale(votes, z0, inv_d, eps: float):
+    """Per-output scale of the relative estimators: the mean absolute residual of the votes at the LPM start,
+    plus eps (so it is never zero), shaped like z0."""
+    return (votes - _per_output(z0 * inv_d)).abs().mean(_FIELD) + eps
+
+
+def irls_forward(x, w, z0, geom, K: int, eps: float, with_s: bool, with_q: bool, est=None):
+    """Run K IRLS steps from z0. Returns ([z_1..z_K], [S_1..S_K], [Q_1..Q_K], [scale]) (S, Q empty unless asked,
+    scale only for a relative estimator).
+
+    Step k, from z = z_{k-1}:  r_d = y_d - z/D,  w_d = phi(|r_d|),  S_k = sum w_d,  z_k = D sum(w_d y_d) / S_k,
+    with phi(a) = 1/(a + eps) (L1, ``est`` None) or a clamped weighting (:func:`estimator_params`).
+    Q_k = -sum_d phi'(|r_d|) sign(r_d) (y_d - z_k/D) is what the backward needs for dz_k/dz_{k-1} = Q_k / S_k; it
+    is accumulated here, as sum -phi' |r| + delta * sum sign(r) (-phi') with delta = (z_{k-1} - z_k)/D, because it
+    needs the same w_d and would otherwise cost the backward one more pass over the votes per step.
     """
     D = w.shape[2] * w.shape[3] * w.shape[4]
     inv_d = 1.0 / D
     votes = receptive_fields(x, geom, z0.shape[1], z0.shape[2]) * w[None, None, None, :, :, :, :, :, None]
+    scales = [irls_scale(votes, z0, inv_d, eps)] if est is not None and est[3] else []
+    params = None if est is None else estimator_params(est, _per_output(scales[0]) if scales else None, eps)
     z = z0
     zs, ss, qs = [], [], []
     for _ in range(K):
         r = votes - _per_output(z * inv_d)
         abs_r = r.abs()
-        weight = 1.0 / (abs_r + eps)
+        weight, slope = weights(abs_r, eps, params, with_q)
         s = weight.sum(_FIELD)
         z_next = D * (weight * votes).sum(_FIELD) / s
         if with_s:
             ss.append(s)
         if with_q:
-            w2 = weight * weight
-            qs.append((w2 * abs_r).sum(_FIELD) + (z - z_next) * inv_d * (torch.sign(r) * w2).sum(_FIELD))
+            qs.append((slope * abs_r).sum(_FIELD) + (z - z_next) * inv_d * (torch.sign(r) * slope).sum(_FIELD))
         z = z_next
         zs.append(z)
-    return zs, ss, qs
+    return zs, ss, qs, scales
 
 
-def _vote_gradient(votes, z_prev, coef, delta, eps: float, detach: bool):
+def _vote_gradient(votes, z_prev, coef, delta, eps: float, detach: bool, est=None, scale=None):
     """dL/d(vote) of the unrolled IRLS from per-step output-sized factors (already broadcast against votes).
 
-    For step k (r, w_d from z_{k-1}):  dz_k/dy_d = (D/S_k) (w_d - q_d) = (D/S_k) w_d^2 (eps - sign(r_d) delta_k),
-    using w_d |r_d| = 1 - eps w_d. With c_k = g_k D/S_k (g_k = dL/dz_k), the gradient of a vote is
-    sum_k c_k w_d^2 (eps - sign(r_d) delta_k); z_0's share (dL/dz_0, passed to every vote) is returned to z_0's
-    own graph (the plain layer's backward) by the caller instead of being added here.
+    For step k (r, w_d from z_{k-1}, phi' = dw/d|r|):  dz_k/dy_d = (D/S_k) (w_d + phi'_d (|r_d| + sign(r_d)
+    delta_k)); for L1 (phi' = -w^2, w |r| = 1 - eps w) that is (D/S_k) w_d^2 (eps - sign(r_d) delta_k). With
+    c_k = g_k D/S_k (g_k = dL/dz_k), the gradient of a vote is the sum over k of c_k times that bracket; z_0's
+    share (dL/dz_0, passed to every vote) is returned to z_0's own graph (the plain layer's backward) by the
+    caller instead of being added here. The relative estimators' scale is held constant (no gradient).
 
     ``z_prev[k] = z_{k-1}/D``, ``coef[k] = c_k``, ``delta[k] = delta_k`` for the steps k = 1..K. ``detach``: the
     weights w_d are constants and only the last step passes gradient, dz_K/dy_d = c_K w_d; the lists then hold
     that step alone.
     """
+    params = None if est is None else estimator_params(est, scale, eps)
     if detach:
-        return coef[0] / ((votes - z_prev[0]).abs() + eps)
+        if params is None:
+            return coef[0] / ((votes - z_prev[0]).abs() + eps)
+        return coef[0] * weights((votes - z_prev[0]).abs(), eps, params, False)[0]
     grad = None
     for zp, c, dl in zip(z_prev, coef, delta):
         r = votes - zp
-        a = r.abs() + eps
-        term = c * (eps - torch.sign(r) * dl) / (a * a)
+        if params is None:
+            a = r.abs() + eps
+            term = c * (eps - torch.sign(r) * dl) / (a * a)
+        else:
+            abs_r = r.abs()
+            weight, slope = weights(abs_r, eps, params)
+            term = c * (weight - slope * (abs_r + torch.sign(r) * dl))
         grad = term if grad is None else grad + term
     return grad
 
 
-def irls_grad_x(x, w, z_prev, coef, delta, geom, eps: float, detach: bool):
+def irls_grad_x(x, w, z_prev, coef, delta, scale, geom, eps: float, detach: bool, est=None):
     """dL/dx in x's layout, for stride 1 (sh = sw = 1).
 
     Gathered per input rather than scattered from the outputs: input (hp, wp) is in the receptive field of the
@@ -151,11 +208,11 @@ def irls_grad_x(x, w, z_prev, coef, delta, geom, eps: float, detach: bool):
                             (Hs * s_h, s_h, s_w, Og * s_o, s_o, 0, dh * s_h, dw * s_w, 1))
 
     grad = _vote_gradient(votes, [around(t) for t in z_prev], [around(t) for t in coef],
-                          [around(t) for t in delta], eps, detach)
+                          [around(t) for t in delta], eps, detach, est, around(scale[0]) if scale else None)
     return (grad * flipped).sum((4, 6, 7)).permute(0, 3, 4, 1, 2, 5)  # (N, G, Cg, Hp, Wp, L)
 
 
-def irls_grad_w_per_block(x, w, z_prev, coef, delta, geom, eps: float, detach: bool):
+def irls_grad_w_per_block(x, w, z_prev, coef, delta, scale, geom, eps: float, detach: bool, est=None):
     """dL/dw per block of lanes (N, G, Og, Cg, kh, kw); the caller sums over N.
 
     Per block on purpose: summing over the blocks inside the kernel makes every weight re-read all the per-output
@@ -164,7 +221,8 @@ def irls_grad_w_per_block(x, w, z_prev, coef, delta, geom, eps: float, detach: b
     fields = receptive_fields(x, geom, z_prev[0].shape[1], z_prev[0].shape[2])
     votes = fields * w[None, None, None, :, :, :, :, :, None]
     grad = _vote_gradient(votes, [_per_output(t) for t in z_prev], [_per_output(t) for t in coef],
-                          [_per_output(t) for t in delta], eps, detach)
+                          [_per_output(t) for t in delta], eps, detach, est,
+                          _per_output(scale[0]) if scale else None)
     return (grad * fields).sum((1, 2, 8))
 
 
@@ -301,32 +359,34 @@ def _eager_chunks(x, w, z_shape, geom, budget_bytes):
                 yield slice(n0, n0 + n_chunk), slice(h0, h0 + h_chunk), slice(o0, o0 + o_chunk)
 
 
-def _eager_forward(x, w, z0, geom, K, eps, with_s, with_q, budget_bytes):
-    outs = [torch.empty_like(z0) for _ in range(K * (1 + with_s + with_q))]
+def _eager_forward(x, w, z0, geom, K, eps, with_s, with_q, budget_bytes, est):
+    n_scale = int(est is not None and est[3])
+    outs = [torch.empty_like(z0) for _ in range(K * (1 + with_s + with_q) + n_scale)]
     for ns, hs, os_ in _eager_chunks(x, w, z0.shape, geom, budget_bytes):
         xs = x[ns, :, :, hs] if geom == ONE_BY_ONE else x[ns]
-        parts = irls_forward(xs, w[:, os_], z0[ns, hs, :, :, os_], geom, K, eps, with_s, with_q)
-        for out, part in zip(outs, parts[0] + parts[1] + parts[2]):
+        parts = irls_forward(xs, w[:, os_], z0[ns, hs, :, :, os_], geom, K, eps, with_s, with_q, est)
+        for out, part in zip(outs, parts[0] + parts[1] + parts[2] + parts[3]):
             out[ns, hs, :, :, os_] = part
-    return outs[:K], outs[K:K + K * with_s], outs[K + K * with_s:]
+    n_q = K + K * with_s
+    return outs[:K], outs[K:n_q], outs[n_q:n_q + K * with_q], outs[n_q + K * with_q:]
 
 
-def _eager_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes):
-    z_prev, coef, delta = stats
+def _eager_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes, est):
+    z_prev = stats[0]
     grad_x = torch.zeros_like(x) if need_x else None
     grad_w = torch.zeros_like(w) if need_w else None
     for ns, hs, os_ in _eager_chunks(x, w, z_prev[0].shape, geom, budget_bytes):
         part = lambda ts: [t[ns, hs, :, :, os_] for t in ts]  # noqa: E731
-        chunk = (part(z_prev), part(coef), part(delta))
+        chunk = tuple(part(s) for s in stats)
         xs = x[ns, :, :, hs] if geom == ONE_BY_ONE else x[ns]
         if need_x:
-            gx = irls_grad_x(xs, w[:, os_], *chunk, geom, eps, detach)
+            gx = irls_grad_x(xs, w[:, os_], *chunk, geom, eps, detach, est)
             if geom == ONE_BY_ONE:
                 grad_x[ns, :, :, hs] += gx
             else:
                 grad_x[ns] += gx
         if need_w:
-            grad_w[:, os_] += irls_grad_w_per_block(xs, w[:, os_], *chunk, geom, eps, detach).sum(0)
+            grad_w[:, os_] += irls_grad_w_per_block(xs, w[:, os_], *chunk, geom, eps, detach, est).sum(0)
     return grad_x, grad_w
 
 
@@ -336,38 +396,41 @@ def _vote_steps(w, z_shape, steps):
     return N * Ho * Wo * L * G * Og * w.shape[2] * w.shape[3] * w.shape[4] * max(steps, 1)
 
 
-def run_forward(x, w, z0, geom, K: int, eps: float, with_s: bool, with_q: bool, budget_bytes: int):
+def run_forward(x, w, z0, geom, K: int, eps: float, with_s: bool, with_q: bool, budget_bytes: int, est=None):
     """irls_forward on the chosen backend. Raises CompileFailed if compilation fails (the caller reruns)."""
     x, w, z0 = _plain(x, w, z0)
     if will_compile(x.device, _vote_steps(w, z0.shape, K)):
-        return _call_compiled(irls_forward, ("forward", geom, K, eps, with_s, with_q),
-                              (x, w, z0, geom, K, eps, with_s, with_q),
+        return _call_compiled(irls_forward, ("forward", geom, K, eps, with_s, with_q, est),
+                              (x, w, z0, geom, K, eps, with_s, with_q, est),
                               [((x,), _X_DYN), ((w,), _W_DYN), ((z0,), _Z_DYN)])
-    return _eager_forward(x, w, z0, geom, K, eps, with_s, with_q, budget_bytes)
+    return _eager_forward(x, w, z0, geom, K, eps, with_s, with_q, budget_bytes, est)
 
 
-def run_backward(x, w, stats, geom, eps: float, detach: bool, need_x: bool, need_w: bool, budget_bytes: int):
+def run_backward(x, w, stats, geom, eps: float, detach: bool, need_x: bool, need_w: bool, budget_bytes: int,
+                 est=None):
     """(dL/dx, dL/dw) of the unrolled IRLS on the chosen backend; None for a gradient not needed.
 
-    ``stats = (z_prev, coef, delta)`` as in ``_vote_gradient``. A compilation failure here falls back to the eager
+    ``stats = (z_prev, coef, delta, scale)`` as in ``_vote_gradient`` (scale: [] or the relative estimators'
+    per-output scale); ``est`` the estimator (None: L1). A compilation failure here falls back to the eager
     kernels directly (the forward already ran in this layout).
     """
     x, w = _plain(x, w)
     stats = tuple(_plain(*s) for s in stats)
     if will_compile(x.device, _vote_steps(w, stats[0][0].shape, len(stats[0]))):
         try:
-            return _compiled_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes)
+            return _compiled_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes, est)
         except CompileFailed:
             pass
-    return _eager_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes)
+    return _eager_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes, est)
 
 
-def _compiled_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes):
+def _compiled_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes, est):
     # one kernel per gradient: a vote gradient feeding two reductions would be materialised (vote-sized)
     steps = len(stats[0])
     grad_x = grad_w = None
     if need_x:
-        grad_x = _call_compiled(irls_grad_x, ("grad_x", geom, steps, eps, detach), (x, w, *stats, geom, eps, detach),
+        grad_x = _call_compiled(irls_grad_x, ("grad_x", geom, steps, eps, detach, est),
+                                (x, w, *stats, geom, eps, detach, est),
                                 [((x,), _X_DYN), ((w,), _W_DYN), ([t for s in stats for t in s], _Z_DYN)])
     if need_w:
         per_block = w.numel() * x.element_size()
@@ -376,7 +439,7 @@ def _compiled_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_by
         for n0 in range(0, x.shape[0], n_chunk):
             xs = x[n0:n0 + n_chunk]
             part = tuple([t[n0:n0 + n_chunk] for t in s] for s in stats)
-            grad_w += _call_compiled(irls_grad_w_per_block, ("grad_w", geom, steps, eps, detach),
-                                     (xs, w, *part, geom, eps, detach),
+            grad_w += _call_compiled(irls_grad_w_per_block, ("grad_w", geom, steps, eps, detach, est),
+                                     (xs, w, *part, geom, eps, detach, est),
                                      [((xs,), _X_DYN), ((w,), _W_DYN), ([t for s in part for t in s], _Z_DYN)]).sum(0)
     return grad_x, grad_w

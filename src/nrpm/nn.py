@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from . import functional as RF
-from .validation import check_eps, check_K, check_lam
+from .validation import check_eps, check_estimator, check_K, check_lam
 
 __all__ = ["RobustLinear", "RobustConv2d", "RobustMixin", "BACKWARD_MODES", "lam_override", "backward_override"]
 
@@ -43,12 +43,23 @@ _LOGIT_CLAMP = 1e-4
 class RobustMixin:
     """lam/K/eps handling shared by the robust layers."""
 
-    def _init_robust(self, lam, K, eps, learnable_lam, detach_weights, backward_mode):
+    def _init_robust(self, lam, K, eps, learnable_lam, detach_weights, backward_mode, estimator):
         self.K = check_K(K)
         self.eps = check_eps(eps)
+        self.set_estimator(**estimator)
         self.backward_mode = "detached" if detach_weights and backward_mode == "exact" else backward_mode
         device = self.weight.device if self.weight.device.type != "meta" else None
         self._set_lam_storage(float(check_lam(float(lam))), learnable_lam, device)
+
+    def set_estimator(self, norm: str = RF.DEFAULT_NORM, gamma: float = RF.DEFAULT_GAMMA,
+                      delta: float = RF.DEFAULT_DELTA, scale: str = RF.DEFAULT_SCALE) -> None:
+        """Choose the robust estimator (see :data:`nrpm.functional.ESTIMATORS`); validated here, not per call."""
+        check_estimator(norm, gamma, delta, scale)
+        self.norm, self.gamma, self.delta, self.scale = norm, float(gamma), float(delta), scale
+
+    def estimator(self) -> dict:
+        """{'norm', 'gamma', 'delta', 'scale'} of this layer."""
+        return {"norm": self.norm, "gamma": self.gamma, "delta": self.delta, "scale": self.scale}
 
     @property
     def backward_mode(self) -> str:
@@ -143,6 +154,8 @@ class RobustMixin:
     def _robust_repr(self) -> str:
         mode = "learnable" if self.learnable_lam else "fixed"
         extra = f", backward_mode={self._backward_mode!r}" if self._backward_mode != "exact" else ""
+        if self.norm != "l1":
+            extra += f", norm={self.norm!r}, gamma={self.gamma:g}, delta={self.delta:g}, scale={self.scale!r}"
         return f"lam={self.lam_value():.4g} ({mode}), K={self.K}, eps={self.eps:g}{extra}"
 
 
@@ -151,9 +164,11 @@ class RobustLinear(RobustMixin, nn.Linear):
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *,
                  lam=RF.DEFAULT_LAM, K=RF.DEFAULT_K, eps=RF.DEFAULT_EPS, learnable_lam=False,
-                 detach_weights=False, backward_mode="exact"):
+                 detach_weights=False, backward_mode="exact", norm=RF.DEFAULT_NORM, gamma=RF.DEFAULT_GAMMA,
+                 delta=RF.DEFAULT_DELTA, scale=RF.DEFAULT_SCALE):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self._init_robust(lam, K, eps, learnable_lam, detach_weights, backward_mode)
+        self._init_robust(lam, K, eps, learnable_lam, detach_weights, backward_mode,
+                          dict(norm=norm, gamma=gamma, delta=delta, scale=scale))
 
     @classmethod
     def from_module(cls, module: nn.Linear, **robust_kwargs) -> "RobustLinear":
@@ -180,7 +195,7 @@ class RobustLinear(RobustMixin, nn.Linear):
 
     def _robust_forward(self, x: torch.Tensor, detach_weights: bool) -> torch.Tensor:
         return RF.robust_linear(x, self.weight, self.bias, lam=self._lam_for_forward(), K=self.K, eps=self.eps,
-                                detach_weights=detach_weights)
+                                detach_weights=detach_weights, **self.estimator())
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._robust_repr()}"
@@ -196,11 +211,13 @@ class RobustConv2d(RobustMixin, nn.Conv2d):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", device=None, dtype=None, *, lam=RF.DEFAULT_LAM,
                  K=RF.DEFAULT_K, eps=RF.DEFAULT_EPS, learnable_lam=False, detach_weights=False,
-                 backward_mode="exact"):
+                 backward_mode="exact", norm=RF.DEFAULT_NORM, gamma=RF.DEFAULT_GAMMA, delta=RF.DEFAULT_DELTA,
+                 scale=RF.DEFAULT_SCALE):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode, device=device,
                          dtype=dtype)
-        self._init_robust(lam, K, eps, learnable_lam, detach_weights, backward_mode)
+        self._init_robust(lam, K, eps, learnable_lam, detach_weights, backward_mode,
+                          dict(norm=norm, gamma=gamma, delta=delta, scale=scale))
 
     @classmethod
     def from_module(cls, module: nn.Conv2d, **robust_kwargs) -> "RobustConv2d":
@@ -236,7 +253,7 @@ class RobustConv2d(RobustMixin, nn.Conv2d):
             padding = 0
         return RF.robust_conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups,
                                 lam=self._lam_for_forward(), K=self.K, eps=self.eps,
-                                detach_weights=detach_weights)
+                                detach_weights=detach_weights, **self.estimator())
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._robust_repr()}"

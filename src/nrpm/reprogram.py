@@ -26,7 +26,7 @@ from . import functional as RF
 from ._io import atomic_write
 from .nn import BACKWARD_MODES, RobustConv2d, RobustLinear, RobustMixin
 from .targets import canonical_name, matches, module_aliases, normalize_pattern
-from .validation import check_eps, check_K, check_lam
+from .validation import check_eps, check_estimator, check_K, check_lam
 
 __all__ = [
     "ReprogramConfig",
@@ -64,6 +64,9 @@ class ReprogramConfig:
     lam_per_layer: optional {name: lam} overriding ``lam`` for some layers (names of reprogrammed layers).
     backward_mode: "exact", "detached" (IRLS weights constant in the backward; ``detach_weights=True`` is the
     older spelling) or "plain" (BPDA: the plain layer's backward); see :mod:`nrpm.nn`.
+    norm, gamma, delta, scale: the robust estimator ("l1" default, "mcp", "huber", "hm"; gamma / delta in vote
+    units for scale "absolute" as in the official code, or in units of each output's mean absolute residual for
+    "relative"); see :mod:`nrpm.functional`.
     """
 
     lam: float = RF.DEFAULT_LAM
@@ -77,11 +80,16 @@ class ReprogramConfig:
     lam_per_layer: dict[str, float] | None = None
     detach_weights: bool = False
     backward_mode: str = "exact"
+    norm: str = RF.DEFAULT_NORM
+    gamma: float = RF.DEFAULT_GAMMA
+    delta: float = RF.DEFAULT_DELTA
+    scale: str = RF.DEFAULT_SCALE
 
     def __post_init__(self):
         check_K(self.K)
         check_eps(self.eps)
         check_lam(self.lam)
+        check_estimator(self.norm, self.gamma, self.delta, self.scale)
         if self.detach_weights and self.backward_mode == "exact":
             self.backward_mode = "detached"  # the older spelling of that gradient mode
         if self.backward_mode not in BACKWARD_MODES:
@@ -204,6 +212,10 @@ def _check_lam_per_layer(config: ReprogramConfig, selected: dict[int, list[str]]
                          f"{[aliases[0] for aliases in selected.values()]}")
 
 
+def _estimator(config: ReprogramConfig) -> dict:
+    return {"norm": config.norm, "gamma": config.gamma, "delta": config.delta, "scale": config.scale}
+
+
 def _lam_for(config: ReprogramConfig, names: list[str]) -> float:
     per_layer = config.lam_per_layer or {}
     given = {per_layer[n] for n in names if n in per_layer}
@@ -229,7 +241,7 @@ def reprogram(model: nn.Module, config: ReprogramConfig | None = None, **overrid
         module = model.get_submodule(names[0])
         robust = _SUPPORTED[type(module)].from_module(module, lam=_lam_for(config, names), K=config.K,
                                                       eps=config.eps, learnable_lam=learnable,
-                                                      backward_mode=config.backward_mode)
+                                                      backward_mode=config.backward_mode, **_estimator(config))
         for name in names:  # every alias gets the same robust module, so sharing survives
             _replace(model, name, robust)
     for pname, p in model.named_parameters():
@@ -363,6 +375,7 @@ def load_reprogramming(model: nn.Module, path_or_state) -> nn.Module:
     for name, value in saved.items():
         layer = layers[name]
         layer.K, layer.eps, layer.backward_mode = config.K, config.eps, config.backward_mode
+        layer.set_estimator(**_estimator(config))
         layer.set_learnable_lam(learnable.get(name, layer.learnable_lam))
         layer.set_lam(value)
     return model

@@ -14,10 +14,32 @@ from typing import Union
 
 import torch
 
-__all__ = ["check_K", "check_eps", "check_lam", "check_floating", "check_count", "check_nonneg",
+__all__ = ["check_estimator", "ESTIMATORS", "SCALES", "DEFAULT_NORM", "DEFAULT_GAMMA", "DEFAULT_DELTA",
+           "DEFAULT_SCALE", "check_K", "check_eps", "check_lam", "check_floating", "check_count", "check_nonneg",
            "check_positive", "check_budget", "check_norm", "check_batch", "LamType"]
 
 LamType = Union[float, torch.Tensor]
+
+#: the robust estimators (IRLS weightings) of the official code; "l1" is the paper's
+ESTIMATORS = ("l1", "mcp", "huber", "hm")
+#: "absolute": gamma / delta in vote units (as the official code); "relative": in units of a per-output scale
+SCALES = ("absolute", "relative")
+DEFAULT_NORM, DEFAULT_GAMMA, DEFAULT_DELTA, DEFAULT_SCALE = "l1", 4.0, 3.0, "absolute"
+
+
+def check_estimator(norm, gamma, delta, scale):
+    """The estimator as the kernels' static key: None for L1 (which ignores gamma and delta), else
+    ``(norm, gamma, delta, relative)``. gamma > 0 and delta > 0 (HM: gamma > delta)."""
+    if norm not in ESTIMATORS:
+        raise ValueError(f"unknown estimator norm={norm!r}; choose one of {', '.join(ESTIMATORS)}")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    gamma, delta = check_positive(gamma, "gamma"), check_positive(delta, "delta")
+    if norm == "hm" and not gamma > delta:
+        raise ValueError(f"the HM estimator needs gamma > delta, got gamma={gamma:g}, delta={delta:g}")
+    if norm == "l1":
+        return None
+    return (norm, gamma, delta, scale == "relative")
 
 
 def check_K(K) -> int:
