@@ -6,6 +6,9 @@ budgets and step counts: a plain reprogrammed model must pass, deliberately grad
 
 import argparse
 import json
+import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,10 +68,12 @@ class _ZeroGrad(torch.autograd.Function):
 
 
 class MaskedRobustLinear(nrpm.RobustLinear):
-    """A robust layer whose backward is broken (returns zero): BPDA and transfer must expose it."""
+    """A robust layer whose robust computation has a broken backward (returns zero): BPDA and transfer must
+    expose it. The masking sits inside the robust path, where an NRPM layer's own would be: BPDA
+    (``backward_mode="plain"``) replaces exactly that backward with the plain layer's."""
 
-    def forward(self, x):
-        return _ZeroGrad.apply(super().forward(x))
+    def _robust_forward(self, x, detach_weights):
+        return _ZeroGrad.apply(super()._robust_forward(x, detach_weights))
 
 
 class Noisy(nn.Module):
@@ -157,15 +162,15 @@ def test_check1_flags_randomness_and_a_wrong_base(samples):
     layers = nrpm.robust_layers
     good = _reprogrammed(_trained_linear())
     base = nrpm.undo_reprogramming(_reprogrammed(_trained_linear()))
-    ok = AU._check_lam_and_determinism(good, base, layers(good), x, 64, torch.device("cpu"), AU.Tolerances())
+    ok = AU.check_lam_and_determinism(good, base, layers(good), x, 64, torch.device("cpu"), AU.Tolerances())
     assert ok.verdict == PASS and ok.numbers["lam1_max_abs_diff"] == 0.0
 
     noisy = _reprogrammed(nn.Sequential(Noisy(), _trained_linear()))
-    bad = AU._check_lam_and_determinism(noisy, None, layers(noisy), x, 64, torch.device("cpu"), AU.Tolerances())
+    bad = AU.check_lam_and_determinism(noisy, None, layers(noisy), x, 64, torch.device("cpu"), AU.Tolerances())
     assert bad.verdict == FAIL
 
     other = nn.Sequential(nn.Linear(D, N_CLASSES))  # different weights: lam = 1 cannot reproduce it
-    wrong = AU._check_lam_and_determinism(good, other, layers(good), x, 64, torch.device("cpu"), AU.Tolerances())
+    wrong = AU.check_lam_and_determinism(good, other, layers(good), x, 64, torch.device("cpu"), AU.Tolerances())
     assert wrong.verdict == FAIL
 
 
@@ -230,7 +235,7 @@ def test_report_files_and_resume(samples, tmp_path, monkeypatch):
     def no_attacks(*args, **kwargs):
         raise AssertionError("a cached cell was recomputed")
 
-    monkeypatch.setattr(AU._Runner, "_attack", no_attacks)
+    monkeypatch.setattr(AU.cells.CellRunner, "attack_candidates", no_attacks)
     second = run_audit(model, *samples, **kwargs)
     assert [(c["attack"], c["accuracy"]) for c in second.cells] == [(c["attack"], c["accuracy"]) for c in first.cells]
     assert [c.verdict for c in second.checks] == [c.verdict for c in first.checks]
@@ -306,9 +311,9 @@ def test_verdict_rules_for_the_budget_curve_and_autoattack():
     settings = {"clean_accuracy": {"nrpm": 0.9}, "norm": "Linf"}
     rising = _fake_runner({("pgd", 0.1): 0.3, ("pgd", 0.2): 0.5})
     zero = torch.zeros(100, dtype=torch.bool)
-    assert AU._check_budget_curve(rising, [0.1, 0.2], settings, zero, 1.0, 100, tol).verdict == FAIL
+    assert AU.check_budget_curve(rising, [0.1, 0.2], settings, zero, 1.0, 100, tol).verdict == FAIL
     falling = _fake_runner({("pgd", 0.1): 0.5, ("pgd", 0.2): 0.3})
-    assert AU._check_budget_curve(falling, [0.1, 0.2], settings, zero, 1.0, 100, tol).verdict == PASS
+    assert AU.check_budget_curve(falling, [0.1, 0.2], settings, zero, 1.0, 100, tol).verdict == PASS
 
     def check7(aa_acc, flags=()):
         runner = _fake_runner({("pgd", 0.1): 0.40, ("apgd-ce", 0.1): 0.38, ("autoattack", 0.1): aa_acc})
@@ -317,7 +322,7 @@ def test_verdict_rules_for_the_budget_curve_and_autoattack():
             m = runner.masks.get((tag, key, round(b, 10)))
             return None if m is None else int(m.sum()) / len(m)
 
-        return AU._check_autoattack(a, runner, [0.1], 100, tol, {}, list(flags), 1.0).verdict
+        return AU.check_autoattack(a, runner, [0.1], 100, tol, {}, list(flags), 1.0).verdict
 
     assert check7(0.37) == PASS      # within 2 points of the strongest (APGD-CE 38%)
     assert check7(0.35) == WARN      # 3 points lower: within twice the tolerance
@@ -352,3 +357,107 @@ def test_cli_audit_of_a_saved_reprogramming_next_to_the_paper_checkpoint(shared_
     assert layers["fc1"]["learnable"] and abs(layers["fc1"]["lam"] - 0.7) < 1e-6 and layers["fc1"]["K"] == 1
     assert data["settings"]["model_labels"]["plain"] == "plain (paper checkpoint)"
     assert data["checks"][0]["verdict"] == PASS  # lam = 1 (infinite logit) reproduces the base model
+
+
+# ------------------------------------------------------------------------------------------ configuration
+QUICK = dict(compare_plain=False, autoattack=False, apgd_steps=2, square_queries=5, seed=0)
+
+
+def test_audit_config_validates_and_keywords_override_it(samples):
+    config = AU.AuditConfig(budgets=[0.2, 0.1, 0], steps=3)
+    assert config.budgets == [0.1, 0.2] and config.tolerances == AU.Tolerances()
+    with pytest.raises(ValueError, match="alpha must be a number > 0"):
+        AU.AuditConfig(budgets=[0.1], alpha=-1.0)
+    with pytest.raises(ValueError, match="steps must be an integer"):
+        AU.AuditConfig(budgets=[0.1], steps=True)
+    with pytest.raises(TypeError):
+        run_audit(_reprogrammed(_trained_linear()), *samples, budgets=[0.1], stpes=3)  # misspelt: refused
+
+    model = _reprogrammed(_trained_linear())
+    x, y = samples[0][:30], samples[1][:30]
+    by_config = run_audit(model, x, y, AU.AuditConfig(budgets=[0.2], steps=2, **QUICK))
+    by_override = run_audit(model, x, y, AU.AuditConfig(budgets=[0.2], steps=7, **QUICK), steps=2)
+    assert by_override.settings["steps"] == 2
+    assert [(c["attack"], c["correct"]) for c in by_override.cells] == [(c["attack"], c["correct"])
+                                                                        for c in by_config.cells]
+
+
+# ------------------------------------------------------------------------------------------ public layer APIs only
+_PRIVATE_LAYER_STATE = ("_buffers", "lam_logit.fill_", ".forward =", "_lam_storage", "_set_lam_storage",
+                        "_robust_forward", "_forward_with_mode", "_fixed_lam", "detach_weights")
+
+
+def test_the_audit_uses_no_private_layer_state(samples):
+    for path in Path(AU.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        for needle in _PRIVATE_LAYER_STATE:
+            assert needle not in text, f"nrpm/audit/{path.name} uses {needle!r}"
+
+    # a learnable lam (paradigm 2): lam_one and the audit's lam override go through nrpm.nn.lam_override
+    model = nrpm.reprogram(_trained_linear(), nrpm.ReprogramConfig(lam=0.3, K=1, paradigm=2))
+    (logit,) = nrpm.lam_parameters(model)
+    before = logit.detach().clone()
+    with lam_one(model):
+        assert logit.item() == math.inf and nrpm.robust_layers(model)["0"].lam_value() == 1.0
+    assert torch.equal(logit.detach(), before)
+    x, y = samples[0][:30], samples[1][:30]
+    report = run_audit(model, x, y, budgets=[0.2], lam=0.6, steps=2, **QUICK)
+    assert torch.equal(logit.detach(), before) and logit.requires_grad
+    layer = report.settings["robust_layers"]["0"]
+    assert layer["learnable"] and abs(layer["lam"] - 0.6) < 1e-6
+    assert report.check(1).verdict == PASS, report.check(1)  # lam = 1 (an infinite logit) is the base model
+    assert not report.errors
+
+
+# ------------------------------------------------------------------------------------------ damaged cache
+def test_a_damaged_cache_is_refused_naming_the_file(samples, tmp_path):
+    model = _reprogrammed(_trained_linear())
+    x, y = samples[0][:20], samples[1][:20]
+    cache = tmp_path / "cache.json"
+    kwargs = dict(budgets=[0.2], steps=1, cache_path=cache, **QUICK)
+    run_audit(model, x, y, **kwargs)
+    good = json.loads(cache.read_text())
+    key = next(iter(good["cells"]))
+    damaged = ["{not json", "", "[]", "null", json.dumps({**good, "cells": []}),
+               json.dumps({**good, "cells": {**good["cells"], key: {"seconds": 0.1}}}),        # no mask
+               json.dumps({**good, "cells": {**good["cells"], key: {"mask": "01", "seconds": 0.1}}})]  # too short
+    for text in damaged:
+        cache.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(str(cache)) + ".*--overwrite"):
+            run_audit(model, x, y, **kwargs)
+    cache.write_text(json.dumps(good))
+    assert run_audit(model, x, y, **kwargs).cells  # the intact cache still resumes
+
+
+# ------------------------------------------------------------------------------------------ plot
+def _rgb(colour):
+    return tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def test_plot_styles_one_colour_family_per_attack_family(good_report, tmp_path):
+    from nrpm.audit.report import WORST_CASE, attack_family
+
+    attacks = ["pgd", "fgsm", "apgd-ce", "apgd-dlr", "square", "noise", "transfer", "bpda", "detached", "autoattack"]
+    styles = AU.curve_styles(attacks + [WORST_CASE, f"plain {WORST_CASE}"])
+    families = {}
+    for key in attacks:
+        families.setdefault(attack_family(key), []).append(styles[key])
+    assert set(families) == {"pgd", "apgd", "blackbox", "adaptive", "fgsm", "autoattack"}
+    colours = [s["color"] for s in styles.values() if s["color"] != "black"]
+    assert len(set(colours)) == len(colours)                    # every curve its own shade
+    for family, members in families.items():
+        assert len({s["marker"] for s in members}) == 1         # one marker per family
+    hue_rules = {"pgd": lambda r, g, b: b > r and b > g, "apgd": lambda r, g, b: g > r and g > b,
+                 "blackbox": lambda r, g, b: r > g > b, "adaptive": lambda r, g, b: b > g and r > g,
+                 "fgsm": lambda r, g, b: r == g == b, "autoattack": lambda r, g, b: r > 2 * g and r > 2 * b}
+    for family, members in families.items():
+        assert all(hue_rules[family](*_rgb(s["color"])) for s in members), (family, members)
+    bold = styles[WORST_CASE]
+    assert bold["color"] == "black" and bold["linewidth"] > max(styles[k]["linewidth"] for k in attacks)
+    assert styles[f"plain {WORST_CASE}"]["linestyle"] == "--"
+
+    curves = good_report.curve_data()
+    assert list(curves)[-1] == WORST_CASE and {"pgd", "autoattack", "transfer"} <= set(curves)
+    path = tmp_path / "audit.png"
+    good_report.plot(path)
+    assert path.stat().st_size > 0

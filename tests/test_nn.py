@@ -251,3 +251,13 @@ def test_layers_carry_their_estimator():
     fresh = nn.Sequential(nn.Linear(4, 3))
     nrpm.load_reprogramming(fresh, state)
     assert fresh[0].estimator() == {"norm": "mcp", "gamma": 0.5, "delta": 3.0, "scale": "relative"}
+
+
+def test_lam_override_restores_the_exact_python_lam():
+    import nrpm
+
+    model = nn.Sequential(nn.Linear(3, 2))
+    nrpm.reprogram(model, nrpm.ReprogramConfig(lam=0.8))
+    with nrpm.lam_override(model, 1.0):
+        pass
+    assert nrpm.lam_table(model) == {"0": 0.8}  # not 0.800000011920929 read back from float32

@@ -279,7 +279,8 @@ def lam_override(model: nn.Module, value: float | dict[str, float]) -> Iterator[
     else:
         value = check_lam(float(value))
         targets = {name: value for name in layers}
-    saved = [(layer._lam_storage(), layer._lam_storage().detach().clone()) for layer in layers.values()]
+    saved = [(layer._lam_storage(), layer._lam_storage().detach().clone(), layer._fixed_lam)
+             for layer in layers.values()]
     try:
         with torch.no_grad():
             for name, v in targets.items():
@@ -293,10 +294,9 @@ def lam_override(model: nn.Module, value: float | dict[str, float]) -> Iterator[
         yield model
     finally:
         with torch.no_grad():
-            for (tensor, old), layer in zip(saved, layers.values()):
+            for (tensor, old, fixed), layer in zip(saved, layers.values()):
                 tensor.copy_(old)
-                if not layer.learnable_lam:
-                    layer._fixed_lam = float(old)
+                layer._fixed_lam = fixed  # the exact Python value (float32 storage would round 0.8)
 
 
 @contextlib.contextmanager

@@ -78,22 +78,31 @@ def write_grid_csv(path, cells: Sequence[dict]) -> None:
 
 
 def plot_curves(path, curves: dict[str, tuple[Sequence[float], Sequence[float]]], *, title: str,
-                xlabel: str = "budget", ylabel: str = "accuracy (%)") -> None:
-    """One line per curve name: {label: (budgets, accuracies in [0, 1])}; saved atomically as PNG."""
+                xlabel: str = "budget", ylabel: str = "accuracy (%)", styles: dict[str, dict] | None = None,
+                legend_outside: bool = False) -> None:
+    """One line per curve name: {label: (budgets, accuracies in [0, 1])}; saved atomically as PNG.
+
+    ``styles``: {label: keyword arguments of ``Axes.plot``} (colour, marker, linewidth, ...) overriding the default
+    style of those curves. ``legend_outside``: the legend right of the axes instead of over the curves.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # headless: never needs a display
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(8.8, 4.2) if legend_outside else (6.4, 4.2))
     # the default cycle has 10 colours, and a full lam sweep has 11 curves: past 10, colour them in order instead
     colors = plt.cm.viridis([i / max(len(curves) - 1, 1) * 0.95 for i in range(len(curves))]) \
         if len(curves) > 10 else [None] * len(curves)
     for (label, (xs, ys)), color in zip(curves.items(), colors):
-        ax.plot(xs, [100 * v for v in ys], marker="o", label=label, color=color)
+        style = {"marker": "o", "color": color, **(styles or {}).get(label, {})}
+        ax.plot(xs, [100 * v for v in ys], label=label, **style)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=(-2, 102))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2 if len(curves) > 6 else 1)
+    if legend_outside:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    else:
+        ax.legend(fontsize=8, ncol=2 if len(curves) > 6 else 1)
     fig.tight_layout()
     try:
         atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)

@@ -1,0 +1,47 @@
+"""An adaptive-attack audit: does a (reprogrammed) model's robustness survive the checks that expose gradient
+masking? One call, ``run_audit(model, x, y, budgets=...)``, returns an :class:`AuditReport` with seven checks,
+each with its numbers and a pass / warn / fail verdict, following Carlini et al. (2019), "On Evaluating
+Adversarial Robustness", Tramer et al. (2020), "On Adaptive Attacks to Adversarial Example Defenses", and
+AutoAttack's built-in flags:
+
+1. lam = 1 reproduces the base model's logits, and the model is deterministic;
+2. input gradients are finite and non-zero on the evaluated samples;
+3. robust accuracy falls as the budget grows and reaches about 0 at an unbounded budget (Linf 1.0);
+4. more PGD steps (x4) and restarts (x5), and half the step size with twice the steps, find (almost) nothing more;
+5. the black-box Square attack and random noise of the same budget are not stronger than the white-box attacks;
+6. transfer from the plain (lam = 1) model, a BPDA attack (the robust layers' backward replaced by the plain
+   linear one) and PGD with the IRLS weights detached in the backward pass are not stronger than direct PGD;
+7. AutoAttack (standard) agrees with the strongest of the above.
+
+Accuracy comparisons use a stated tolerance ``tol`` (default 2 percentage points, never less than one sample):
+a difference within ``tol`` passes, within ``2 * tol`` warns, beyond fails. Every attack also yields per-sample
+results, so the report gives, per budget, the *worst case over all attacks* (a sample counts as robust only if
+no attack broke it): the number to quote.
+
+Works on any ``nn.Module`` mapping inputs in [0, 1] to logits; the lam-specific parts (check 1's lam = 1, check 6)
+use the robust layers of an nrpm-reprogrammed model, or a plain reference model passed as ``base_model``.
+
+The package, one module per concern:
+
+* :mod:`~nrpm.audit.checks`: the seven checks as public functions over attack results, :class:`Tolerances`,
+  :class:`CheckResult`, the verdicts and the grading rules;
+* :mod:`~nrpm.audit.adaptive`: the attacks aimed at NRPM (transfer, BPDA, detached IRLS weights) and the
+  :func:`straight_through` / :func:`lam_one` overrides, built on :mod:`nrpm.attacks` and :mod:`nrpm.nn`;
+* :mod:`~nrpm.audit.cells`: running one (model, attack, budget) cell, and the resumable cache of their results;
+* :mod:`~nrpm.audit.runner`: :class:`AuditConfig`, the attack plan and :func:`run_audit`;
+* :mod:`~nrpm.audit.report`: :class:`AuditReport` (markdown, table, plot, files) and :func:`collate_reports`.
+"""
+
+from .adaptive import bpda_pgd, detached_irls_pgd, lam_one, straight_through, transfer_pgd
+from .checks import (FAIL, PASS, SKIP, WARN, CheckResult, Tolerances, check_autoattack, check_blackbox,
+                     check_budget_curve, check_gradients, check_lam_and_determinism, check_steps, check_transfer,
+                     grade, worst)
+from .cells import CACHE_FORMAT
+from .report import AUDIT_FORMAT, AuditReport, collate_reports, curve_styles
+from .runner import AuditConfig, run_audit
+
+__all__ = ["Tolerances", "CheckResult", "AuditReport", "run_audit", "straight_through", "lam_one",
+           "collate_reports", "PASS", "WARN", "FAIL", "SKIP",
+           "AuditConfig", "AUDIT_FORMAT", "CACHE_FORMAT", "grade", "worst", "curve_styles",
+           "check_lam_and_determinism", "check_gradients", "check_budget_curve", "check_steps", "check_blackbox",
+           "check_transfer", "check_autoattack", "transfer_pgd", "bpda_pgd", "detached_irls_pgd"]
