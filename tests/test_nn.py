@@ -261,3 +261,17 @@ def test_lam_override_restores_the_exact_python_lam():
     with nrpm.lam_override(model, 1.0):
         pass
     assert nrpm.lam_table(model) == {"0": 0.8}  # not 0.800000011920929 read back from float32
+
+
+def test_irls_override_smooths_and_restores():
+    import nrpm
+
+    model = nn.Sequential(nn.Linear(6, 3))
+    nrpm.reprogram(model, nrpm.ReprogramConfig(lam=0.3, K=3, eps=1e-3))
+    x = torch.rand(4, 6)
+    with nrpm.nn.irls_override(model, eps_scale=10, K=1):
+        layer = model[0]
+        assert (layer.eps, layer.K) == (pytest.approx(1e-2), 1)
+        smooth = model(x)
+    assert (model[0].eps, model[0].K) == (1e-3, 3)
+    torch.testing.assert_close(smooth, RF.robust_linear(x, layer.weight, layer.bias, lam=0.3, K=1, eps=1e-2))

@@ -32,7 +32,8 @@ from torch import nn
 from . import functional as RF
 from .validation import check_eps, check_estimator, check_K, check_lam
 
-__all__ = ["RobustLinear", "RobustConv2d", "RobustMixin", "BACKWARD_MODES", "lam_override", "backward_override"]
+__all__ = ["RobustLinear", "RobustConv2d", "RobustMixin", "BACKWARD_MODES", "lam_override", "backward_override",
+           "irls_override"]
 
 BACKWARD_MODES = ("exact", "detached", "plain")
 
@@ -313,3 +314,24 @@ def backward_override(model: nn.Module, mode: str) -> Iterator[nn.Module]:
     finally:
         for layer, old in zip(layers, saved):
             layer.backward_mode = old
+
+
+@contextlib.contextmanager
+def irls_override(model: nn.Module, *, eps_scale: float = 1.0, K: int | None = None) -> Iterator[nn.Module]:
+    """Every robust layer of ``model`` with its IRLS ``eps`` multiplied by ``eps_scale`` and, if given, ``K``
+    steps at most, inside the block; restored on exit. A smoother estimator than the model's own, e.g. for an
+    adaptive attack that takes its gradient there (weights 1/(|r| + eps) are sharp for a small eps)."""
+    scale = check_eps(eps_scale)
+    if K is not None:
+        K = check_K(K)
+    layers = list(_robust_modules(model).values())
+    saved = [(layer.eps, layer.K) for layer in layers]
+    try:
+        for layer in layers:
+            layer.eps = layer.eps * scale
+            if K is not None:
+                layer.K = min(layer.K, K)
+        yield model
+    finally:
+        for layer, (eps, steps) in zip(layers, saved):
+            layer.eps, layer.K = eps, steps
