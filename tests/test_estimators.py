@@ -146,3 +146,25 @@ def test_compiled_kernels_match_eager_for_an_estimator():
         RF.set_backend(previous)
     for eager, compiled in zip(*results):
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_a_parameter_sweep_reuses_the_compiled_kernels(monkeypatch):
+    """gamma / delta are runtime values of the compiled kernels: a new value must not compile new kernels."""
+    from nrpm import _kernels
+
+    keys = []
+    real_get = _kernels._compiled.get
+    monkeypatch.setattr(_kernels._compiled, "get", lambda kernel, key: (keys.append(key), real_get(kernel, key))[1])
+    previous = RF.get_backend()
+    x = torch.rand(32, 40)
+    w = torch.randn(6, 40) / 6
+    try:
+        RF.set_backend("compiled")
+        outs = [robust_linear(x, w, None, lam=0.2, K=2, eps=EPS, norm="hm", gamma=g, delta=0.5, scale="relative")
+                for g in (2.0, 3.0)]
+    finally:
+        RF.set_backend(previous)
+    assert len(set(keys)) == 1 and len(keys) == 2
+    assert not torch.allclose(outs[0], outs[1])
+    want = naive_linear(x, w, None, 0.2, 2, EPS, norm="hm", gamma=3.0, delta=0.5, scale="relative")
+    torch.testing.assert_close(outs[1], want, rtol=1e-4, atol=1e-5)

@@ -396,11 +396,21 @@ def _vote_steps(w, z_shape, steps):
     return N * Ho * Wo * L * G * Og * w.shape[2] * w.shape[3] * w.shape[4] * max(steps, 1)
 
 
+def _runtime_estimator(est, like: torch.Tensor):
+    """(est with gamma and delta as 0-d tensors, its static part for the compiled kernels' key): the kernels are
+    compiled once per estimator kind, not once per parameter value (a parameter sweep would recompile each)."""
+    if est is None:
+        return None, None
+    norm, gamma, delta, relative = est
+    return (norm, like.new_tensor(gamma), like.new_tensor(delta), relative), (norm, relative)
+
+
 def run_forward(x, w, z0, geom, K: int, eps: float, with_s: bool, with_q: bool, budget_bytes: int, est=None):
     """irls_forward on the chosen backend. Raises CompileFailed if compilation fails (the caller reruns)."""
     x, w, z0 = _plain(x, w, z0)
     if will_compile(x.device, _vote_steps(w, z0.shape, K)):
-        return _call_compiled(irls_forward, ("forward", geom, K, eps, with_s, with_q, est),
+        est, kind = _runtime_estimator(est, z0)
+        return _call_compiled(irls_forward, ("forward", geom, K, eps, with_s, with_q, kind),
                               (x, w, z0, geom, K, eps, with_s, with_q, est),
                               [((x,), _X_DYN), ((w,), _W_DYN), ((z0,), _Z_DYN)])
     return _eager_forward(x, w, z0, geom, K, eps, with_s, with_q, budget_bytes, est)
@@ -427,9 +437,10 @@ def run_backward(x, w, stats, geom, eps: float, detach: bool, need_x: bool, need
 def _compiled_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes, est):
     # one kernel per gradient: a vote gradient feeding two reductions would be materialised (vote-sized)
     steps = len(stats[0])
+    est, kind = _runtime_estimator(est, x)
     grad_x = grad_w = None
     if need_x:
-        grad_x = _call_compiled(irls_grad_x, ("grad_x", geom, steps, eps, detach, est),
+        grad_x = _call_compiled(irls_grad_x, ("grad_x", geom, steps, eps, detach, kind),
                                 (x, w, *stats, geom, eps, detach, est),
                                 [((x,), _X_DYN), ((w,), _W_DYN), ([t for s in stats for t in s], _Z_DYN)])
     if need_w:
@@ -439,7 +450,7 @@ def _compiled_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_by
         for n0 in range(0, x.shape[0], n_chunk):
             xs = x[n0:n0 + n_chunk]
             part = tuple([t[n0:n0 + n_chunk] for t in s] for s in stats)
-            grad_w += _call_compiled(irls_grad_w_per_block, ("grad_w", geom, steps, eps, detach, est),
+            grad_w += _call_compiled(irls_grad_w_per_block, ("grad_w", geom, steps, eps, detach, kind),
                                      (xs, w, *part, geom, eps, detach, est),
                                      [((xs,), _X_DYN), ((w,), _W_DYN), ([t for s in part for t in s], _Z_DYN)]).sum(0)
     return grad_x, grad_w
