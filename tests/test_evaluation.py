@@ -1,6 +1,8 @@
 """nrpm eval end to end on a tiny subset: outputs, resume, and clear errors."""
 
+import csv
 import json
+import re
 
 import pytest
 
@@ -55,23 +57,23 @@ def test_cli_eval_prints_table(shared_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["eval", "--model", "nosuchnet"], "nosuchnet"),
+    (["eval", "--model", "nosuchnet"], "unknown model 'nosuchnet'"),
     (["eval", "--model", "mlp3", "--budgets", "-0.1"], "budgets must be >= 0"),
     (["eval", "--model", "mlp3", "--lam", "1.5"], "lam values must lie in [0, 1]"),
     (["eval", "--model", "mlp3", "--attack", "nosuchattack"], "unknown attack"),
     (["eval", "--model", "mlp3", "--attack-arg", "stepz=3", "--attack", "pgd"], "stepz"),
     (["eval", "--model", "mlp2"], "no released checkpoint"),
-    (["eval", "--model", "mlp3", "--threads", "0"], "--threads must be >= 1"),
+    (["eval", "--model", "mlp3", "--threads", "0"], "--threads: must be >= 1"),
 ])
 def test_cli_bad_input_gives_clear_error(argv, message, capsys):
+    # exit 2 and one line 'nrpm eval: error: ...', whether argparse or the command finds the problem
     try:
         code = cli.main(argv + ["--no-progress", "--n-samples", "5"])
     except SystemExit as exit_:
-        code, err = exit_.code, str(exit_)
-    else:
-        err = capsys.readouterr().err
-    assert code != 0
-    assert message in (err if isinstance(err, str) else "") + capsys.readouterr().err
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("nrpm eval: error: ") and err.count("\n") == 1 and message in err
 
 
 def test_cli_missing_data_names_the_path(shared_dir, tmp_path, capsys):
@@ -108,3 +110,29 @@ def test_cli_eval_names_the_run_that_holds_the_folder(shared_dir, tmp_path, caps
                          "--out", str(tmp_path), "--no-progress", "--threads", "1"])
     assert code == 2
     assert "is in use by nrpm eval (pid" in capsys.readouterr().err
+
+
+def test_every_output_holds_every_cell_on_file(shared_dir, tmp_path):
+    # a partial rerun into the folder: csv, table.md and the plot show the earlier cells too, not only the new ones
+    run_eval(_settings(lams=[1.0], budgets=[0.0]), tmp_path, progress=False)
+    run_eval(_settings(lams=[0.5], budgets=[0.0, 0.1]), tmp_path, progress=False)
+    with open(tmp_path / "results.csv", newline="") as f:
+        rows = {(float(r["lam"]), float(r["budget"])) for r in csv.DictReader(f)}
+    assert rows == {(1.0, 0.0), (0.5, 0.0), (0.5, 0.1)}
+    table = (tmp_path / "table.md").read_text()
+    assert "| lam | clean | 0.1 |" in table and "| 0.5 | " in table
+    assert re.search(r"\| 1 \| [0-9.]+ \| … \|", table)  # (1, 0.1) was never evaluated
+
+
+def test_an_interrupted_run_leaves_every_output_of_its_finished_cells(shared_dir, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(A, "robust_accuracy", interrupted)  # the clean cell finishes, the attacked one is cut
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(_settings(lams=[1.0], budgets=[0.0, 0.1]), tmp_path, progress=False)
+    for name in ("results.json", "results.csv", "table.md", "accuracy.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert len(json.loads((tmp_path / "results.json").read_text())["cells"]) == 1
+    assert len((tmp_path / "results.csv").read_text().splitlines()) == 2  # header + the finished cell
+    assert re.search(r"\| 1 \| [0-9.]+ \|", (tmp_path / "table.md").read_text())

@@ -1,45 +1,72 @@
 """Evaluation: build a (reprogrammed) model and measure clean and robust accuracy over a (lam x budget) grid.
 
-Results are written after every finished cell (atomically), so a run of hours can be interrupted and resumed
-without redoing finished (lam, budget) cells, provided the settings that define a cell did not change.
+The model is a registry name with its weights (``checkpoint``: 'pretrained', a path or 'none'), reprogrammed
+either by hand (paradigm 1: ``lams``, ``K``, ``eps``, ``layers``) or by a *stored reprogramming*: the per-layer lam,
+K, eps and layers that ``nrpm reprogram`` trained, embedded in a paradigm-3 ``model.pt`` (given as the checkpoint)
+or saved as ``reprogramming.pt`` (``reprogramming``, paradigm 2, applied to the checkpoint's weights). With a
+stored reprogramming the grid row ``lam = "trained"`` (the default) keeps each layer's stored lam, a numeric lam
+sets every layer to it, and an explicit K or eps overrides the stored one in every layer; results.json records
+what was applied and from which file.
+
+Results are written after every finished cell (atomically): results.json, results.csv, table.md and
+accuracy.png, each from every cell on file (also those of earlier runs into the folder). A run of hours can be
+interrupted and resumed without redoing finished (lam, budget) cells, provided the settings that define a cell
+did not change.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from torch import nn
 
 from . import attacks as A
 from . import data as D
 from . import distributed as dist
 from . import reports
 from ._io import output_dir_lock
+from .models import create_model, default_robust_layers, load_checkpoint, model_from_checkpoint
 from .provenance import versions
-from .models import default_robust_layers, model_from_checkpoint
-from .reprogram import ReprogramConfig, reprogram, set_lam
+from .reprogram import ReprogramConfig, lam_table, load_reprogramming, reprogram, robust_layers, set_lam
+from .validation import check_eps, check_K
 
-__all__ = ["EvalSettings", "build_model", "run_eval", "evaluate_grid",
-           "resolve_device"]
+__all__ = ["EvalSettings", "PreparedModel", "prepare_model", "build_model", "load_weights", "read_torch_file",
+           "run_eval", "evaluate_grid", "load_eval_samples", "resolve_device", "write_outputs", "grid_key",
+           "grid_markdown", "TRAINED", "RESULTS_FORMAT"]
 
 RESULTS_FORMAT = "nrpm-eval/1"
+TRAINED = "trained"  # the lam row that keeps each layer's lam as the stored reprogramming has it
+DEFAULT_LAM, DEFAULT_K, DEFAULT_EPS = 1.0, 3, 1e-3
+DEFAULT_LAYER_TYPES = ("linear", "conv2d")
+_REPROGRAMMING_FORMAT_PREFIX = "nrpm-reprogramming/"
+_CSV_FIELDS = ["lam", "budget", "attack", "accuracy", "correct", "n", "seconds"]
+
 
 @dataclass
 class EvalSettings:
-    """Everything that defines an evaluation run (saved with its results)."""
+    """Everything that defines an evaluation run (saved with its results).
+
+    ``lams``, ``K``, ``eps`` and ``layer_types`` left at None take their defaults (1.0, 3, 1e-3, linear and
+    conv2d), or with a stored reprogramming its own values (lam row ``"trained"``); :func:`prepare_model`
+    fills them in.
+    """
 
     model: str
     checkpoint: str | None = "pretrained"
-    lams: Sequence[float] = (1.0,)
-    K: int = 3
-    eps: float = 1e-3
+    lams: Sequence[float | str] | None = None
+    K: int | None = None
+    eps: float | None = None
     layers: Sequence[str] | None = None  # None: default_robust_layers(model)
     skip: Sequence[str] = ()
-    layer_types: Sequence[str] = ("linear", "conv2d")
+    layer_types: Sequence[str] | None = None
     attack: str = "fgsm"
     attack_kwargs: dict = field(default_factory=dict)
     budgets: Sequence[float] = (0.0,)
@@ -49,14 +76,27 @@ class EvalSettings:
     seed: int = 0
     data_root: str | None = None
     split: str = "test"  # "test": first n_samples test images; "val": last n_samples of the training split
-
+    reprogramming: str | None = None  # a saved reprogramming state applied to the checkpoint's weights
 
     def cell_key(self) -> dict:
         """The settings a finished cell depends on; resuming requires them to be equal."""
         d = asdict(self)
         for k in ("lams", "budgets", "batch_size", "data_root", "budget_unit"):
             d.pop(k)
+        if d["reprogramming"] is None:
+            d.pop("reprogramming")  # so that results of runs from before this field still resume
         return json.loads(json.dumps(d))  # as it reads back from results.json (tuples become lists)
+
+
+@dataclass
+class PreparedModel:
+    """A model ready to evaluate, the settings with their defaults filled in, and where its state came from."""
+
+    model: nn.Module
+    settings: EvalSettings
+    checkpoint_info: dict
+    reprogramming: dict | None = None  # the stored reprogramming applied: source, per-layer lam, K, eps
+    notes: list[str] = field(default_factory=list)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -65,16 +105,145 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def build_model(settings: EvalSettings, device: torch.device = torch.device("cpu")) -> tuple[torch.nn.Module, dict]:
-    """The model named in ``settings`` with its checkpoint, reprogrammed (paradigm 1, lam = lams[0])."""
-    model, info = model_from_checkpoint(settings.model, settings.checkpoint)
-    model = model.to(device).eval()
+# ------------------------------------------------------------------------------------------ the model
+def read_torch_file(path: str | Path, what: str = "checkpoint"):
+    """``torch.load`` (weights only) of ``path``; a missing, truncated or foreign file raises an error naming it."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    # torch.load reports bad bytes as RuntimeError, EOFError, UnpicklingError, even KeyError: any of them here
+    # means the file is not a readable checkpoint, and its first line says why
+    except Exception as error:  # noqa: BLE001
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(f"{what} {path} is not readable (truncated, corrupt or not written by torch.save): "
+                         f"{type(error).__name__}: {first_line}") from None
+
+
+def _refuse_other_nrpm_files(raw, path: Path, name: str) -> None:
+    """A run's other files given as weights: say which file to give instead."""
+    from .train import CHECKPOINT_FORMAT, MODEL_FORMAT  # here: nrpm.train is big and only needed for its names
+
+    fmt = raw.get("format") if isinstance(raw, dict) else None
+    if fmt == MODEL_FORMAT and raw.get("model") not in (None, name):
+        raise ValueError(f"{path} holds a trained {raw['model']!r}, not {name!r}: pass --model {raw['model']}")
+    if fmt == CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is a training checkpoint (for nrpm train/reprogram --resume): evaluate the run's "
+                         f"model.pt, or its reprogramming.pt with --reprogramming")
+    if isinstance(fmt, str) and fmt.startswith(_REPROGRAMMING_FORMAT_PREFIX):
+        raise ValueError(f"{path} is a reprogramming state, not weights: pass it as --reprogramming, with "
+                         f"--checkpoint naming the weights it was trained on")
+
+
+def load_weights(name: str, checkpoint: str | None) -> tuple[nn.Module, dict, object]:
+    """Model ``name`` with the weights ``checkpoint`` names ('pretrained', a path, or None / 'none'), its info,
+    and for a path the file's contents (where a paradigm-3 model.pt keeps its reprogramming)."""
+    if checkpoint in (None, "none", "pretrained"):
+        model, info = model_from_checkpoint(name, checkpoint)
+        return model, info, None
+    path = Path(checkpoint).expanduser()
+    raw = read_torch_file(path, "checkpoint")
+    _refuse_other_nrpm_files(raw, path, name)
+    model = create_model(name)
+    # from the file again, not from ``raw``: load_checkpoint's errors then name the file
+    return model, load_checkpoint(model, path), raw
+
+
+def _stored_reprogramming(settings: EvalSettings, raw) -> tuple[dict | None, str | None]:
+    """(state, source file) of the stored reprogramming to apply: --reprogramming, else a model.pt's own."""
+    from .train import MODEL_FORMAT
+
+    if settings.reprogramming is not None:
+        path = Path(settings.reprogramming).expanduser()
+        state = read_torch_file(path, "reprogramming state")
+        if isinstance(state, dict) and state.get("format") == MODEL_FORMAT:
+            raise ValueError(f"{path} is a model file (model.pt), not a reprogramming state: pass it as "
+                             f"--checkpoint (it brings its reprogramming along)")
+        base = state.get("base_model") if isinstance(state, dict) else None
+        if base not in (None, settings.model):
+            raise ValueError(f"{path} reprograms model {base!r}, not {settings.model!r}: pass --model {base}")
+        return state, str(path)
+    if isinstance(raw, dict) and raw.get("format") == MODEL_FORMAT and raw.get("reprogramming"):
+        return raw["reprogramming"], str(Path(settings.checkpoint).expanduser())
+    return None, None
+
+
+def _with_defaults(settings: EvalSettings, stored_source: str | None) -> EvalSettings:
+    """``settings`` with None values filled in: the library defaults, or with a stored reprogramming its own."""
+    lams = list(settings.lams) if settings.lams else [TRAINED if stored_source else DEFAULT_LAM]
+    if stored_source is None:
+        if TRAINED in lams:
+            raise ValueError(f"lam {TRAINED!r} means the per-layer lam of a stored reprogramming, and there is "
+                             f"none: give --reprogramming FILE or a paradigm-3 model.pt as --checkpoint, or "
+                             f"numeric lam values")
+        return replace(settings, lams=lams, K=DEFAULT_K if settings.K is None else settings.K,
+                       eps=DEFAULT_EPS if settings.eps is None else settings.eps, skip=list(settings.skip),
+                       layer_types=list(settings.layer_types or DEFAULT_LAYER_TYPES))
+    chosen = [flag for flag, value in (("--layers", settings.layers), ("--skip", settings.skip),
+                                       ("--layer-types", settings.layer_types)) if value]
+    if chosen:
+        raise ValueError(f"{', '.join(chosen)} cannot be combined with the reprogramming stored in "
+                         f"{stored_source}: it fixes which layers are robust; drop {', '.join(chosen)}")
+    return replace(settings, lams=lams, skip=[])
+
+
+def _paradigm1_config(settings: EvalSettings) -> ReprogramConfig:
     layers = settings.layers if settings.layers is not None else default_robust_layers(settings.model)
-    config = ReprogramConfig(lam=settings.lams[0], K=settings.K, eps=settings.eps, paradigm=1,
-                             target_modules=layers, skip=list(settings.skip),
-                             target_types=list(settings.layer_types))
-    reprogram(model, config)
-    return model, info
+    return ReprogramConfig(lam=settings.lams[0], K=settings.K, eps=settings.eps, paradigm=1,
+                           target_modules=layers, skip=list(settings.skip), target_types=list(settings.layer_types))
+
+
+def _apply_stored(model: nn.Module, state: dict, source: str, settings: EvalSettings) -> dict:
+    """Apply a stored reprogramming, then an explicit K / eps over it; returns what was applied, for the record."""
+    try:
+        load_reprogramming(model, state)
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"cannot apply the reprogramming stored in {source}: {error}") from None
+    config = state.get("config", {})
+    stored = {"K": config.get("K"), "eps": config.get("eps")}
+    overrides = {}
+    if settings.K is not None:
+        overrides["K"] = check_K(settings.K)
+    if settings.eps is not None:
+        overrides["eps"] = check_eps(settings.eps)
+    for layer in robust_layers(model).values():
+        layer.K = overrides.get("K", layer.K)
+        layer.eps = overrides.get("eps", layer.eps)
+    return {"source": source, "lam": lam_table(model), "K": overrides.get("K", stored["K"]),
+            "eps": overrides.get("eps", stored["eps"]), "stored": stored, "overrides": overrides,
+            "base_model": state.get("base_model"), "base_checkpoint": state.get("base_checkpoint")}
+
+
+def _base_checkpoint_note(applied: dict | None, checkpoint) -> list[str]:
+    """A paradigm-2 state applied to other weights than it was trained on: allowed (files move), but said."""
+    base = (applied or {}).get("base_checkpoint")
+    if base is None or checkpoint is None or str(base) == str(checkpoint):
+        return []
+    return [f"{applied['source']} was trained on checkpoint {base!r} and is applied to {checkpoint!r}"]
+
+
+def prepare_model(settings: EvalSettings, device: torch.device | str = "cpu") -> PreparedModel:
+    """The model ``settings`` names, with its weights and reprogramming (stored or paradigm 1), at the first lam
+    row, in eval mode on ``device``; the settings come back with their defaults filled in."""
+    model, info, raw = load_weights(settings.model, settings.checkpoint)
+    state, source = _stored_reprogramming(settings, raw)
+    resolved = _with_defaults(settings, source)
+    applied = None
+    if state is None:
+        reprogram(model, _paradigm1_config(resolved))
+    else:
+        applied = _apply_stored(model, state, source, resolved)
+        if resolved.lams[0] != TRAINED:
+            set_lam(model, resolved.lams[0])
+    return PreparedModel(model.to(device).eval(), resolved, info, applied,
+                         _base_checkpoint_note(applied, settings.checkpoint))
+
+
+def build_model(settings: EvalSettings, device: torch.device = torch.device("cpu")) -> tuple[nn.Module, dict]:
+    """(model, checkpoint info) of :func:`prepare_model`; info["reprogramming"] says what stored state was applied."""
+    prepared = prepare_model(settings, device)
+    return prepared.model, {**prepared.checkpoint_info, "reprogramming": prepared.reprogramming}
 
 
 def load_eval_samples(dataset: str, settings: EvalSettings):
@@ -90,6 +259,16 @@ def load_eval_samples(dataset: str, settings: EvalSettings):
     raise ValueError(f"split must be 'test' or 'val', got {settings.split!r}")
 
 
+# ------------------------------------------------------------------------------------------ the grid
+def grid_key(lam: float | str, budget: float) -> tuple:
+    """The key of a (lam, budget) cell, rounded so that float noise never splits one cell in two."""
+    return (lam if isinstance(lam, str) else round(lam, 6), round(budget, 9))
+
+
+def _cells_by_key(cells) -> dict[tuple, dict]:
+    return {grid_key(c["lam"], c["budget"]): c for c in cells}
+
+
 def _attack_factory(settings: EvalSettings) -> Callable[[float], A.Attack]:
     kwargs = A.with_default_seed(settings.attack, settings.attack_kwargs, settings.seed)
     A.make_attack(settings.attack, 0.0, **kwargs)  # validate name and arguments before any work
@@ -101,17 +280,19 @@ def evaluate_grid(model, x, y, lams, budgets, make_attack: Callable[[float], A.A
                   progress: bool = True, attack_name: str = "") -> list[dict]:
     """Accuracy of ``model`` for every (lam, budget); budget 0 is clean accuracy.
 
-    Cells already in ``done`` ({(lam, budget): cell}) are kept, not recomputed; ``on_cell`` is called after each
-    new cell (used to save progress).
+    A lam row is a number (every robust layer set to it) or :data:`TRAINED` (each layer's lam as the model has
+    it when called, e.g. from a stored reprogramming). Cells already in ``done`` ({grid_key: cell}) are kept, not
+    recomputed; ``on_cell`` is called after each new cell (used to save progress).
     """
     from tqdm.auto import tqdm
 
+    trained = lam_table(model) if TRAINED in lams else None  # before a numeric row overwrites it
     done = dict(done or {})
-    todo = [(lam, b) for lam in lams for b in budgets if (round(lam, 6), round(b, 9)) not in done]
+    todo = [(lam, b) for lam in lams for b in budgets if grid_key(lam, b) not in done]
     bar = tqdm(total=len(lams) * len(budgets), initial=len(lams) * len(budgets) - len(todo),
                disable=not progress or not dist.is_main(), desc="eval cells", unit="cell")
     for lam, budget in todo:
-        set_lam(model, lam)
+        set_lam(model, trained if lam == TRAINED else lam)
         start = time.perf_counter()
         if budget == 0:
             measure = lambda xs, ys: A.clean_accuracy(model, xs, ys, batch_size=batch_size)
@@ -123,86 +304,165 @@ def evaluate_grid(model, x, y, lams, budgets, make_attack: Callable[[float], A.A
         cell = {"lam": lam, "budget": budget, "attack": "clean" if budget == 0 else attack_name,
                 "accuracy": acc, "correct": correct, "n": len(x),
                 "seconds": round(time.perf_counter() - start, 3)}
-        done[(round(lam, 6), round(budget, 9))] = cell
+        done[grid_key(lam, budget)] = cell
         if on_cell is not None and dist.is_main():
             on_cell(cell)
         bar.set_postfix(lam=lam, budget=f"{budget:g}", acc=f"{100 * acc:.1f}")
         bar.update(1)
     bar.close()
-    return [done[(round(lam, 6), round(b, 9))] for lam in lams for b in budgets]
+    return [done[grid_key(lam, b)] for lam in lams for b in budgets]
 
 
-def _load_previous(out_dir: Path, settings: EvalSettings, overwrite: bool) -> dict:
-    path = out_dir / "results.json"
-    if not path.exists() or overwrite:
+# ------------------------------------------------------------------------------------------ resuming
+def _is_cell(cell) -> bool:
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return (isinstance(cell, dict) and (number(cell.get("lam")) or cell.get("lam") == TRAINED)
+            and number(cell.get("budget")) and number(cell.get("accuracy")))
+
+
+def _previous_cells(path: Path, key: dict) -> dict:
+    """The finished cells in ``path`` (results.json) of a run with the same cell key; {} when there is none."""
+    if not path.exists():
         return {}
-    previous = reports.read_json(path)
-    if previous.get("format") != RESULTS_FORMAT or previous.get("cell_key") != settings.cell_key():
+    fix = "use another --out, or --overwrite to start again"
+    try:
+        previous = reports.read_json(path)
+    except (ValueError, UnicodeDecodeError) as error:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is not valid JSON ({error}): {fix}") from None
+    if not isinstance(previous, dict) or previous.get("format") != RESULTS_FORMAT:
+        raise ValueError(f"{path} is not an nrpm eval results file (format {RESULTS_FORMAT!r}): {fix}")
+    if previous.get("cell_key") != key:
         raise ValueError(f"{path} holds results of other settings; resume needs the same model, checkpoint, "
-                         f"K, eps, layers, attack, samples and seed. Use another --out or --overwrite.")
-    return reports.cell_map(previous["cells"])
+                         f"reprogramming, K, eps, layers, attack, samples and seed. Use another --out or --overwrite.")
+    cells = previous.get("cells")
+    if not isinstance(cells, list) or not all(_is_cell(c) for c in cells):
+        raise ValueError(f"{path} has malformed cells (each needs a numeric lam, budget and accuracy): {fix}")
+    return _cells_by_key(cells)
+
+
+def _resume_key(prepared: PreparedModel) -> dict:
+    """The cell key, plus the stored state itself: a retrained model.pt at the same path must not resume."""
+    key = prepared.settings.cell_key()
+    if prepared.reprogramming is not None:
+        applied = prepared.reprogramming
+        key["stored_reprogramming"] = json.loads(json.dumps(
+            {"lam": applied["lam"], "K": applied["K"], "eps": applied["eps"]}))
+    return key
 
 
 def run_eval(settings: EvalSettings, out_dir: str | Path | None, *, device: str = "auto", progress: bool = True,
              overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Run (or resume) an evaluation; write results.json/.csv/.md and accuracy.png under ``out_dir``."""
+    """Run (or resume) an evaluation; after every cell write results.json/.csv, table.md and accuracy.png under
+    ``out_dir`` (each from every cell on file). Returns the results, with this run's grid as ``table``."""
     dev = dist.init_from_env(device).device  # torchrun: joins the group, one GPU per local rank
     torch.manual_seed(settings.seed)
     make_attack = _attack_factory(settings)
-    model, info = build_model(settings, dev)
+    prepared = prepare_model(settings, dev)
+    model, settings = prepared.model, prepared.settings
+    for note in prepared.notes:
+        log(f"note: {note}")
     x, y = load_eval_samples(model.dataset, settings)
+    key = _resume_key(prepared)
     out = Path(out_dir) if out_dir is not None else None
     writes = out is not None and dist.is_main()  # under torchrun only rank 0 writes
     with output_dir_lock(out, "eval", enabled=writes):
-        done = _load_previous(out, settings, overwrite) if out is not None else {}
+        done = _previous_cells(out / "results.json", key) if out is not None and not overwrite else {}
         if done:
             log(f"resuming: {len(done)} finished cells found in {out / 'results.json'}")
-        cells_so_far = dict(done)
+        on_file = dict(done)  # every finished cell, also of lam values / budgets not asked for in this run
         started = time.perf_counter()
 
-        def payload(cells):
-            return {"format": RESULTS_FORMAT, "settings": asdict(settings), "cell_key": settings.cell_key(),
-                    "versions": versions(), "device": str(dev), "checkpoint_info": reports.jsonable(info),
-                    "robust_layers": sorted(n for n, _ in _robust_names(model)), "cells": cells}
+        def payload() -> dict:
+            return {"format": RESULTS_FORMAT, "settings": asdict(settings), "cell_key": key,
+                    "versions": versions(), "device": str(dev),
+                    "checkpoint_info": reports.jsonable(prepared.checkpoint_info),
+                    "reprogramming": reports.jsonable(prepared.reprogramming), "notes": prepared.notes,
+                    "robust_layers": sorted(robust_layers(model)), "cells": list(on_file.values())}
 
-        def save(cell):
-            cells_so_far.update(reports.cell_map([cell]))
+        def save(cell: dict) -> None:
+            on_file[grid_key(cell["lam"], cell["budget"])] = cell
             if writes:
-                reports.write_json(out / "results.json", payload(list(cells_so_far.values())))
+                write_outputs(out, payload(), settings)
 
         cells = evaluate_grid(model, x, y, settings.lams, settings.budgets, make_attack,
                               batch_size=settings.batch_size, done=done, on_cell=save, progress=progress,
                               attack_name=settings.attack)
-        # keep every finished cell on file, also those of lam values / budgets not asked for in this run
-        result = payload(list({**cells_so_far, **reports.cell_map(cells)}.values()))
-        result["seconds_this_run"] = round(time.perf_counter() - started, 2)
-        result["table"] = reports.markdown_grid(cells, settings.lams, settings.budgets, unit=settings.budget_unit)
+        on_file.update(_cells_by_key(cells))
+        result = {**payload(), "seconds_this_run": round(time.perf_counter() - started, 2)}
         if writes:
-            _write_outputs(out, settings, result, cells)
+            write_outputs(out, result, settings)  # also when every cell was already on file
+        result["table"] = grid_markdown(cells, settings.lams, settings.budgets, unit=settings.budget_unit)
         return result
 
 
-def _write_outputs(out: Path, settings: EvalSettings, result: dict, cells: list[dict]) -> None:
-    """results.json (every cell on file), and this run's grid as results.csv, table.md and accuracy.png."""
-    reports.write_json(out / "results.json", result)
-    reports.write_grid_csv(out / "results.csv", cells)
-    reports.atomic_write_text(out / "table.md", _table_doc(settings, result["table"]))
-    curves = {f"lam={lam:g}": (list(settings.budgets),
-                               [c["accuracy"] for c in cells if c["lam"] == lam]) for lam in settings.lams}
-    unit = f" (x1/{settings.budget_unit:g})" if settings.budget_unit != 1 else ""
-    reports.plot_curves(out / "accuracy.png", {k: ([b * settings.budget_unit for b in v[0]], v[1])
-                                               for k, v in curves.items()},
-                        title=f"{settings.model}: {settings.attack}, K={settings.K}", xlabel=f"budget{unit}")
+# ------------------------------------------------------------------------------------------ outputs
+def _row_label(lam: float | str) -> str:
+    return lam if isinstance(lam, str) else f"{lam:g}"
 
-def _table_doc(settings: EvalSettings, table: str) -> str:
+
+def _grid_axes(cells: Sequence[dict]) -> tuple[list, list[float]]:
+    """The rows (the trained row first, then lam from 1 down) and budgets (ascending) of the cells."""
+    lams = {grid_key(c["lam"], 0)[0]: c["lam"] for c in cells}
+    budgets = {round(c["budget"], 9): c["budget"] for c in cells}
+    rows = ([TRAINED] if TRAINED in lams else []) + sorted((v for v in lams.values() if v != TRAINED), reverse=True)
+    return rows, sorted(budgets.values())
+
+
+def grid_markdown(cells: Sequence[dict], lams: Sequence, budgets: Sequence[float], *, unit: float = 1.0) -> str:
+    """Rows lam, columns budgets (clean = budget 0 first), values in %; missing cells show as '…'."""
+    lookup = _cells_by_key(cells)
+    header = ["lam"] + [("clean" if b == 0 else reports.format_budget(b, unit)) for b in budgets]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for lam in lams:
+        values = [lookup.get(grid_key(lam, b)) for b in budgets]
+        row = [_row_label(lam)] + ["…" if c is None else f"{100 * c['accuracy']:.1f}" for c in values]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _write_csv(path: Path, cells: Sequence[dict], rows: Sequence) -> None:
+    order = {grid_key(lam, 0)[0]: i for i, lam in enumerate(rows)}
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=_CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for cell in sorted(cells, key=lambda c: (order[grid_key(c["lam"], 0)[0]], c["budget"])):
+        writer.writerow(cell)
+    reports.atomic_write_text(path, buf.getvalue())
+
+
+def _plot(path: Path, cells: Sequence[dict], rows: Sequence, budgets: Sequence[float], settings: EvalSettings,
+          K) -> None:
+    lookup = _cells_by_key(cells)
+    unit = settings.budget_unit
+    curves = {}
+    for lam in rows:
+        points = [(b * unit, lookup[grid_key(lam, b)]["accuracy"]) for b in budgets if grid_key(lam, b) in lookup]
+        curves[f"lam={_row_label(lam)}"] = ([p[0] for p in points], [p[1] for p in points])
+    xlabel = f"budget (x1/{unit:g})" if unit != 1 else "budget"
+    reports.plot_curves(path, curves, title=f"{settings.model}: {settings.attack}, K={K}",
+                        xlabel=xlabel)
+
+
+def write_outputs(out: Path, results: dict, settings: EvalSettings) -> None:
+    """results.json as given, and results.csv, table.md and accuracy.png from every cell in it."""
+    cells, applied = results["cells"], results.get("reprogramming")
+    rows, budgets = _grid_axes(cells)
+    reports.write_json(out / "results.json", results)
+    _write_csv(out / "results.csv", cells, rows)
+    table = grid_markdown(cells, rows, budgets, unit=settings.budget_unit)
+    reports.atomic_write_text(out / "table.md", _table_doc(settings, applied, table))
+    _plot(out / "accuracy.png", cells, rows, budgets, settings, applied["K"] if applied else settings.K)
+
+
+def _table_doc(settings: EvalSettings, applied: dict | None, table: str) -> str:
+    samples = (f"the first {settings.n_samples} test images" if settings.split == "test"
+               else f"the last {settings.n_samples} training images (split val)")
+    if applied is None:
+        how = f"K={settings.K}, eps={settings.eps:g}"
+    else:
+        how = (f"reprogramming stored in {applied['source']} (row trained = its per-layer lam; a number sets "
+               f"every layer), K={applied['K']}, eps={applied['eps']:g}"
+               + (f" (overridden: {applied['overrides']})" if applied["overrides"] else ""))
     return (f"# {settings.model}, attack {settings.attack} {settings.attack_kwargs or ''}\n\n"
-            f"Accuracy (%) on the first {settings.n_samples} test images; rows lam (1 = original model), "
-            f"K={settings.K}, eps={settings.eps:g}, seed={settings.seed}.\n\n{table}\n")
-
-
-def _robust_names(model):
-    from .reprogram import robust_layers
-
-    return robust_layers(model).items()
-
-
+            f"Accuracy (%) on {samples}; rows lam (1 = original model), {how}, seed={settings.seed}. "
+            f"Every cell on file; '…' = not evaluated.\n\n{table}\n")

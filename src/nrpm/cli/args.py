@@ -1,0 +1,253 @@
+"""What the subcommands share: the parser class, value types, argument groups and small input helpers.
+
+Every bad value is refused at parse time where argparse can see it (a type below raising
+``argparse.ArgumentTypeError``), so it exits with status 2 and one line ``nrpm CMD: error: argument --X: ...``.
+Checks that need several values or the loaded model raise :class:`UsageError` in the command, which
+``nrpm.cli.main`` turns into the same kind of line and status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+from pathlib import Path
+
+from ..evaluation import TRAINED  # the lam row that keeps each layer's lam of a stored reprogramming
+
+__all__ = ["UsageError", "Parser", "HelpFormatter", "positive_int", "nonneg_int", "positive_float",
+           "nonneg_float", "budget", "lam_number", "lam_or_trained", "model_name", "device_spec", "key_value",
+           "add_model_args", "add_threads_arg", "set_threads", "in_input_units",
+           "check_output_folder", "TRAINED", "EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+
+# The exit statuses of every command (nrpm.cli.main maps the exceptions to them)
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(ValueError):
+    """Bad input a command finds after parsing (nrpm.cli.main: exit status 2, one line)."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after every help text, except where there is nothing to show.
+
+    Options whose default is None (computed later, described in words) or a False flag would read
+    ``(default: None)`` / ``(default: False)``, and texts that already say their default would say it twice.
+    ``_get_help_string`` is the hook ArgumentDefaultsHelpFormatter itself overrides to add the text.
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, ``nrpm CMD: error: ...``, and exit status 2.
+
+    ``commands`` ({name: parser} of the subcommands) lets ``nrpm.cli.main`` report leftover arguments as the
+    subcommand's error (argparse itself leaves them to the top-level parser: ``nrpm: error: ...``).
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ------------------------------------------------------------------------------------------ value types
+def _number(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{what} must be a finite number, got {text!r}")
+    return value
+
+
+def _integer(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (counts: samples, batch size, steps, threads)."""
+    return _integer(text, 1)
+
+
+def nonneg_int(text: str) -> int:
+    """An integer >= 0 (K: 0 IRLS steps is the plain layer)."""
+    return _integer(text, 0)
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (IRLS eps, --budget-unit, learning rates)."""
+    value = _number(text, "the value")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    """A finite number >= 0 (tolerances, training budgets)."""
+    value = _number(text, "the value")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def budget(text: str) -> float:
+    """An attack budget in --budget-unit: a finite number >= 0 (NaN and inf are refused; 0 = clean)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"budgets must be >= 0 and finite, got {text!r}")
+    return value
+
+
+def lam_number(text: str) -> float:
+    """lam: a number in [0, 1] (NaN refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"lam values must lie in [0, 1] (1 = the original model), got {text!r}")
+    return value
+
+
+def lam_or_trained(text: str) -> float | str:
+    """lam in [0, 1], or 'trained': each layer's lam as a stored reprogramming has it."""
+    if text.strip().lower() == TRAINED:
+        return TRAINED
+    try:
+        return lam_number(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"lam values must lie in [0, 1] (1 = the original model) or be "
+                                         f"'{TRAINED}' (a stored reprogramming's own lam), got {text!r}") from None
+
+
+def model_name(text: str) -> str:
+    """A registered model name; a misspelt one is refused here with the close matches, whatever --checkpoint is."""
+    from ..models import model_entry  # importing nrpm.models registers every model
+
+    try:
+        model_entry(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def device_spec(text: str) -> str:
+    """'auto', 'cpu', 'cuda', 'cuda:N' (or another torch device type); CUDA only when this machine has it."""
+    if text == "auto":
+        return text
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no GPU is visible"
+            raise argparse.ArgumentTypeError(f"CUDA is not available ({why}): use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text} does not exist: {torch.cuda.device_count()} CUDA "
+                                             f"device(s) visible, cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    return text
+
+
+def key_value(text: str) -> tuple[str, object]:
+    """'steps=40' -> ('steps', 40): the value is parsed as JSON when it can be, else kept as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"wants KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+# ------------------------------------------------------------------------------------------ argument groups
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The model, its weights and reprogramming, the samples and the device: shared by eval and audit.
+
+    ``--lam`` is each command's own (eval sweeps a list, audit takes one value).
+    """
+    p.add_argument("--model", required=True, type=model_name,
+                   help="registry name: linear, mlp2, mlp3, lenet, resnet18_narrow, ...")
+    p.add_argument("--checkpoint", default="pretrained",
+                   help="'pretrained' (the paper's released file), a checkpoint path, or 'none'; a paradigm-3 "
+                        "model.pt of nrpm reprogram brings its trained reprogramming along")
+    p.add_argument("--reprogramming", default=None, metavar="FILE",
+                   help="a saved reprogramming state (reprogramming.pt of nrpm reprogram --paradigm 2, or "
+                        "nrpm.save_reprogramming) applied to the --checkpoint weights: its per-layer lam, K, eps "
+                        "and layers (it replaces one a model.pt brings)")
+    p.add_argument("--K", type=nonneg_int, default=None,
+                   help="IRLS steps (default 3; with a stored reprogramming: its own K, which an explicit --K "
+                        "overrides in every layer, recorded in the results)")
+    p.add_argument("--eps", type=positive_float, default=None,
+                   help="IRLS eps (default 1e-3; with a stored reprogramming: its own, which an explicit --eps "
+                        "overrides, recorded)")
+    p.add_argument("--layers", nargs="+", default=None,
+                   help="module names/globs to reprogram (default: all Linear/Conv2d; ResNets: 3x3 block convs); "
+                        "refused with a stored reprogramming, which fixes its layers")
+    p.add_argument("--skip", nargs="+", default=None, help="module names/globs never reprogrammed")
+    p.add_argument("--layer-types", nargs="+", default=None, choices=["linear", "conv2d"],
+                   help="linear and/or conv2d (default: both)")
+    p.add_argument("--data-root", default=None, help="data folder (default $NRPM_DATA or ../shared/data)")
+    p.add_argument("--n-samples", type=positive_int, default=1000, help="how many images")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="test: first N test images; val: last N training images (to choose lam without the test set)")
+    p.add_argument("--batch-size", type=positive_int, default=250, help="images per forward/attack batch")
+    p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts")
+    p.add_argument("--device", type=device_spec, default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_arg(p)
+
+
+def add_threads_arg(p) -> None:
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: torch's; 1 is fastest on a busy CPU)")
+
+
+def set_threads(threads: int | None) -> None:
+    """--threads: torch's CPU threads (None keeps torch's default)."""
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def in_input_units(budgets, unit: float) -> list[float]:
+    """Budgets given in --budget-unit (e.g. 8 with 255) as [0, 1] input units (8/255)."""
+    return [b / unit for b in budgets]
+
+
+def check_output_folder(folder, flag: str = "--out") -> None:
+    """Fail before any work, naming the folder, when it cannot be created or written (read-only, no permission,
+    a file in the way): otherwise the first write, hours later or the lock file, dies with a bare OSError."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise UsageError(f"cannot write to the output folder {folder} ({reason}): choose another {flag} or make "
+                         f"it writable") from None

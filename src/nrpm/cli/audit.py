@@ -1,0 +1,188 @@
+"""``nrpm audit`` (the adaptive-attack audit of one reprogrammed model) and ``nrpm audit-table`` (collate runs).
+
+Exit status 1 means the audit ran and a check failed (with --strict: or warned); bad input is status 2, as
+everywhere in the CLI.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from .args import (EXIT_CHECK_FAILED, EXIT_OK, TRAINED, HelpFormatter, UsageError, add_model_args,
+                   budget, check_output_folder, in_input_units, lam_or_trained, nonneg_float, positive_float,
+                   positive_int, set_threads)
+
+__all__ = ["add_audit_parser", "cmd_audit", "cmd_audit_table"]
+
+# The paper's budgets per dataset: (budgets, unit, PGD steps)
+DATASET_DEFAULTS = {
+    "mnist": ([0.05, 0.1, 0.15, 0.2, 0.25, 0.3], 1.0, 40),
+    "cifar10": ([8.0, 16.0, 32.0], 255.0, 20),
+}
+TOLERANCE_CHECKS = ("monotone", "unbounded", "steps", "blackbox", "transfer", "autoattack")
+
+_DESCRIPTION = (
+    "Seven checks, each with numbers and a pass/warn/fail verdict: lam=1 reproduces the base model and the model "
+    "is deterministic; input gradients are finite and non-zero; accuracy falls with the budget and reaches ~0 "
+    "unbounded; more PGD steps/restarts and a finer step find nothing more; Square and noise are not stronger than "
+    "white-box attacks; transfer from lam=1, BPDA (plain backward) and PGD with detached IRLS weights are not "
+    "stronger than direct PGD; AutoAttack agrees with the strongest attack. Prints markdown; --out writes "
+    "audit.json, audit.md, audit.png (and cache.json, so a rerun resumes). Exit status 1 when a check fails "
+    "(--strict: also on a warning), 2 on bad input.")
+
+
+def add_audit_parser(subparsers) -> None:
+    """Add the ``audit`` and ``audit-table`` subcommands to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "audit", help="adaptive-attack audit (gradient masking checks), pass/warn/fail; exit 1 on a fail",
+        description=_DESCRIPTION, formatter_class=HelpFormatter)
+    add_model_args(p)
+    p.add_argument("--lam", type=lam_or_trained, default=None,
+                   help=f"one value: the lam audited, in [0, 1], set in every robust layer (default: 1, or "
+                        f"'{TRAINED}' = each layer's lam of a stored reprogramming, which a number overrides)")
+    p.add_argument("--budgets", nargs="+", type=budget, default=None,
+                   help="budgets in --budget-unit (default: the paper's; MNIST 0.05 .. 0.3, CIFAR-10 8 16 32 /255)")
+    p.add_argument("--budget-unit", type=positive_float, default=None,
+                   help="e.g. 255 to give budgets as 8 16 32 (default 1; 255 with CIFAR-10's default budgets)")
+    p.add_argument("--norm", choices=["Linf", "L2"], default="Linf", help="threat model of the budgets")
+    p.add_argument("--steps", type=positive_int, default=None, help="PGD steps (default: 40 MNIST, 20 CIFAR-10)")
+    p.add_argument("--alpha", type=positive_float, default=None,
+                   help="PGD step in --budget-unit (default 2.5 * budget / steps)")
+    p.add_argument("--restarts", type=positive_int, default=1, help="PGD random restarts")
+    p.add_argument("--apgd-steps", type=positive_int, default=100, help="APGD-CE / APGD-DLR iterations")
+    p.add_argument("--square-queries", type=positive_int, default=5000, help="Square Attack queries")
+    p.add_argument("--no-autoattack", action="store_true", help="skip check 7 (AutoAttack), for quick runs")
+    p.add_argument("--no-plain", action="store_true",
+                   help="do not evaluate the plain (lam=1) model next to the reprogrammed one")
+    p.add_argument("--check-budget", type=budget, default=None,
+                   help="budget (in --budget-unit) for check 4 (default: where PGD accuracy is nearest half "
+                        "the clean accuracy)")
+    p.add_argument("--unbounded-eps", type=positive_float, default=None,
+                   help="the 'unbounded' budget of check 3, in input units (default Linf 1.0, L2 sqrt(d))")
+    p.add_argument("--tol", type=nonneg_float, default=2.0,
+                   help="accuracy tolerance of checks 3-7 in percentage points (warn up to 2x)")
+    for name in TOLERANCE_CHECKS:
+        p.add_argument(f"--tol-{name}", type=nonneg_float, default=None, help=f"override --tol for the {name} check")
+    p.add_argument("--plain-checkpoint", default=None,
+                   help="checkpoint of the plain model shown next to the audited one ('pretrained' or a path; "
+                        "default: the audited weights at lam=1), e.g. the original model for a paradigm-3 run")
+    p.add_argument("--title", default=None, help="report title (default: model and checkpoint)")
+    p.add_argument("--out", default=None, help="output folder: audit.json, audit.md, audit.png, cache.json")
+    p.add_argument("--overwrite", action="store_true", help="ignore cache.json in --out instead of resuming")
+    p.add_argument("--strict", action="store_true", help="exit 1 on a warning too")
+    p.set_defaults(func=cmd_audit, interrupt_hint="finished attacks are cached in --out/cache.json; rerun the "
+                                                  "same command to resume")
+
+    t = subparsers.add_parser("audit-table", help="collate audit.json files into one markdown document",
+                              formatter_class=HelpFormatter)
+    t.add_argument("runs", nargs="+", help="audit.json files or folders holding one")
+    t.add_argument("--out", default=None, help="write the markdown here (atomically) as well as to stdout")
+    t.set_defaults(func=cmd_audit_table)
+
+
+def _settings(args):
+    from ..evaluation import EvalSettings
+
+    return EvalSettings(model=args.model, checkpoint=args.checkpoint, lams=None if args.lam is None else [args.lam],
+                        K=args.K, eps=args.eps, layers=args.layers, skip=args.skip or [],
+                        layer_types=args.layer_types, attack="audit", n_samples=args.n_samples,
+                        batch_size=args.batch_size, seed=args.seed, data_root=args.data_root, split=args.split,
+                        reprogramming=args.reprogramming)
+
+
+def _plain_model(args, device):
+    """The model shown next to the audited one: --plain-checkpoint's weights, not reprogrammed (or None)."""
+    from ..evaluation import load_weights
+
+    if args.no_plain or not args.plain_checkpoint:
+        return None, "plain (lam=1)"
+    plain, _, _ = load_weights(args.model, args.plain_checkpoint)
+    label = ("plain (paper checkpoint)" if args.plain_checkpoint == "pretrained"
+             else f"plain ({Path(args.plain_checkpoint).name})")
+    return plain.to(device).eval(), label
+
+
+def _budgets_and_steps(args, dataset: str) -> tuple[list[float], float, int]:
+    """(budgets > 0 in input units, the display unit, PGD steps), the paper's per dataset unless given."""
+    key = dataset.lower().replace("-", "").replace("_", "")
+    default_budgets, default_unit, default_steps = DATASET_DEFAULTS.get(key, (None, 1.0, 40))
+    if args.budgets is None and default_budgets is None:
+        raise UsageError(f"give --budgets: there are no default budgets for dataset {dataset!r}")
+    unit = args.budget_unit if args.budget_unit is not None else (default_unit if args.budgets is None else 1.0)
+    budgets = [b for b in in_input_units(args.budgets or default_budgets, unit) if b > 0]
+    if not budgets:
+        raise UsageError("give at least one budget > 0 in --budgets (clean accuracy is always reported)")
+    return budgets, unit, args.steps or default_steps
+
+
+def _tolerances(args):
+    from .. import audit as AU
+
+    overrides = {n: getattr(args, f"tol_{n}") / 100 for n in TOLERANCE_CHECKS if getattr(args, f"tol_{n}") is not None}
+    return AU.Tolerances.uniform(args.tol / 100, **overrides)
+
+
+def cmd_audit(args) -> int:
+    import torch
+
+    from .. import audit as AU
+    from .. import evaluation as E
+    from .. import reports
+    from .._io import output_dir_lock
+
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        check_output_folder(out)
+    set_threads(args.threads)
+    device = E.resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    prepared = E.prepare_model(_settings(args), device)
+    model, settings = prepared.model, prepared.settings
+    for note in prepared.notes:
+        print(f"note: {note}", file=sys.stderr)
+    plain, plain_label = _plain_model(args, device)
+    dataset = getattr(model, "dataset", None)
+    if dataset is None:
+        raise UsageError(f"model {args.model!r} does not say which dataset it is for (no .dataset attribute)")
+    budgets, unit, steps = _budgets_and_steps(args, dataset)
+    x, y = E.load_eval_samples(dataset, settings)
+    cache = out / "cache.json" if out is not None else None
+    with output_dir_lock(out, "audit", enabled=out is not None):
+        if cache is not None and args.overwrite and cache.exists():
+            cache.unlink()
+        source = "paper checkpoint" if args.checkpoint == "pretrained" else args.checkpoint
+        report = AU.run_audit(
+            model, x, y, budgets=budgets, norm=args.norm, compare_plain=not args.no_plain, plain_model=plain,
+            plain_label=plain_label, steps=steps, alpha=None if args.alpha is None else args.alpha / unit,
+            restarts=args.restarts, apgd_steps=args.apgd_steps, square_queries=args.square_queries,
+            autoattack=not args.no_autoattack, unbounded_eps=args.unbounded_eps,
+            check_budget=None if args.check_budget is None else args.check_budget / unit,
+            tolerances=_tolerances(args), seed=args.seed, batch_size=args.batch_size, cache_path=cache,
+            title=args.title or f"{args.model} ({source})", budget_unit=unit, progress=not args.no_progress,
+            log=lambda m: print(m, file=sys.stderr))
+        report.settings["eval_settings"] = reports.jsonable(asdict(settings))
+        report.settings["reprogramming_file"] = args.reprogramming
+        report.settings["reprogramming"] = reports.jsonable(prepared.reprogramming)
+        report.settings["cli_args"] = reports.jsonable({k: v for k, v in vars(args).items() if k != "func"})
+        report.settings["checkpoint_info"] = reports.jsonable(prepared.checkpoint_info)
+        if out is not None:  # saved before printing: a closed stdout pipe must not lose the report
+            paths = report.save(out)
+        print(report.to_markdown())
+        if out is not None:
+            print(f"audit: {paths['json']} (+ audit.md, audit.png, cache.json); {report.seconds:.0f} s",
+                  file=sys.stderr)
+    failed = report.verdict == AU.FAIL or (args.strict and report.verdict == AU.WARN)
+    return EXIT_CHECK_FAILED if failed else EXIT_OK
+
+
+def cmd_audit_table(args) -> int:
+    from .. import audit as AU
+    from .. import reports
+
+    text = AU.collate_reports(args.runs)
+    if args.out:  # written before printing: `nrpm audit-table ... --out T.md | head` still writes T.md
+        reports.atomic_write_text(args.out, text + "\n")
+    print(text)
+    return 0

@@ -1,0 +1,73 @@
+"""``nrpm eval``: clean and robust accuracy over a lam x budget grid, resumable, also of trained reprogramming.
+
+A paradigm-3 ``model.pt`` given as ``--checkpoint``, or a ``reprogramming.pt`` given as ``--reprogramming``, is
+evaluated with its stored per-layer lam, K, eps and layers (the row ``trained``); explicit ``--lam`` numbers,
+``--K`` and ``--eps`` override them in every layer, and results.json records what was applied.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .args import (TRAINED, HelpFormatter, add_model_args, budget, check_output_folder, in_input_units, key_value,
+                   lam_or_trained, positive_float, set_threads)
+
+__all__ = ["add_eval_parser", "cmd_eval", "eval_settings"]
+
+ATTACKS = ("fgsm, pgd, pgd_l2, fgm_l1, fgm_l2, l0, apgd-ce, apgd-dlr, square, autoattack, autoattack-l2, noise")
+
+
+def add_eval_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="clean and robust accuracy over a lam x budget grid (resumable)", formatter_class=HelpFormatter,
+        description="Accuracy of a reprogrammed model for every (lam, budget). With --out the results are saved "
+                    "after every cell and a rerun resumes. A stored reprogramming (a paradigm-3 model.pt as "
+                    "--checkpoint, or --reprogramming FILE) is applied as trained: row 'trained'.")
+    add_model_args(p)
+    p.add_argument("--lam", nargs="+", type=lam_or_trained, default=None,
+                   help=f"lam rows: numbers in [0, 1] (1 = original model) set every robust layer to that value; "
+                        f"'{TRAINED}' keeps each layer's lam of a stored reprogramming (default: 1, or "
+                        f"'{TRAINED}' with a stored reprogramming; a number there overrides all its layers)")
+    p.add_argument("--attack", default="fgsm", help=ATTACKS)
+    p.add_argument("--attack-arg", action="append", type=key_value, metavar="KEY=VALUE",
+                   help="attack option, repeatable: steps=40, alpha=0.01, restarts=2, n_queries=1000")
+    p.add_argument("--budgets", nargs="+", type=budget, default=[0.0, 0.1], help="budgets in --budget-unit (0 = clean)")
+    p.add_argument("--budget-unit", type=positive_float, default=1.0, help="e.g. 255 to give budgets as 8 16 32")
+    p.add_argument("--out", default=None, help="output folder (results.json/.csv, table.md, accuracy.png)")
+    p.add_argument("--overwrite", action="store_true", help="ignore earlier results in --out instead of resuming")
+    p.set_defaults(func=cmd_eval, interrupt_hint="finished cells are saved in --out; rerun the same command "
+                                                 "to resume")
+
+
+def eval_settings(args):
+    """The EvalSettings of parsed ``nrpm eval`` arguments (budgets in [0, 1] input units)."""
+    from ..evaluation import EvalSettings
+
+    return EvalSettings(model=args.model, checkpoint=args.checkpoint, lams=args.lam, K=args.K, eps=args.eps,
+                        layers=args.layers, skip=args.skip or [], layer_types=args.layer_types,
+                        attack=args.attack, attack_kwargs=dict(args.attack_arg or []),
+                        budgets=in_input_units(args.budgets, args.budget_unit), budget_unit=args.budget_unit,
+                        n_samples=args.n_samples, batch_size=args.batch_size, seed=args.seed,
+                        data_root=args.data_root, split=args.split, reprogramming=args.reprogramming)
+
+
+def cmd_eval(args) -> int:
+    from .. import distributed as dist
+    from ..evaluation import run_eval
+
+    settings = eval_settings(args)
+    if args.out:
+        check_output_folder(args.out)
+    set_threads(args.threads)
+    try:
+        result = run_eval(settings, args.out, device=args.device, progress=not args.no_progress,
+                          overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
+        if dist.is_main():
+            print(result["table"])
+            if args.out:
+                print(f"\nresults: {Path(args.out) / 'results.json'} (+ results.csv, table.md, accuracy.png); "
+                      f"{result['seconds_this_run']:.1f} s this run", file=sys.stderr)
+    finally:
+        dist.cleanup()
+    return 0
