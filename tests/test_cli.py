@@ -233,3 +233,35 @@ def test_attacks_are_torchattacks_style_objects():
     x_adv = attack(model, x, y)
     assert x_adv.shape == x.shape and (x_adv - x).abs().max() <= 0.1 + 1e-6
     assert 0 <= x_adv.min() and x_adv.max() <= 1
+
+
+def test_eval_reprograms_with_the_chosen_estimator_and_records_it(shared_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run(["eval", "--model", "mlp3", "--lam", "0.5", "--K", "1", "--estimator", "huber", "--delta",
+                        "0.5", "--scale", "relative", "--budgets", "0", "--n-samples", "20", "--no-progress",
+                        "--out", str(out)], capsys)
+    assert code == 0, err
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    assert settings["estimator"] == {"norm": "huber", "gamma": 4.0, "delta": 0.5, "scale": "relative"}
+    plain_l1 = tmp_path / "l1"
+    run(["eval", "--model", "mlp3", "--lam", "0.5", "--K", "1", "--budgets", "0", "--n-samples", "20",
+         "--no-progress", "--out", str(plain_l1)], capsys)
+    assert json.loads((plain_l1 / "results.json").read_text())["settings"]["estimator"] is None
+
+
+def test_bad_estimator_combinations_exit_2(capsys):
+    code, _, err = run(["eval", "--model", "mlp3", "--estimator", "hm", "--gamma", "1", "--delta", "2"], capsys)
+    assert_usage_error(code, err, "eval", "HM estimator needs gamma > delta")
+
+
+def test_download_fetches_the_dataset_and_checkpoint_before_the_run(monkeypatch, tmp_path, capsys):
+    import nrpm.download
+
+    calls = []
+    monkeypatch.setattr(nrpm.download, "ensure_dataset", lambda name, root=None: calls.append(("data", name, root))
+                        or tmp_path)
+    monkeypatch.setattr(nrpm.download, "ensure_pretrained", lambda name, path=None: calls.append(("ckpt", name)))
+    code, _, err = run(["eval", "--model", "lenet", "--download", "--n-samples", "1", "--budgets", "0",
+                        "--no-progress", "--data-root", str(tmp_path / "nowhere")], capsys)
+    assert calls[:2] == [("data", "mnist", str(tmp_path / "nowhere")), ("ckpt", "lenet")]
+    assert code == 2 and "nrpm eval: error:" in err  # the fake root holds no data: a clear error, not a traceback

@@ -77,14 +77,17 @@ class EvalSettings:
     data_root: str | None = None
     split: str = "test"  # "test": first n_samples test images; "val": last n_samples of the training split
     reprogramming: str | None = None  # a saved reprogramming state applied to the checkpoint's weights
+    # the robust estimator {'norm', 'gamma', 'delta', 'scale'}; None: L1 (or a stored reprogramming's own)
+    estimator: dict | None = None
 
     def cell_key(self) -> dict:
         """The settings a finished cell depends on; resuming requires them to be equal."""
         d = asdict(self)
         for k in ("lams", "budgets", "batch_size", "data_root", "budget_unit"):
             d.pop(k)
-        if d["reprogramming"] is None:
-            d.pop("reprogramming")  # so that results of runs from before this field still resume
+        for k in ("reprogramming", "estimator"):
+            if d[k] is None:
+                d.pop(k)  # so that results of runs from before this field still resume
         return json.loads(json.dumps(d))  # as it reads back from results.json (tuples become lists)
 
 
@@ -191,7 +194,8 @@ def _with_defaults(settings: EvalSettings, stored_source: str | None) -> EvalSet
 def _paradigm1_config(settings: EvalSettings) -> ReprogramConfig:
     layers = settings.layers if settings.layers is not None else default_robust_layers(settings.model)
     return ReprogramConfig(lam=settings.lams[0], K=settings.K, eps=settings.eps, paradigm=1,
-                           target_modules=layers, skip=list(settings.skip), target_types=list(settings.layer_types))
+                           target_modules=layers, skip=list(settings.skip), target_types=list(settings.layer_types),
+                           **(settings.estimator or {}))
 
 
 def _apply_stored(model: nn.Module, state: dict, source: str, settings: EvalSettings) -> dict:
@@ -207,9 +211,14 @@ def _apply_stored(model: nn.Module, state: dict, source: str, settings: EvalSett
         overrides["K"] = check_K(settings.K)
     if settings.eps is not None:
         overrides["eps"] = check_eps(settings.eps)
+    if settings.estimator is not None:
+        overrides["estimator"] = dict(settings.estimator)
+    stored["estimator"] = config.get("norm", "l1")
     for layer in robust_layers(model).values():
         layer.K = overrides.get("K", layer.K)
         layer.eps = overrides.get("eps", layer.eps)
+        if settings.estimator is not None:
+            layer.set_estimator(**settings.estimator)
     return {"source": source, "lam": lam_table(model), "K": overrides.get("K", stored["K"]),
             "eps": overrides.get("eps", stored["eps"]), "stored": stored, "overrides": overrides,
             "base_model": state.get("base_model"), "base_checkpoint": state.get("base_checkpoint")}

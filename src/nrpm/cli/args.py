@@ -18,7 +18,8 @@ from ..evaluation import TRAINED  # the lam row that keeps each layer's lam of a
 
 __all__ = ["UsageError", "Parser", "HelpFormatter", "positive_int", "nonneg_int", "positive_float",
            "nonneg_float", "budget", "lam_number", "lam_or_trained", "model_name", "device_spec", "key_value",
-           "add_model_args", "add_threads_arg", "set_threads", "in_input_units",
+           "add_model_args", "add_threads_arg", "set_threads", "in_input_units", "add_estimator_args",
+           "estimator_from_args", "add_download_arg", "download_if_asked",
            "check_output_folder", "TRAINED", "EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
 # The exit statuses of every command (nrpm.cli.main maps the exceptions to them)
@@ -218,6 +219,65 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device_spec, default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_threads_arg(p)
+    add_estimator_args(p)
+    add_download_arg(p)
+
+
+def add_estimator_args(p) -> None:
+    """The robust estimator of the reprogrammed layers (``nrpm.functional``): every command that reprograms.
+
+    The flag is ``--estimator`` rather than ``--norm`` because ``nrpm audit --norm`` already names the threat
+    model's norm (Linf / L2)."""
+    from ..validation import ESTIMATORS, SCALES
+
+    g = p.add_argument_group("robust estimator (default: the paper's L1)")
+    g.add_argument("--estimator", choices=ESTIMATORS, default=None,
+                   help="IRLS weighting: l1 (the paper's), mcp, huber or hm (the official code's)")
+    g.add_argument("--gamma", type=positive_float, default=None, help="MCP / HM parameter (default 4)")
+    g.add_argument("--delta", type=positive_float, default=None, help="Huber / HM parameter (default 3)")
+    g.add_argument("--scale", choices=SCALES, default=None,
+                   help="absolute: gamma, delta in vote units (the official code); relative: in units of each "
+                        "output's mean absolute residual (default absolute)")
+
+
+def estimator_from_args(args) -> dict | None:
+    """{'norm', 'gamma', 'delta', 'scale'} when any estimator flag is given (the others at their defaults), else
+    None (the L1 default, or a stored reprogramming's own estimator); invalid combinations raise UsageError."""
+    from ..validation import DEFAULT_DELTA, DEFAULT_GAMMA, DEFAULT_NORM, DEFAULT_SCALE, check_estimator
+
+    given = {k: getattr(args, k, None) for k in ("estimator", "gamma", "delta", "scale")}
+    if all(v is None for v in given.values()):
+        return None
+    est = {"norm": given["estimator"] or DEFAULT_NORM,
+           "gamma": DEFAULT_GAMMA if given["gamma"] is None else given["gamma"],
+           "delta": DEFAULT_DELTA if given["delta"] is None else given["delta"],
+           "scale": given["scale"] or DEFAULT_SCALE}
+    try:
+        check_estimator(est["norm"], est["gamma"], est["delta"], est["scale"])
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return est
+
+
+def add_download_arg(p) -> None:
+    p.add_argument("--download", action="store_true",
+                   help="fetch a missing dataset (MNIST, CIFAR-10) and the paper's checkpoint from their standard "
+                        "URLs, checked by hash, into $NRPM_HOME (default ~/.cache/nrpm)")
+
+
+def download_if_asked(args, model: str, checkpoint: str | None = "pretrained") -> None:
+    """--download: the model's dataset and, for --checkpoint pretrained, its released file; found files are kept.
+    ``args.data_root`` becomes the folder that holds the data."""
+    if not getattr(args, "download", False):
+        return
+    from ..download import ensure_dataset, ensure_pretrained
+    from ..models import model_entry
+
+    entry = model_entry(model)
+    if entry.dataset is not None:
+        args.data_root = str(ensure_dataset(entry.dataset, getattr(args, "data_root", None)))
+    if checkpoint == "pretrained" and entry.pretrained is not None:
+        ensure_pretrained(model)
 
 
 def add_threads_arg(p) -> None:

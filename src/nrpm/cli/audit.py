@@ -11,8 +11,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .args import (EXIT_CHECK_FAILED, EXIT_OK, TRAINED, HelpFormatter, UsageError, add_model_args,
-                   budget, check_output_folder, in_input_units, lam_or_trained, nonneg_float, positive_float,
-                   positive_int, set_threads)
+                   budget, check_output_folder, download_if_asked, estimator_from_args, in_input_units,
+                   lam_or_trained, nonneg_float, positive_float, positive_int, set_threads)
 
 __all__ = ["add_audit_parser", "cmd_audit", "cmd_audit_table"]
 
@@ -89,7 +89,7 @@ def _settings(args):
                         K=args.K, eps=args.eps, layers=args.layers, skip=args.skip or [],
                         layer_types=args.layer_types, attack="audit", n_samples=args.n_samples,
                         batch_size=args.batch_size, seed=args.seed, data_root=args.data_root, split=args.split,
-                        reprogramming=args.reprogramming)
+                        reprogramming=args.reprogramming, estimator=estimator_from_args(args))
 
 
 def _plain_model(args, device):
@@ -135,6 +135,7 @@ def cmd_audit(args) -> int:
     out = Path(args.out) if args.out else None
     if out is not None:
         check_output_folder(out)
+    download_if_asked(args, args.model, args.checkpoint)
     set_threads(args.threads)
     device = E.resolve_device(args.device)
     torch.manual_seed(args.seed)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .args import (TRAINED, HelpFormatter, add_model_args, budget, check_output_folder, in_input_units, key_value,
-                   lam_or_trained, positive_float, set_threads)
+from .args import (TRAINED, HelpFormatter, add_model_args, budget, check_output_folder, download_if_asked,
+                   estimator_from_args, in_input_units, key_value, lam_or_trained, positive_float, set_threads)
 
 __all__ = ["add_eval_parser", "cmd_eval", "eval_settings"]
 
@@ -49,13 +49,15 @@ def eval_settings(args):
                         attack=args.attack, attack_kwargs=dict(args.attack_arg or []),
                         budgets=in_input_units(args.budgets, args.budget_unit), budget_unit=args.budget_unit,
                         n_samples=args.n_samples, batch_size=args.batch_size, seed=args.seed,
-                        data_root=args.data_root, split=args.split, reprogramming=args.reprogramming)
+                        data_root=args.data_root, split=args.split, reprogramming=args.reprogramming,
+                        estimator=estimator_from_args(args))
 
 
 def cmd_eval(args) -> int:
     from .. import distributed as dist
     from ..evaluation import run_eval
 
+    download_if_asked(args, args.model, args.checkpoint)
     settings = eval_settings(args)
     if args.out:
         check_output_folder(args.out)
