@@ -12,6 +12,7 @@ import sys
 from .._io import OutputFolderInUse
 from .args import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser
 from .audit import add_audit_parser
+from .certify import add_certify_parser
 from .demo import add_demo_parser
 from .evaluate import add_eval_parser
 from .train import add_train_parsers
@@ -29,6 +30,7 @@ def build_parser() -> Parser:
     add_eval_parser(sub)
     add_train_parsers(sub)
     add_audit_parser(sub)
+    add_certify_parser(sub)
     parser.commands = dict(sub.choices)
     return parser
 

@@ -1,0 +1,295 @@
+"""Certify every sample for every (lam, sigma), resumable per sample, with results.json, table.md, results.csv
+and certified.png under an output folder.
+
+results.json is rewritten atomically after every sample, or at most every ``save_every_s`` seconds when samples
+are quick (a large file rewritten per sample would cost more than the samples), after every cell, and when the
+run stops, also by an exception or Ctrl-C. A rerun into the same folder skips finished samples; it refuses a
+file of other settings (other n0, n, alpha, seed or model), since mixing them would make one table of
+incomparable certificates.
+
+Each sample draws its noise from its own generator, seeded from (seed, sample index): a resumed run gives the
+same certificates as an uninterrupted one, and every (lam, sigma) cell sees the same standard normal noise
+(common random numbers), so differences between lam values are not noise. Exact bits also depend on the batch
+size and the device, which are recorded but not required to match on resume (their certificates are equally
+valid).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import nn
+
+from .. import reports
+from .._io import output_dir_lock
+from ..attacks import eval_frozen
+from ..evaluation import TRAINED
+from ..nn import lam_override
+from ..provenance import versions
+from ..reprogram import robust_layers
+from . import outputs
+from .smoothing import (ABSTAIN, DEFAULT_BATCH_SIZE, certify, check_alpha, check_count, check_sigma,
+                        lower_confidence_bound)
+
+__all__ = ["run_certify", "sample_generator", "max_certifiable_radius", "RESULTS_FORMAT", "NOISE"]
+
+RESULTS_FORMAT = "nrpm-certify/1"
+NOISE = "gaussian N(0, sigma^2 I) added to inputs in [0, 1], not clipped (as in Cohen et al. 2019)"
+FIX = "use another --out, or --overwrite to start again"
+
+
+# ------------------------------------------------------------------------------------------ small helpers
+def sample_generator(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of sample ``index``'s noise: seeded from (seed, index) by numpy's SeedSequence, so that
+    neighbouring seeds and indices give unrelated streams."""
+    state = np.random.SeedSequence([seed % (1 << 64), index]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(state) >> 1)  # 63 bits: what manual_seed surely takes
+
+
+def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
+    """The largest radius CERTIFY can return with ``n`` samples: all n samples in the top class."""
+    return float(sigma * stats.norm.ppf(lower_confidence_bound(n, n, alpha)))
+
+
+def _unique(values: Sequence) -> list:
+    return list(dict.fromkeys(values))
+
+
+def _check_lams(lams: Sequence, model: nn.Module) -> list:
+    """lam values: numbers in [0, 1] or TRAINED; lam != 1 and TRAINED need robust layers to act on."""
+    if not lams:
+        raise ValueError("lams must name at least one lam value (1 = the original model)")
+    checked = []
+    for lam in _unique(lams):
+        if lam != TRAINED and (isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam <= 1):
+            raise ValueError(f"lam values must lie in [0, 1] (1 = the original model) or be {TRAINED!r}, "
+                             f"got {lam!r}")
+        checked.append(lam if lam == TRAINED else float(lam))
+    has_robust_layers = bool(robust_layers(model))
+    needing = [lam for lam in checked if lam != 1.0]
+    if needing and not has_robust_layers:
+        raise ValueError(f"lam {needing[0]!r} needs a reprogrammed model (nrpm.reprogram), and this one has no "
+                         f"robust layers: use lam 1 for the plain model")
+    return checked
+
+
+def _check_data(x: torch.Tensor, y: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.dim() < 2:
+        raise ValueError("x must be a batch of inputs (N, ...) and y a tensor of N labels")
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"x and y must hold the same number (>= 1) of samples, got {len(x)} and {len(y)}")
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    parameter = next(iter(model.parameters()), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _lam_applied(model: nn.Module, lam):
+    """Every robust layer at ``lam`` inside the block; TRAINED keeps each layer's own lam."""
+    return contextlib.nullcontext(model) if lam == TRAINED else lam_override(model, lam)
+
+
+# ------------------------------------------------------------------------------------------ resuming
+def _differences(previous: dict, key: dict) -> list[str]:
+    names = sorted(set(previous) | set(key))
+    return [f"{k}: {previous.get(k)!r} on file, {key.get(k)!r} now" for k in names if previous.get(k) != key.get(k)]
+
+
+def _is_sample(sample) -> bool:
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return (isinstance(sample, dict) and isinstance(sample.get("index"), int) and number(sample.get("radius"))
+            and isinstance(sample.get("prediction"), int) and isinstance(sample.get("correct"), bool))
+
+
+def _read_previous(path: Path, key: dict) -> dict:
+    """{cell name: {lam, sigma, samples: {index: sample}}} of a results.json with this key; {} without a file."""
+    if not path.exists():
+        return {}
+    try:
+        previous = reports.read_json(path)
+    except (ValueError, UnicodeDecodeError) as error:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is not valid JSON ({error}): {FIX}") from None
+    if not isinstance(previous, dict) or previous.get("format") != RESULTS_FORMAT:
+        raise ValueError(f"{path} is not an nrpm certify results file (format {RESULTS_FORMAT!r}): {FIX}")
+    if previous.get("key") != key:
+        diff = "; ".join(_differences(previous.get("key") or {}, key))
+        raise ValueError(f"{path} holds results of other settings ({diff}): resuming needs the same model, "
+                         f"n0, n, alpha and seed; {FIX}")
+    cells = previous.get("cells")
+    if not isinstance(cells, dict) or not all(isinstance(c, dict) and isinstance(c.get("samples"), list)
+                                              and all(_is_sample(s) for s in c["samples"]) for c in cells.values()):
+        raise ValueError(f"{path} has malformed cells (each needs lam, sigma and a list of samples): {FIX}")
+    return {name: {"lam": c["lam"], "sigma": c["sigma"], "samples": {s["index"]: s for s in c["samples"]}}
+            for name, c in cells.items()}
+
+
+def _check_labels(path: Path, cells: dict, y: torch.Tensor) -> None:
+    """Finished samples must be of these images: their labels on file must be the labels given now."""
+    for name, cell in cells.items():
+        for index, sample in cell["samples"].items():
+            if index < len(y) and sample.get("label") != int(y[index]):
+                raise ValueError(f"{path} holds other samples (sample {index} of {name} has label "
+                                 f"{sample.get('label')!r}, the data now {int(y[index])}): {FIX}")
+
+
+# ------------------------------------------------------------------------------------------ one sample
+def _certify_sample(model, x, y, index: int, sigma: float, *, n0, n, alpha, batch_size, seed, device) -> dict:
+    image = x[index].to(device)
+    certificate = certify(model, image, sigma, n0, n, alpha, batch_size=batch_size,
+                          generator=sample_generator(seed, index, device))
+    label = int(y[index])
+    with eval_frozen(model), torch.no_grad():
+        base_prediction = int(model(image.unsqueeze(0)).argmax(dim=1)[0])  # the base model, without noise
+    return {"index": index, "label": label, "prediction": certificate.prediction, "radius": certificate.radius,
+            "correct": certificate.prediction != ABSTAIN and certificate.prediction == label,
+            "pA_lower": certificate.pA_lower, "counts_top": certificate.counts_top,
+            "base_prediction": base_prediction}
+
+
+# ------------------------------------------------------------------------------------------ the run
+def _as_model(model_factory_or_model) -> nn.Module:
+    if isinstance(model_factory_or_model, nn.Module):
+        return model_factory_or_model
+    if callable(model_factory_or_model):
+        model = model_factory_or_model()
+        if isinstance(model, nn.Module):
+            return model
+    raise ValueError("run_certify wants an nn.Module or a function that returns one")
+
+
+def run_certify(model_factory_or_model, x: torch.Tensor, y: torch.Tensor, *, lams: Sequence[float | str] = (1.0,),
+                sigmas: Sequence[float] = (0.25, 0.5), n0: int = 100, n: int = 1000, alpha: float = 0.001,
+                batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, out_dir: str | Path | None = None,
+                progress: bool = True, log: Callable[[str], None] = print, overwrite: bool = False,
+                describe: dict | None = None, info: dict | None = None, title: str = "randomized smoothing",
+                save_every_s: float = 5.0, on_sample: Callable[[dict], None] | None = None) -> dict:
+    """Certify every sample of (x, y) (inputs in [0, 1]) for every (lam, sigma); returns the results.
+
+    ``lams``: numbers in [0, 1] applied to every robust layer with :func:`nrpm.lam_override` (1 = the original
+    model), or ``"trained"`` (each layer's own lam). ``describe``: what defines the model (name, checkpoint,
+    K, ...), part of the key a resumed run must match; ``info``: recorded only. ``on_sample(sample)`` is called
+    after each new sample is recorded (e.g. to stop a test run). With ``out_dir`` the run resumes from and writes
+    results.json, table.md, results.csv and certified.png (see the module docstring); ``overwrite`` ignores an
+    earlier results.json there.
+    """
+    model = _as_model(model_factory_or_model)
+    _check_data(x, y)
+    lams = _check_lams(lams, model)
+    if not sigmas:
+        raise ValueError("sigmas must name at least one noise level sigma > 0")
+    sigmas = [check_sigma(s) for s in _unique(sigmas)]
+    n0, n, alpha = check_count(n0, "n0"), check_count(n, "n"), check_alpha(alpha)
+    batch_size = check_count(batch_size, "batch_size")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    key = reports.jsonable({"n0": n0, "n": n, "alpha": alpha, "seed": seed, "noise": NOISE, **(describe or {})})
+    device = _device_of(model)
+    out = Path(out_dir) if out_dir is not None else None
+    with output_dir_lock(out, "certify", enabled=out is not None):
+        previous = {} if out is None or overwrite else _read_previous(out / "results.json", key)
+        if out is not None:
+            _check_labels(out / "results.json", previous, y)
+        run = _Run(model, x, y, lams, sigmas, dict(n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed),
+                   key, previous, out, log=log, info=info, title=title, save_every_s=save_every_s,
+                   on_sample=on_sample, device=device)
+        return run.execute(progress)
+
+
+class _Run:
+    """One run_certify call: the cells on file (also of lam / sigma values not asked for now), and their saving."""
+
+    def __init__(self, model, x, y, lams, sigmas, options, key, cells, out, *, log, info, title, save_every_s,
+                 on_sample, device):
+        self.model, self.x, self.y, self.lams, self.sigmas = model, x, y, lams, sigmas
+        self.options, self.key, self.cells, self.out, self.device = options, key, cells, out, device
+        self.log, self.info, self.title, self.on_sample = log, info, title, on_sample
+        self.save_every_s = save_every_s
+        self.started = self.last_save = time.perf_counter()
+        self.unsaved = False
+
+    def payload(self) -> dict:
+        settings = {"lams": self.lams, "sigmas": self.sigmas, **self.options, "n_samples": len(self.x),
+                    "noise": NOISE, "device": str(self.device), "radius_norm": "L2"}
+        cells = {name: {"lam": c["lam"], "sigma": c["sigma"],
+                        "samples": [c["samples"][i] for i in sorted(c["samples"])]}
+                 for name, c in self.cells.items() if c["samples"]}  # a cell begun and stopped at once: none
+        import scipy
+
+        return {"format": RESULTS_FORMAT, "settings": settings, "key": self.key,
+                "versions": versions(scipy=scipy.__version__), "info": reports.jsonable(self.info or {}),
+                "cells": cells, "seconds_this_run": round(time.perf_counter() - self.started, 2)}
+
+    def max_radius(self) -> float:
+        sigmas = [c["sigma"] for c in self.cells.values()] or self.sigmas
+        return max(max_certifiable_radius(s, self.options["n"], self.options["alpha"]) for s in sigmas)
+
+    def save(self, everything: bool) -> str | None:
+        """results.json; with ``everything`` also table.md, results.csv and certified.png. Returns the table."""
+        self.last_save, self.unsaved = time.perf_counter(), False
+        if self.out is None:
+            return None
+        if not everything:
+            reports.write_json(self.out / "results.json", self.payload())
+            return None
+        note = (f"Certified accuracy (%) of the smoothed classifier (Cohen et al. 2019) against the L2 radius: "
+                f"n0={self.options['n0']}, n={self.options['n']}, alpha={self.options['alpha']:g}, "
+                f"seed={self.options['seed']}; noise {NOISE}. r=0 is the smoothed classifier's clean accuracy "
+                f"(abstentions count as wrong); 'base clean' is the base model on the un-noised images; "
+                f"'abstain' the abstention rate. Every sample on file; '…' = not evaluated.")
+        return outputs.write_outputs(self.out, self.payload(), self.max_radius(), title=self.title, note=note)
+
+    def execute(self, progress: bool) -> dict:
+        from tqdm.auto import tqdm
+
+        plan = [(lam, sigma) for lam in self.lams for sigma in self.sigmas]
+        wanted = set(range(len(self.x)))
+        done = sum(len(self.cells.get(outputs.cell_name(lam, sigma), {"samples": {}})["samples"].keys() & wanted)
+                   for lam, sigma in plan)
+        if done:
+            self.log(f"resuming: {done} of {len(plan) * len(self.x)} samples found in {self.out / 'results.json'}")
+        bar = tqdm(total=len(plan) * len(self.x), initial=done, disable=not progress, desc="certify",
+                   unit="sample")
+        try:
+            for lam, sigma in plan:
+                if self._certify_cell(lam, sigma, bar):
+                    self.save(everything=True)
+        finally:
+            bar.close()
+            if self.unsaved:
+                self.save(everything=False)  # what an interruption or an error would otherwise lose
+        table = self.save(everything=True)
+        result = self.payload()
+        result["table"] = table if table is not None else outputs.certify_markdown(
+            {k: c for k, c in result["cells"].items() if c["samples"]}, outputs.radius_grid(self.max_radius()))
+        return result
+
+    def _cell(self, lam, sigma) -> dict:
+        return self.cells.setdefault(outputs.cell_name(lam, sigma), {"lam": lam, "sigma": sigma, "samples": {}})
+
+    def _certify_cell(self, lam, sigma, bar) -> bool:
+        """Certify the cell's samples not on file yet; False when there were none."""
+        cell = self._cell(lam, sigma)
+        todo = [i for i in range(len(self.x)) if i not in cell["samples"]]
+        if not todo:
+            return False
+        with eval_frozen(self.model), _lam_applied(self.model, lam):
+            for index in todo:
+                sample = _certify_sample(self.model, self.x, self.y, index, sigma, device=self.device,
+                                         **self.options)
+                cell["samples"][index] = sample
+                self.unsaved = True
+                if time.perf_counter() - self.last_save >= self.save_every_s:
+                    self.save(everything=False)
+                bar.set_postfix(lam=lam, sigma=f"{sigma:g}", radius=f"{sample['radius']:.2f}")
+                bar.update(1)
+                if self.on_sample is not None:
+                    self.on_sample(sample)
+        return True
