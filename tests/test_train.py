@@ -14,6 +14,7 @@ from torch import nn
 import nrpm
 import nrpm.attacks as A
 from nrpm import train as T
+from nrpm.train import loop
 from nrpm.cli_train import add_train_parsers
 from nrpm.models import load_checkpoint
 
@@ -152,6 +153,44 @@ def test_training_fgsm_equals_nrpm_attacks_fgsm_and_restores_flags():
     assert torch.allclose(ours, ref, atol=1e-7)
 
 
+def _old_training_attack(model, x, y, *, eps, steps, alpha, noise):
+    """The training attack as it was before it moved onto nrpm.attacks.ascend (a frozen copy of that loop)."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        x = x.detach()
+        x_adv = x.clone() if noise is None else (x + noise.to(x)).clamp(0.0, 1.0)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            with torch.enable_grad():
+                loss = nn.functional.cross_entropy(model(x_adv), y, reduction="sum")
+                (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = x_adv.detach() + alpha * grad.sign()
+            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, mode in modes:
+            m.training = mode
+    return x_adv.detach()
+
+
+@pytest.mark.parametrize("cls", [TinyMLP, TinyConvBN])
+@pytest.mark.parametrize("attack,steps,alpha,random_start", [
+    ("fgsm", 1, 0.1, False), ("fgsm", 1, 0.05, True), ("pgd", 3, 0.04, True), ("pgd", 4, 0.03, False)])
+def test_training_attack_is_bit_identical_to_the_old_loop(cls, attack, steps, alpha, random_start):
+    model = make_model(cls, seed=3).train()
+    x, y = make_data(24, seed=7)
+    noise = (2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(5)) - 1) * 0.1 if random_start else None
+    ours = T.adversarial_examples(model, x, y, attack=attack, eps=0.1, steps=steps, alpha=alpha, noise=noise)
+    old = _old_training_attack(model, x, y, eps=0.1, steps=steps, alpha=alpha, noise=noise)
+    assert torch.equal(ours, old)
+    assert model.training and not torch.equal(ours, x)
+
+
 def test_training_pgd_stays_in_budget_and_moves():
     model = make_model()
     x, y = make_data(16)
@@ -168,6 +207,22 @@ def test_attack_defaults_are_resolved():
     c = cfg(attack="fgsm", attack_eps=0.3)
     assert c.attack_steps == 1 and c.attack_alpha == 0.3 and not c.random_start
     assert c.val_attack == "fgsm" and c.val_eps == 0.3
+
+
+@pytest.mark.parametrize("paradigm", [2, 3])
+@pytest.mark.parametrize("lam,clamped", [(0.0, "0.0001"), (1.0, "0.9999")])
+def test_a_start_lam_of_0_or_1_warns_that_it_was_clamped(tmp_path, paradigm, lam, clamped):
+    with pytest.warns(UserWarning, match=rf"lam = {lam:g}: the starting lam was clamped to {clamped}$"):
+        summary = run(cfg(paradigm=paradigm, lam=lam, epochs=1), tmp_path)
+    assert summary["epochs_done"] == 1
+
+
+def test_no_clamp_warning_inside_0_1_or_on_resume(tmp_path, recwarn):
+    run(cfg(lam=0.5, epochs=1), tmp_path / "half")
+    with pytest.warns(UserWarning, match="clamped"):
+        run(cfg(lam=1.0, epochs=1, schedule="constant"), tmp_path / "one")
+    run(cfg(lam=1.0, epochs=2, schedule="constant"), tmp_path / "one", resume=True)  # lam comes from the file
+    assert not [w for w in recwarn if "clamped" in str(w.message)]  # neither the lam = 0.5 run nor the resume
 
 
 # ------------------------------------------------------------------------------------------------ resume
@@ -258,7 +313,7 @@ def test_max_minutes_stops_at_an_epoch_boundary(tmp_path):
     assert T.read_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
 
 
-def test_train_subset_draws_a_fresh_subset_each_epoch(tmp_path):
+def test_train_subset_draws_a_fresh_subset_each_epoch(tmp_path, monkeypatch):
     seen = []
     real = T.adversarial_examples
 
@@ -266,11 +321,8 @@ def test_train_subset_draws_a_fresh_subset_each_epoch(tmp_path):
         seen.append(x.clone())
         return real(model, x, y, **kw)
 
-    T.adversarial_examples, saved = spy, T.adversarial_examples
-    try:
-        run(cfg(epochs=2, train_subset=32), tmp_path)
-    finally:
-        T.adversarial_examples = saved
+    monkeypatch.setattr(loop, "adversarial_examples", spy)  # the name the training loop calls
+    run(cfg(epochs=2, train_subset=32), tmp_path)
     assert len(seen) == 4  # 2 batches of 16 per epoch
     first, second = torch.cat(seen[:2]), torch.cat(seen[2:])
     assert not torch.equal(first, second)
@@ -377,7 +429,7 @@ def test_cli_reprogram_paradigm2_on_mnist_mlp(shared_dir, tmp_path, capsys):
     assert torch.equal(model.fc1.weight, base.fc1.weight)
 
 
-def test_cli_train_parses_units_and_rejects_paradigm_1(tmp_path):
+def test_cli_train_parses_units_and_rejects_paradigm_1(tmp_path, capsys):
     from nrpm.cli_train import config_from_args
 
     args = _parser().parse_args(["train", "--model", "resnet18_narrow", "--out", str(tmp_path), "--attack", "pgd",
@@ -386,9 +438,9 @@ def test_cli_train_parses_units_and_rejects_paradigm_1(tmp_path):
     c = config_from_args(args, 0)
     assert c.attack_eps == pytest.approx(8 / 255) and c.attack_alpha == pytest.approx(2 / 255)
     assert c.checkpoint is None and c.optimizer == "sgd" and c.random_start
-    args = _parser().parse_args(["reprogram", "--paradigm", "1", "--model", "mlp3", "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match="paradigm 1 trains nothing"):
-        args.func(args)
+    with pytest.raises(SystemExit):  # refused while parsing, before anything runs
+        _parser().parse_args(["reprogram", "--paradigm", "1", "--model", "mlp3", "--out", str(tmp_path)])
+    assert "paradigm 1 trains nothing" in capsys.readouterr().err
 
 
 def test_a_constant_schedule_run_can_be_extended_a_cosine_one_cannot(tmp_path):

@@ -112,6 +112,7 @@ def init_from_env(device: str | torch.device = "auto", backend: str | None = Non
     if not is_initialized():
         if not dist.is_available():
             raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+        _import_group_pinning_modules()
         chosen = backend or ("nccl" if dev.type == "cuda" else "gloo")
         kwargs = {"backend": chosen, "timeout": datetime.timedelta(minutes=timeout_minutes)}
         if dev.type == "cuda" and chosen == "nccl":
@@ -123,6 +124,25 @@ def init_from_env(device: str | torch.device = "auto", backend: str | None = Non
             dist.init_process_group(**kwargs)
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                     backend=dist.get_backend(), device=dev)
+
+
+def _import_group_pinning_modules() -> None:
+    """Import, before the process group exists, the torch modules that would otherwise pin it for good.
+
+    ``torch.distributed.nn.functional`` declares ``group=group.WORLD`` as default arguments, evaluated once when
+    it is first imported; DistributedDataParallel's constructor imports it (through ``torch._dynamo``). Imported
+    after ``init_process_group``, those defaults hold the live default group forever: ``destroy_process_group``
+    then only forgets it and its gloo worker threads keep running into interpreter shutdown. There a worker
+    that frees a finished barrier (and the all-reduce before it, whose tensors own Python objects) needs the
+    GIL, which a finalising interpreter answers by ending the thread (a forced unwind) inside a noexcept
+    destructor: std::terminate, "terminate called without an active exception", after all work is done.
+    Imported first, the defaults are None ("the default group" at call time), ``destroy_process_group`` frees
+    the group and joins its threads while the interpreter is still whole.
+    """
+    try:
+        import torch.distributed.nn  # noqa: F401
+    except ImportError:  # a build without it has nothing that could pin the group
+        pass
 
 
 def is_initialized() -> bool:
@@ -148,12 +168,13 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
-    """Leave the process group (no-op when none), after a barrier so no rank tears down its connections while
-    another still talks to it."""
-    if is_initialized():
-        if get_world_size() > 1:
-            dist.barrier()
-        dist.destroy_process_group()
+    """Leave the process group, after a barrier so no rank tears down its connections while another still talks
+    to it. Idempotent: a no-op when there is no group (never joined, or already left)."""
+    if not is_initialized():
+        return
+    if get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def _comm_device() -> torch.device:

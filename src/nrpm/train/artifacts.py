@@ -1,0 +1,251 @@
+"""Everything a run writes to (and reads back from) its output folder; only rank 0 calls the writers.
+
+* ``checkpoint.pt`` (:data:`CHECKPOINT_FORMAT`): the full state of the run after an epoch, for an exact resume;
+* ``reprogramming.pt`` / ``model.pt`` (:data:`MODEL_FORMAT`): the trained artifact; :func:`load_trained`
+  rebuilds the model from either;
+* ``log.jsonl`` / ``log.csv`` (one row per epoch), optional TensorBoard scalars, ``run.json`` (the summary) and
+  ``test_<label>.json/.md`` (final test evaluations).
+
+Every file is written atomically (temp file + rename), so a crash while saving never leaves a torn file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import reports
+from ..models import create_model, load_checkpoint, model_from_checkpoint
+from ..reprogram import atomic_torch_save, load_reprogramming, reprogram, reprogramming_state
+from .config import TestSettings, TrainConfig
+
+__all__ = ["CHECKPOINT_FORMAT", "MODEL_FORMAT", "RUN_FORMAT", "TEST_FORMAT", "CHECKPOINT_NAME", "check_writable",
+           "read_checkpoint", "identity_diff", "write_checkpoint", "artifact_names", "write_artifacts",
+           "load_trained", "write_logs", "open_tensorboard", "log_tensorboard", "epoch_line", "write_test_files",
+           "write_run_json"]
+
+CHECKPOINT_FORMAT = "nrpm-train-checkpoint/1"
+MODEL_FORMAT = "nrpm-model/1"
+RUN_FORMAT = "nrpm-train-run/1"
+TEST_FORMAT = "nrpm-train-test/1"
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` and prove a file can be written there, so a bad folder fails before any training."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".nrpm-write-test.", dir=out)
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as error:
+        raise ValueError(f"output folder {out} is not writable: {error}") from None
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load and check a training checkpoint written by :func:`~nrpm.train.run_training`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated or foreign file
+        raise ValueError(f"{path} is not a readable nrpm training checkpoint: {error}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an nrpm training checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    return state
+
+
+def identity_diff(saved: dict, now: dict) -> list[str]:
+    """One line per setting in which a checkpoint's run and this run differ (empty: a resume may continue)."""
+    keys = sorted(set(saved) | set(now))
+    return [f"{k}: {saved.get(k)!r} in the file, {now.get(k)!r} now" for k in keys if saved.get(k) != now.get(k)]
+
+
+def write_checkpoint(path: Path, config: TrainConfig, model: nn.Module, *, epoch: int, optimizer, scheduler,
+                     generator: torch.Generator, rng: list, history: list, train_seconds: float,
+                     wall_seconds: float, world_size: int) -> None:
+    """The state after ``epoch``: enough to continue as if never stopped (``rng`` holds every rank's states)."""
+    atomic_torch_save({"format": CHECKPOINT_FORMAT, "identity": config.identity(),
+                       "config": config.to_dict(), "epoch": epoch,
+                       "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                       "generator": generator.get_state(), "rng": rng, "history": history,
+                       "train_seconds": train_seconds, "wall_seconds": wall_seconds,
+                       "world_size": world_size}, path)
+
+
+def _plain_state_dict(model: nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.endswith(".lam_logit")}
+
+
+def artifact_names(config: TrainConfig) -> list[str]:
+    """The artifact files of a paradigm: the reprogramming state (2, 3) and the full model (0, 3)."""
+    return (["reprogramming.pt"] if config.paradigm in (2, 3) else []) + (
+        ["model.pt"] if config.paradigm in (0, 3) else [])
+
+
+def write_artifacts(out: Path, config: TrainConfig, model: nn.Module, epoch: int) -> list[str]:
+    """Refresh the trained artifact(s) from ``model`` (the plain module, not a DDP wrapper)."""
+    written = []
+    if config.paradigm in (2, 3):
+        rp = reprogramming_state(model)
+        if config.paradigm == 2:  # the artifact alone names what it applies to
+            rp.update(base_model=config.model, base_checkpoint=config.checkpoint)
+        atomic_torch_save(rp, out / "reprogramming.pt")
+        written.append("reprogramming.pt")
+    if config.paradigm in (0, 3):
+        atomic_torch_save({"format": MODEL_FORMAT, "model": config.model, "paradigm": config.paradigm,
+                           "epoch": epoch, "state_dict": _plain_state_dict(model),
+                           "reprogramming": reprogramming_state(model) if config.paradigm else None,
+                           "config": config.to_dict()}, out / "model.pt")
+        written.append("model.pt")
+    return written
+
+
+# ------------------------------------------------------------------------------------------------ load_trained
+def load_trained(path: str | os.PathLike, map_location="cpu") -> tuple[nn.Module, dict]:
+    """The trained model of a run folder (or its ``model.pt`` / ``reprogramming.pt`` / ``checkpoint.pt``), in
+    eval mode: paradigm 2 = the base checkpoint with the learned lam; paradigm 3 = trained weights with the
+    learned lam; paradigm 0 = the trained plain model. Returns (model, info)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no trained model at {path}")
+    if path.is_dir():
+        path = _preferred_file(path)
+    if path.name == CHECKPOINT_NAME:
+        model, info = _from_checkpoint(path)
+    elif path.name != "reprogramming.pt":
+        model, info = _from_model_file(path)
+    else:
+        model, info = _from_reprogramming(path)
+    return model.to(map_location).eval(), info
+
+
+def _preferred_file(folder: Path) -> Path:
+    candidates = [folder / "model.pt", folder / "reprogramming.pt", folder / CHECKPOINT_NAME]
+    found = [c for c in candidates if c.is_file()]
+    if not found:
+        raise FileNotFoundError(f"no model.pt, reprogramming.pt or {CHECKPOINT_NAME} in {folder}")
+    return found[0]
+
+
+def _from_checkpoint(path: Path) -> tuple[nn.Module, dict]:
+    ckpt = read_checkpoint(path)
+    config = TrainConfig.from_dict(ckpt["config"])
+    model = create_model(config.model)
+    if config.paradigm:
+        reprogram(model, config.reprogram_config())
+    model.load_state_dict(ckpt["model_state"])
+    return model, {"source": str(path), "epoch": ckpt["epoch"], "paradigm": config.paradigm}
+
+
+def _from_model_file(path: Path) -> tuple[nn.Module, dict]:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or obj.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path} is not an nrpm model file (expected format {MODEL_FORMAT!r})")
+    model = create_model(obj["model"])
+    info = load_checkpoint(model, obj)
+    if obj.get("reprogramming"):
+        load_reprogramming(model, obj["reprogramming"])
+    info.update(source=str(path), paradigm=obj.get("paradigm"))
+    return model, info
+
+
+def _from_reprogramming(path: Path) -> tuple[nn.Module, dict]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    name, base = state.get("base_model"), state.get("base_checkpoint")
+    if name is None:
+        raise ValueError(f"{path} does not name its base model; load the base model yourself and call "
+                         f"nrpm.load_reprogramming(model, path)")
+    model, info = model_from_checkpoint(name, base or None)
+    load_reprogramming(model, state)
+    info.update(source=str(path), paradigm=2)
+    return model, info
+
+
+# ------------------------------------------------------------------------------------------------ logs
+_CSV_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_clean", "val_robust", "epoch_seconds",
+               "train_seconds", "wall_seconds", "samples"]
+
+
+def write_logs(out: Path, history: list[dict]) -> None:
+    """``log.jsonl`` and ``log.csv`` (one column per layer's lam), rewritten whole so they match the checkpoint."""
+    reports.atomic_write_text(out / "log.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+    lam_names = list(history[-1].get("lam", {})) if history else []
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=_CSV_FIELDS + [f"lam/{n}" for n in lam_names], extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        flat = dict(row)
+        flat.update({f"lam/{n}": v for n, v in row.get("lam", {}).items()})
+        writer.writerow(flat)
+    reports.atomic_write_text(out / "log.csv", buf.getvalue())
+
+
+def open_tensorboard(out: Path, enabled: bool, log):
+    """A SummaryWriter on ``out/tb``, or None when not asked for or tensorboard is not installed."""
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional
+        log("tensorboard is not installed: skipping TensorBoard logs (log.jsonl and log.csv are written)")
+        return None
+    return SummaryWriter(log_dir=str(out / "tb"))
+
+
+def log_tensorboard(writer, row: dict, epoch: int) -> None:
+    for key in ("train_loss", "train_acc", "val_clean", "val_robust", "lr"):
+        if row[key] is not None:
+            writer.add_scalar(key, row[key], epoch)
+    for name, value in row["lam"].items():
+        writer.add_scalar(f"lam/{name}", value, epoch)
+    writer.flush()
+
+
+def epoch_line(config: TrainConfig, row: dict) -> str:
+    """The one-line progress report of an epoch."""
+    parts = [f"epoch {row['epoch']}/{config.epochs}", f"loss {row['train_loss']:.4f}",
+             f"train acc {100 * row['train_acc']:.1f}%"]
+    if row.get("val_clean") is not None:
+        parts.append(f"val clean {100 * row['val_clean']:.1f}%")
+    if row.get("val_robust") is not None:
+        parts.append(f"val {config.val_attack}({config.val_eps:g}) {100 * row['val_robust']:.1f}%")
+    parts += [f"lr {row['lr']:.3g}", f"{row['epoch_seconds']:.1f} s"]
+    if row.get("lam"):
+        parts.append("lam " + " ".join(f"{n}={v:.3f}" for n, v in row["lam"].items()))
+    return " | ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------ results
+def write_test_files(out: Path, settings: TestSettings, result: dict, n_images: int) -> None:
+    """``test_<label>.json`` (the cells) and ``.md`` (the table) of one final test evaluation."""
+    label = settings.label()
+    reports.write_json(out / f"test_{label}.json", result)
+    reports.atomic_write_text(out / f"test_{label}.md",
+                              f"# {result['row']}: {settings.attack} {settings.attack_kwargs or ''}\n\n"
+                              f"Accuracy (%) on the first {n_images} test images.\n\n"
+                              f"{result['table']}\n")
+
+
+def write_run_json(out: Path, summary: dict) -> dict:
+    """Write ``run.json``, keeping the test results of earlier calls on the same folder (a resume that only
+    evaluates adds its tests to those already there). Returns the summary with the merged tests."""
+    previous = {}
+    if (out / "run.json").is_file():
+        try:
+            previous = reports.read_json(out / "run.json").get("tests", {})
+        except (ValueError, OSError):
+            previous = {}
+    summary["tests"] = {**previous, **summary["tests"]}
+    reports.write_json(out / "run.json", summary)
+    return summary

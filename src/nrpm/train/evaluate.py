@@ -1,0 +1,70 @@
+"""Accuracy measurements during and after training: the per-epoch check on the held-out images and the final
+test evaluation(s). Both shard the samples over the processes (:func:`nrpm.distributed.sharded_correct`), so
+every rank must call them and all ranks get the totals of a single process."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from torch import nn
+
+from .. import attacks as A
+from .. import data as D
+from .. import distributed as dist
+from .. import reports
+from .artifacts import TEST_FORMAT, write_test_files
+from .config import TestSettings, TrainConfig
+
+__all__ = ["evaluate_split", "run_test"]
+
+
+def evaluate_split(model: nn.Module, x, y, attack: A.Attack | None, batch_size: int) -> tuple[float, float | None]:
+    """(clean accuracy, robust accuracy or None without an attack) on (x, y)."""
+    n = len(x)
+    clean = dist.sharded_correct(lambda xs, ys: A.clean_accuracy(model, xs, ys, batch_size=batch_size), x, y) / n
+    robust = None
+    if attack is not None:
+        robust = dist.sharded_correct(lambda xs, ys: A.robust_accuracy(model, attack, xs, ys,
+                                                                       batch_size=batch_size), x, y) / n
+    return clean, robust
+
+
+def _measure(model: nn.Module, settings: TestSettings, kwargs: dict, budget: float, x, y) -> dict:
+    start = time.perf_counter()
+    if budget == 0:
+        correct = dist.sharded_correct(lambda xs, ys: A.clean_accuracy(model, xs, ys,
+                                                                       batch_size=settings.batch_size), x, y)
+    else:
+        attack = A.make_attack(settings.attack, budget, **kwargs)
+        correct = dist.sharded_correct(lambda xs, ys: A.robust_accuracy(model, attack, xs, ys,
+                                                                        batch_size=settings.batch_size), x, y)
+    return {"budget": budget, "attack": "clean" if budget == 0 else settings.attack,
+            "accuracy": correct / len(x), "correct": correct, "n": len(x),
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _table(row_name: str, cells: list[dict], unit: float) -> str:
+    header = ["model"] + ["clean" if c["budget"] == 0 else reports.format_budget(c["budget"], unit) for c in cells]
+    row = [row_name] + [f"{100 * c['accuracy']:.1f}" for c in cells]
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), "| " + " | ".join(row) + " |"])
+
+
+def run_test(model: nn.Module, settings: TestSettings, test_data, config: TrainConfig, seed: int,
+             out: Path, main: bool, log, meta: dict) -> dict:
+    """One final evaluation on the first ``settings.n_samples`` test images, one cell per budget; rank 0
+    writes ``test_<label>.json/.md`` and logs the table. ``meta`` (the row name, epochs done) goes into the file."""
+    if test_data is None:
+        x, y = D.load_dataset(model.dataset, root=config.data_root, train=False)
+    else:
+        x, y = test_data
+    x, y = D.subset(x, y, min(settings.n_samples, len(x)))
+    kwargs = A.with_default_seed(settings.attack, settings.attack_kwargs, seed)
+    cells = [_measure(model, settings, kwargs, budget, x, y) for budget in settings.budgets]
+    table = _table(meta["row"], cells, settings.budget_unit)
+    result = {"format": TEST_FORMAT, "settings": asdict(settings), "cells": cells, "table": table, **meta}
+    if main:
+        write_test_files(out, settings, result, len(x))
+        log(table)
+    return result
