@@ -455,3 +455,18 @@ def test_resume_auto_starts_or_continues(tmp_path):
     assert run(cfg(epochs=1, schedule="constant"), tmp_path, resume="auto")["epochs_done"] == 1
     assert run(cfg(epochs=2, schedule="constant"), tmp_path, resume="auto")["epochs_done"] == 2
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2
+
+
+def test_reprogram_takes_the_robust_estimator_and_lr_gamma_is_the_step_decay():
+    from nrpm.cli.main import parse_args
+    from nrpm.cli.train import config_from_args
+
+    args = parse_args(["reprogram", "--paradigm", "2", "--model", "mlp3", "--out", "x", "--estimator", "hm",
+                       "--gamma", "2", "--delta", "1", "--scale", "relative", "--schedule", "step", "--lr-gamma",
+                       "0.5"])
+    config = config_from_args(args, 2)
+    assert config.estimator == {"norm": "hm", "gamma": 2.0, "delta": 1.0, "scale": "relative"}
+    assert config.gamma == 0.5
+    rp = config.reprogram_config()
+    assert (rp.norm, rp.gamma, rp.delta, rp.scale) == ("hm", 2.0, 1.0, "relative")
+    assert T.TrainConfig(model="mlp3", paradigm=2).reprogram_config().norm == "l1"

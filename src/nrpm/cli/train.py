@@ -10,8 +10,9 @@ import argparse
 import json
 import sys
 
-from .args import (HelpFormatter, budget, device_spec, in_input_units, key_value, lam_number, model_name,
-                   nonneg_int, positive_float, positive_int, set_threads)
+from .args import (HelpFormatter, add_download_arg, add_estimator_args, budget, device_spec, download_if_asked,
+                   estimator_from_args, in_input_units, key_value, lam_number, model_name, nonneg_int,
+                   positive_float, positive_int, set_threads)
 
 __all__ = ["add_train_parsers", "cmd_train", "cmd_reprogram", "config_from_args", "tests_from_args", "paradigm"]
 
@@ -36,13 +37,14 @@ def config_from_args(args, paradigm: int):
         clean_weight=args.clean_weight,
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
-        milestones=args.milestones or (), gamma=args.gamma, augment=args.augment, train_subset=args.train_subset,
+        milestones=args.milestones or (), gamma=args.lr_gamma, augment=args.augment, train_subset=args.train_subset,
         val_size=args.val_size, val_attack=args.val_attack, val_eps=_per_unit(args.val_eps, unit),
         val_steps=args.val_steps, seed=args.seed, data_root=args.data_root,
     )
     if paradigm:
         kwargs.update(lam=args.lam, K=args.K, eps=args.eps, layers=args.layers, skip=args.skip or (),
-                      layer_types=args.layer_types, lam_lr=args.lam_lr, bn_mode=args.bn_mode)
+                      layer_types=args.layer_types, lam_lr=args.lam_lr, bn_mode=args.bn_mode,
+                      estimator=estimator_from_args(args))
     else:
         kwargs.update(bn_mode=args.bn_mode)
     return TrainConfig(**kwargs)
@@ -62,6 +64,7 @@ def _run(args, paradigm: int) -> int:
     from .. import distributed as dist
     from ..train import run_training
 
+    download_if_asked(args, args.model, args.checkpoint)
     config = config_from_args(args, paradigm)
     tests = tests_from_args(args)
     set_threads(args.threads)
@@ -131,7 +134,8 @@ def _common(p: argparse.ArgumentParser, *, checkpoint_default: str, lr: float, o
     g.add_argument("--weight-decay", type=float, default=wd, help="never applied to lam logits")
     g.add_argument("--schedule", default="cosine", choices=["constant", "step", "cosine"], help="per epoch")
     g.add_argument("--milestones", type=int, nargs="+", default=None, help="epochs where step decays the lr")
-    g.add_argument("--gamma", type=float, default=0.1, help="step decay factor")
+    g.add_argument("--lr-gamma", dest="lr_gamma", type=float, default=0.1,
+                   help="step decay factor of the learning rate (--gamma is the robust estimator's parameter)")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop + flip (default: on for CIFAR-10, off for MNIST)")
     g.add_argument("--train-subset", type=int, default=None, help="a random subset of N training images per epoch")
@@ -161,6 +165,7 @@ def _common(p: argparse.ArgumentParser, *, checkpoint_default: str, lr: float, o
     g.add_argument("--data-root", default=None, help="data folder (default $NRPM_DATA or ../shared/data)")
     g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars (if installed)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_download_arg(p)
 
 
 def add_train_parsers(subparsers) -> None:
@@ -182,6 +187,7 @@ def add_train_parsers(subparsers) -> None:
     rp.add_argument("--paradigm", type=paradigm, choices=[2, 3], required=True,
                     help="2 (lam only) or 3 (weights and lam)")
     _common(rp, checkpoint_default="pretrained", lr=0.01, optimizer="adam", wd=0.0)
+    add_estimator_args(rp)
     g = rp.add_argument_group("reprogramming")
     g.add_argument("--lam", type=lam_number, default=0.5, help="initial lam of every robust layer")
     g.add_argument("--lam-lr", type=positive_float, default=None,

@@ -66,6 +66,8 @@ class TrainConfig:
     layers: Sequence[str] | None = None
     skip: Sequence[str] = ()
     layer_types: Sequence[str] = ("linear", "conv2d")
+    # the robust estimator {'norm', 'gamma', 'delta', 'scale'} (paradigms 2, 3); None: the paper's L1
+    estimator: dict | None = None
     attack: str = "none"
     attack_eps: float = 0.0
     attack_steps: int | None = None
@@ -199,7 +201,8 @@ class TrainConfig:
     def reprogram_config(self) -> ReprogramConfig:
         layers = self.layers if self.layers is not None else default_robust_layers(self.model)
         return ReprogramConfig(lam=self.lam, K=self.K, eps=self.eps, paradigm=self.paradigm if self.paradigm else 1,
-                               target_modules=layers, skip=list(self.skip), target_types=list(self.layer_types))
+                               target_modules=layers, skip=list(self.skip), target_types=list(self.layer_types),
+                               **(self.estimator or {}))
 
     def bn_eval(self) -> bool:
         return self.bn_mode == "eval" or (self.bn_mode == "auto" and self.paradigm == 2)
