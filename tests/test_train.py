@@ -15,7 +15,7 @@ import nrpm
 import nrpm.attacks as A
 from nrpm import train as T
 from nrpm.train import loop
-from nrpm.cli_train import add_train_parsers
+from nrpm.cli.train import add_train_parsers
 from nrpm.models import load_checkpoint
 
 
@@ -430,7 +430,7 @@ def test_cli_reprogram_paradigm2_on_mnist_mlp(shared_dir, tmp_path, capsys):
 
 
 def test_cli_train_parses_units_and_rejects_paradigm_1(tmp_path, capsys):
-    from nrpm.cli_train import config_from_args
+    from nrpm.cli.train import config_from_args
 
     args = _parser().parse_args(["train", "--model", "resnet18_narrow", "--out", str(tmp_path), "--attack", "pgd",
                                  "--attack-eps", "8", "--attack-alpha", "2", "--attack-steps", "7",
