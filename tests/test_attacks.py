@@ -292,7 +292,7 @@ def test_registry_builds_every_attack(name):
 
 def test_registry_rejects_unknown_names_and_bad_arguments():
     with pytest.raises(ValueError, match="known attacks: .*pgd_l2.*autoattack-l2"):
-        make_attack("deepfool", 0.1)
+        make_attack("no-such-attack", 0.1)
     with pytest.raises(TypeError, match="bad arguments for attack 'pgd'.*steps"):
         make_attack("pgd", 0.1, stepz=10)
     with pytest.raises(TypeError, match="fixes norm='L2'"):

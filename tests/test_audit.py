@@ -258,7 +258,7 @@ def test_bad_arguments(samples):
 
 # ------------------------------------------------------------------------------------------ CLI
 def _cli(argv):
-    from nrpm.cli_audit import add_audit_parser
+    from nrpm.cli.audit import add_audit_parser
 
     parser = argparse.ArgumentParser(prog="nrpm")
     add_audit_parser(parser.add_subparsers(dest="command", required=True))
@@ -266,7 +266,16 @@ def _cli(argv):
     return args.func(args)
 
 
-def test_cli_audit_and_table(shared_dir, tmp_path, capsys):
+@pytest.fixture
+def no_spsa(monkeypatch):
+    """``nrpm audit`` has no SPSA options (yet), so its tests leave SPSA out: even 2 steps of 4 queries push the
+    NRPM MLP's batches past the size at which the kernels compile (~10 s here; the rest of the audit takes 3 s).
+    SPSA in the audit is tested above."""
+    run = AU.run_audit
+    monkeypatch.setattr(AU, "run_audit", lambda *a, **k: run(*a, **{"skip_attacks": ("spsa",), **k}))
+
+
+def test_cli_audit_and_table(shared_dir, tmp_path, capsys, no_spsa):
     out = tmp_path / "mlp3"
     rc = _cli(["audit", "--model", "mlp3", "--lam", "0.8", "--K", "1", "--n-samples", "12", "--budgets", "0.1",
                "--steps", "2", "--apgd-steps", "2", "--square-queries", "5", "--no-autoattack", "--no-progress",
@@ -341,7 +350,7 @@ def test_cli_audit_refuses_a_folder_another_run_writes(shared_dir, tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written, and the holder's lock is gone with it
 
 
-def test_cli_audit_of_a_saved_reprogramming_next_to_the_paper_checkpoint(shared_dir, tmp_path):
+def test_cli_audit_of_a_saved_reprogramming_next_to_the_paper_checkpoint(shared_dir, tmp_path, no_spsa):
     from nrpm.models import load_pretrained
 
     model, _ = load_pretrained("mlp3")
@@ -461,3 +470,102 @@ def test_plot_styles_one_colour_family_per_attack_family(good_report, tmp_path):
     path = tmp_path / "audit.png"
     good_report.plot(path)
     assert path.stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------------------ shattered gradients
+class SharpInputMap(nn.Module):
+    """x -> x + 0.02 sin(1000 x): moves inputs by at most 0.02, but its derivative 1 + 20 cos(1000 x) flips sign
+    every ~3e-3, so input gradients are finite, non-zero and useless (shattered, Athalye et al. 2018)."""
+
+    def forward(self, x):
+        return x + 0.02 * torch.sin(1000 * x)
+
+
+class EpsSharpRobustLinear(nrpm.RobustLinear):
+    """A robust layer that is sharp at its own IRLS eps, as NRPM's weights 1 / (|r| + eps) can be: its output
+    gains a ripple 0.01 sin(x R / eps) of period ~eps, which shatters the exact gradient at eps = 1e-3 but is
+    smooth at eps x100, where the smoothed-IRLS attacks take their gradient."""
+
+    def _robust_forward(self, x, detach_weights):
+        return super()._robust_forward(x, detach_weights) + 0.01 * torch.sin(x @ self.ripple / self.eps)
+
+
+def test_shattered_gradients_fail_the_audit_through_spsa(samples):
+    model = nn.Sequential(SharpInputMap(), _trained_linear())
+    x, y = samples[0][:60], samples[1][:60]
+    report = run_audit(model, x, y, budgets=[0.25], compare_plain=False, autoattack=False, steps=20, apgd_steps=10,
+                       square_queries=50, spsa_steps=50, spsa_samples=32, seed=0)
+    assert report.verdict == FAIL
+    assert report.check(2).verdict == PASS            # the gradients look fine: finite and non-zero
+    assert report.check(5).verdict == FAIL
+    assert report.check(5).numbers["spsa"]["largest_lead"] > 0.5   # gradient-free SPSA breaks what PGD cannot
+    assert report.accuracy("cw", 0.25) > 0.8          # the margin loss does not help a shattered gradient
+    assert report.worst_case["nrpm"][0.25] <= report.accuracy("spsa", 0.25)
+
+
+def test_smoothed_irls_attacks_expose_a_layer_sharp_at_its_eps(samples):
+    plain = _trained_linear()
+    layer = EpsSharpRobustLinear.from_module(plain[0], lam=0.8, K=1)
+    layer.ripple = torch.randn(D, N_CLASSES, generator=torch.Generator().manual_seed(5))
+    x, y = samples[0][:60], samples[1][:60]
+    report = run_audit(nn.Sequential(layer), x, y, budgets=[0.2], compare_plain=False, autoattack=False, steps=10,
+                       apgd_steps=10, square_queries=20, skip_attacks=("cw", "spsa"), seed=0)
+    check6 = report.check(6)
+    assert check6.verdict == FAIL, check6
+    assert check6.numbers["smoothed-eps100"]["largest_lead"] > 0.5
+    assert check6.numbers["smoothed-eps10"]["largest_lead"] > 0.3
+    assert abs(check6.numbers["smoothed-k1"]["largest_lead"]) < 0.05   # K=1 is this layer's own K: no smoothing
+    assert report.accuracy("pgd", 0.2) > 0.9 and report.accuracy("smoothed-eps100", 0.2) < 0.4
+    assert layer.eps == 1e-3 and layer.K == 1                         # irls_override restored the layer
+    assert {"cw", "spsa"}.isdisjoint(c["attack"] for c in report.cells)
+    assert "skipped spsa: switched off (skip_attacks)" in report.notes
+
+
+# ------------------------------------------------------------------------------------------ new cells, old caches
+_OLD_KEYS = ("pgd", "fgsm", "apgd-ce", "apgd-dlr", "square", "noise", "transfer", "bpda", "detached",
+             "pgd-x4-steps", "pgd-x5-restarts", "pgd-half-step", "pgd-unbounded")
+
+
+def test_older_caches_resume_and_only_the_new_attacks_run(samples, tmp_path, monkeypatch):
+    """The cells of an audit from before C&W, SPSA and smoothed IRLS joined keep their cache keys: a full run on
+    such a cache recomputes only the new cells."""
+    model = _reprogrammed(_trained_linear())
+    x, y = samples[0][:20], samples[1][:20]
+    kwargs = dict(budgets=[0.2], compare_plain=False, autoattack=False, steps=2, apgd_steps=2, square_queries=5,
+                  spsa_steps=2, spsa_samples=4, seed=0, cache_path=tmp_path / "cache.json")
+    old = run_audit(model, x, y, skip_attacks=AU.OPTIONAL_ATTACKS, **kwargs)
+    assert [c["attack"] for c in old.cells] == list(_OLD_KEYS)
+    cached = json.loads((tmp_path / "cache.json").read_text())["cells"]
+    assert "nrpm|pgd|steps=2,alpha=default,restarts=1,seed=0|0.2" in cached   # the key format of older caches
+    assert "nrpm|square|q=5,seed=0|0.2" in cached and "nrpm|noise|seed=0|0.2" in cached
+
+    computed = []
+    run_cell = AU.cells.CellRunner.attack_candidates
+    monkeypatch.setattr(AU.cells.CellRunner, "attack_candidates",
+                        lambda self, model, spec, *a: computed.append(spec.key) or run_cell(self, model, spec, *a))
+    full = run_audit(model, x, y, **kwargs)
+    assert computed == ["cw", "spsa", "smoothed-eps10", "smoothed-eps100", "smoothed-k1"]
+    assert [c["attack"] for c in full.cells][:9] == list(_OLD_KEYS[:9])
+    assert all(full.accuracy(key, 0.2) == old.accuracy(key, 0.2) for key in _OLD_KEYS)
+
+
+def test_new_audit_options_are_validated(samples):
+    with pytest.raises(ValueError, match="skip_attacks may only name"):
+        AU.AuditConfig(budgets=[0.1], skip_attacks=("pgd",))
+    with pytest.raises(ValueError, match="spsa_samples must be even"):
+        AU.AuditConfig(budgets=[0.1], spsa_samples=5)
+    with pytest.raises(ValueError, match="spsa_steps must be an integer"):
+        AU.AuditConfig(budgets=[0.1], spsa_steps=0)
+    config = AU.AuditConfig(budgets=[0.1])
+    assert (config.spsa_steps, config.spsa_samples, config.skip_attacks) == (50, 64, ())
+
+
+def test_every_audit_attack_has_its_own_colour_in_its_family():
+    from nrpm.audit.report import attack_family
+
+    keys = ["pgd", "fgsm", "apgd-ce", "apgd-dlr", "square", "noise", "transfer", "bpda", "detached", "cw", "spsa",
+            *AU.SMOOTHINGS, "autoattack"]
+    assert attack_family("cw") == "pgd" and attack_family("spsa") == "blackbox"
+    assert all(attack_family(k) == "adaptive" for k in AU.SMOOTHINGS)
+    colours = [style["color"] for style in AU.curve_styles(keys).values()]
+    assert len(set(colours)) == len(colours)

@@ -6,7 +6,14 @@
 
 * :mod:`~nrpm.attacks.single_step`: ``FGSM``, the paper's ``FGML2`` / ``FGML1`` and ``L0TopK``;
 * :mod:`~nrpm.attacks.pgd`: ``PGD`` / ``PGDL2`` on one projected-gradient core (:func:`ascend`) with a
-  pluggable loss and gradient source (:mod:`~nrpm.attacks.gradients`: exact, transfer, BPDA, detached IRLS);
+  pluggable loss and gradient source (:mod:`~nrpm.attacks.gradients`: exact, transfer, BPDA, detached IRLS,
+  smoothed IRLS);
+* :mod:`~nrpm.attacks.cw`: ``CWLinf`` (Linf PGD on the Carlini-Wagner margin loss) and ``CWL2`` (the C&W L2
+  attack: Adam in tanh space, binary search over its constant);
+* :mod:`~nrpm.attacks.deepfool`: ``DeepFool`` (L2);
+* :mod:`~nrpm.attacks.spsa`: ``SPSA``, the gradient-free attack of Uesato et al. (2018);
+* :mod:`~nrpm.attacks.corruptions`: ``Corruption`` / ``corrupt``, common corruptions (CIFAR-10-C constants) whose
+  budget is the severity;
 * :mod:`~nrpm.attacks.noise`: the random-noise baseline;
 * :mod:`~nrpm.attacks.autoattack`: ``APGDCE``, ``APGDDLR``, ``Square`` and ``AutoAttackStandard`` through
   ``pyautoattack`` (the published reference code);
@@ -20,18 +27,23 @@ not take the model, unlike torchattacks: one attack object serves any model, ``a
 from .accuracy import clean_accuracy, model_device, robust_accuracy
 from .autoattack import APGDCE, APGDDLR, AutoAttackStandard, Square
 from .base import (NORMS, Attack, GradientAttack, LossFn, cross_entropy_per_sample, eval_frozen,
-                   loss_and_gradient, perturbation_norm)
-from .gradients import BackwardModeGradient, GradientSource, ModelGradient, TransferGradient
+                   loss_and_gradient, margin_loss_per_sample, perturbation_norm)
+from .corruptions import CORRUPTIONS, Corruption, corrupt
+from .cw import CWL2, CWLinf
+from .deepfool import DeepFool
+from .gradients import BackwardModeGradient, GradientSource, ModelGradient, SmoothedGradient, TransferGradient
 from .noise import NoiseAttack
 from .pgd import PGD, PGDL2, ascend
 from .registry import ATTACKS, attack_factory, canonical_name, make_attack, with_default_seed
 from .single_step import FGML1, FGML2, FGSM, L0TopK
+from .spsa import SPSA
 
 __all__ = [
     "Attack", "GradientAttack", "LossFn", "FGSM", "PGD", "PGDL2", "FGML1", "FGML2", "L0TopK", "NoiseAttack",
-    "APGDCE", "APGDDLR", "Square", "AutoAttackStandard",
-    "GradientSource", "ModelGradient", "TransferGradient", "BackwardModeGradient", "ascend",
+    "APGDCE", "APGDDLR", "Square", "AutoAttackStandard", "CWLinf", "CWL2", "DeepFool", "SPSA", "Corruption",
+    "corrupt", "CORRUPTIONS",
+    "GradientSource", "ModelGradient", "TransferGradient", "BackwardModeGradient", "SmoothedGradient", "ascend",
     "ATTACKS", "make_attack", "canonical_name", "attack_factory", "with_default_seed",
     "robust_accuracy", "clean_accuracy", "model_device", "perturbation_norm", "NORMS",
-    "eval_frozen", "cross_entropy_per_sample", "loss_and_gradient",
+    "eval_frozen", "cross_entropy_per_sample", "margin_loss_per_sample", "loss_and_gradient",
 ]

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from ..validation import check_batch, check_budget
 
 __all__ = ["Attack", "GradientAttack", "LossFn", "NORMS", "eval_frozen", "cross_entropy_per_sample",
-           "logits_2d", "loss_and_gradient", "loss_and_fooled", "lp_norm", "perturbation_norm", "normalise",
-           "project", "per_sample", "make_generator", "random_signs", "num_classes"]
+           "margin_loss_per_sample", "logits_2d", "loss_and_gradient", "loss_and_fooled", "lp_norm",
+           "perturbation_norm", "normalise", "project", "per_sample", "make_generator", "random_signs", "num_classes"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -148,6 +148,15 @@ def cross_entropy_per_sample(logits: torch.Tensor, y: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits, y, reduction="none")
 
 
+def margin_loss_per_sample(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The Carlini-Wagner margin ``max_{j != y} z_j - z_y`` per sample: positive exactly when the sample is
+    misclassified. Unlike cross-entropy it does not saturate on confidently classified samples and is
+    unchanged by a shift of all logits."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -math.inf)
+    return others.amax(dim=1) - true
+
+
 def logits_2d(model, x: torch.Tensor) -> torch.Tensor:
     """``model(x)``, checked to be a (batch, classes) tensor."""
     logits = model(x)
@@ -195,7 +204,7 @@ class Attack:
     ``perturb(model, x, y) -> x_adv``. It runs with the model already in eval mode with frozen parameters, gets
     a detached ``x`` in [0, 1] and integer labels, and may return any tensor of ``x``'s shape. The base class
     validates inputs, handles ``eps == 0`` and empty batches, projects the result onto the budget and [0, 1]
-    as a safety net (a no-op for a correct attack) and returns a detached tensor with the dtype of ``x``.
+    as a safety net (:meth:`limit`, a no-op for a correct attack) and returns a detached tensor with the dtype of ``x``.
     """
 
     name: str = "attack"
@@ -215,12 +224,16 @@ class Attack:
             return x.clone()
         with eval_frozen(model, *self.extra_models()):
             x_adv = self.perturb(model, x, y.detach().long())
-        x_adv = project(x_adv.detach().to(x.dtype), x, self.norm, self.eps)
-        return x_adv.detach()
+        return self.limit(x_adv.detach().to(x.dtype), x).detach()
 
     def perturb(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The attack itself: override this (see the class docstring)."""
         raise NotImplementedError(f"{type(self).__name__} must implement perturb(model, x, y)")
+
+    def limit(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The safety net applied to every result: projection onto the ``norm`` ball and [0, 1]. Threat models
+        that are not a norm ball (e.g. common corruptions) override it, keeping only the [0, 1] clip."""
+        return project(x_adv, x, self.norm, self.eps)
 
     def extra_models(self) -> tuple:
         """Models other than the attacked one that the attack runs (e.g. a transfer source); frozen with it."""

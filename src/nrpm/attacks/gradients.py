@@ -10,7 +10,9 @@ Tramer et al. 2020):
 * :class:`ModelGradient`: the attacked model's true gradient (the default);
 * :class:`TransferGradient`: the gradient of another (e.g. the plain, lam = 1) model: a transfer attack;
 * :class:`BackwardModeGradient`: the attacked model's forward, with every robust layer's ``backward_mode`` set to
-  ``"plain"`` (BPDA: the plain linear layer's backward) or ``"detached"`` (IRLS weights as constants).
+  ``"plain"`` (BPDA: the plain linear layer's backward) or ``"detached"`` (IRLS weights as constants);
+* :class:`SmoothedGradient`: the gradient of the same model with a smoother IRLS estimator (``eps`` scaled up,
+  fewer steps): NRPM's weights ``1 / (|r| + eps)`` are sharp for a small ``eps`` and can shatter the gradient.
 """
 from __future__ import annotations
 
@@ -18,10 +20,11 @@ import contextlib
 
 import torch
 
-from ..nn import BACKWARD_MODES, backward_override
+from ..nn import BACKWARD_MODES, backward_override, irls_override
+from ..validation import check_K, check_positive
 from .base import LossFn, loss_and_fooled, loss_and_gradient
 
-__all__ = ["GradientSource", "ModelGradient", "TransferGradient", "BackwardModeGradient"]
+__all__ = ["GradientSource", "ModelGradient", "TransferGradient", "BackwardModeGradient", "SmoothedGradient"]
 
 
 class GradientSource:
@@ -95,3 +98,29 @@ class BackwardModeGradient(GradientSource):
 
     def describe(self) -> str:
         return f"backward_mode={self.mode}"
+
+
+class SmoothedGradient(GradientSource):
+    """The input gradient of the attacked model with every robust layer's IRLS ``eps`` multiplied by
+    ``eps_scale`` and at most ``K`` IRLS steps (:func:`nrpm.nn.irls_override`), e.g. ``SmoothedGradient(100)``
+    or ``SmoothedGradient(K=1)``.
+
+    The losses and fooled flags it returns are those of the smoothed forward, which is another model than the
+    attacked one (``queries_target = False``), so PGD with this source keeps its last iterate (``keep="last"``):
+    a best-so-far choice made on the smoothed model would freeze a sample at the first point that fools the
+    smoothed model, which need not fool the true one, while the last iterate has been pushed furthest into the
+    wrong class. The caller judges that iterate on the true model (the audit always does).
+    """
+
+    queries_target = False
+
+    def __init__(self, eps_scale: float = 1.0, K: int | None = None):
+        self.eps_scale = check_positive(eps_scale, "eps_scale")
+        self.K = None if K is None else check_K(K)
+
+    def context(self, model):
+        return irls_override(model, eps_scale=self.eps_scale, K=self.K)
+
+    def describe(self) -> str:
+        steps = "" if self.K is None else f", K<={self.K}"
+        return f"smoothed IRLS (eps x{self.eps_scale:g}{steps})"

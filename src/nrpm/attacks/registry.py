@@ -8,9 +8,13 @@ from typing import Callable
 
 from .autoattack import APGDCE, APGDDLR, AutoAttackStandard, Square
 from .base import Attack
+from .corruptions import Corruption
+from .cw import CWL2, CWLinf
+from .deepfool import DeepFool
 from .noise import NoiseAttack
 from .pgd import PGD, PGDL2
 from .single_step import FGML1, FGML2, FGSM, L0TopK
+from .spsa import SPSA
 
 __all__ = ["ATTACKS", "make_attack", "canonical_name", "attack_factory", "with_default_seed"]
 
@@ -28,6 +32,11 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "autoattack": functools.partial(AutoAttackStandard, norm="Linf"),
     "autoattack-l2": functools.partial(AutoAttackStandard, norm="L2"),
     "noise": NoiseAttack,
+    "cw": CWLinf,
+    "cw-l2": CWL2,
+    "deepfool": DeepFool,
+    "spsa": SPSA,
+    "corruption": Corruption,
 }
 
 
@@ -57,7 +66,7 @@ def make_attack(name: str, eps: float, **kwargs) -> Attack:
     """Build a registered attack: ``make_attack('pgd', 8/255, steps=20)``.
 
     Names are case-insensitive and '-' / '_' are interchangeable. For 'l0', ``eps`` is the number of
-    coordinates ``k``.
+    coordinates ``k``; for 'corruption' it is the severity 1-5 (``make_attack('corruption', 3, kind='contrast')``).
     """
     key, factory = attack_factory(name)
     fixed = getattr(factory, "keywords", {}) or {}

@@ -8,9 +8,12 @@ AutoAttack's built-in flags:
 2. input gradients are finite and non-zero on the evaluated samples;
 3. robust accuracy falls as the budget grows and reaches about 0 at an unbounded budget (Linf 1.0);
 4. more PGD steps (x4) and restarts (x5), and half the step size with twice the steps, find (almost) nothing more;
-5. the black-box Square attack and random noise of the same budget are not stronger than the white-box attacks;
+5. the black-box Square and SPSA attacks and random noise of the same budget are not stronger than the white-box
+   attacks (FGSM, PGD, APGD-CE/DLR, PGD on the C&W margin loss);
 6. transfer from the plain (lam = 1) model, a BPDA attack (the robust layers' backward replaced by the plain
-   linear one) and PGD with the IRLS weights detached in the backward pass are not stronger than direct PGD;
+   linear one), PGD with the IRLS weights detached in the backward pass and PGD on the gradient of a smoother
+   IRLS estimator (eps x10, eps x100, K = 1; NRPM's weights 1/(|r| + eps) are sharp for a small eps) are not
+   stronger than direct PGD;
 7. AutoAttack (standard) agrees with the strongest of the above.
 
 Accuracy comparisons use a stated tolerance ``tol`` (default 2 percentage points, never less than one sample):
@@ -25,23 +28,25 @@ The package, one module per concern:
 
 * :mod:`~nrpm.audit.checks`: the seven checks as public functions over attack results, :class:`Tolerances`,
   :class:`CheckResult`, the verdicts and the grading rules;
-* :mod:`~nrpm.audit.adaptive`: the attacks aimed at NRPM (transfer, BPDA, detached IRLS weights) and the
+* :mod:`~nrpm.audit.adaptive`: the attacks aimed at NRPM (transfer, BPDA, detached IRLS weights, smoothed IRLS
+  estimators) and the
   :func:`straight_through` / :func:`lam_one` overrides, built on :mod:`nrpm.attacks` and :mod:`nrpm.nn`;
 * :mod:`~nrpm.audit.cells`: running one (model, attack, budget) cell, and the resumable cache of their results;
 * :mod:`~nrpm.audit.runner`: :class:`AuditConfig`, the attack plan and :func:`run_audit`;
 * :mod:`~nrpm.audit.report`: :class:`AuditReport` (markdown, table, plot, files) and :func:`collate_reports`.
 """
 
-from .adaptive import bpda_pgd, detached_irls_pgd, lam_one, straight_through, transfer_pgd
+from .adaptive import SMOOTHINGS, bpda_pgd, detached_irls_pgd, lam_one, smoothed_pgd, straight_through, transfer_pgd
 from .checks import (FAIL, PASS, SKIP, WARN, CheckResult, Tolerances, check_autoattack, check_blackbox,
                      check_budget_curve, check_gradients, check_lam_and_determinism, check_steps, check_transfer,
                      grade, worst)
 from .cells import CACHE_FORMAT
 from .report import AUDIT_FORMAT, AuditReport, collate_reports, curve_styles
-from .runner import AuditConfig, run_audit
+from .runner import OPTIONAL_ATTACKS, AuditConfig, run_audit
 
 __all__ = ["Tolerances", "CheckResult", "AuditReport", "run_audit", "straight_through", "lam_one",
            "collate_reports", "PASS", "WARN", "FAIL", "SKIP",
            "AuditConfig", "AUDIT_FORMAT", "CACHE_FORMAT", "grade", "worst", "curve_styles",
            "check_lam_and_determinism", "check_gradients", "check_budget_curve", "check_steps", "check_blackbox",
-           "check_transfer", "check_autoattack", "transfer_pgd", "bpda_pgd", "detached_irls_pgd"]
+           "check_transfer", "check_autoattack", "transfer_pgd", "bpda_pgd", "detached_irls_pgd",
+           "smoothed_pgd", "SMOOTHINGS", "OPTIONAL_ATTACKS"]

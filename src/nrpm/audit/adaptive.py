@@ -6,10 +6,14 @@ Tramer et al. 2020):
 
 * :func:`transfer_pgd`: PGD crafted on the plain (lam = 1) model, final iterate; the target is never queried;
 * :func:`bpda_pgd`: PGD on the robust forward with the plain linear layer's backward (BPDA);
-* :func:`detached_irls_pgd`: PGD with the IRLS weights treated as constants in the backward pass.
+* :func:`detached_irls_pgd`: PGD with the IRLS weights treated as constants in the backward pass;
+* :func:`smoothed_pgd`: PGD with the gradient of a smoother IRLS estimator (``eps`` x10 or x100, or one IRLS
+  step; :data:`SMOOTHINGS`): NRPM's weights ``1 / (|r| + eps)`` are sharp for a small ``eps`` and can shatter
+  the input gradient without adding robustness. One run, last iterate, judged on the true model.
 
-All three are :class:`nrpm.attacks.PGD` / ``PGDL2`` with another gradient source; the overrides are
-:func:`nrpm.nn.lam_override` and :func:`nrpm.nn.backward_override`, so nothing here touches a layer's storage.
+All are :class:`nrpm.attacks.PGD` / ``PGDL2`` with another gradient source; the overrides are
+:func:`nrpm.nn.lam_override`, :func:`nrpm.nn.backward_override` and :func:`nrpm.nn.irls_override`, so nothing
+here touches a layer's storage.
 """
 
 from __future__ import annotations
@@ -22,7 +26,11 @@ from torch import nn
 from .. import attacks as A
 from ..nn import backward_override, lam_override
 
-__all__ = ["straight_through", "lam_one", "pgd_class", "transfer_pgd", "bpda_pgd", "detached_irls_pgd"]
+__all__ = ["straight_through", "lam_one", "pgd_class", "transfer_pgd", "bpda_pgd", "detached_irls_pgd",
+           "smoothed_pgd", "SMOOTHINGS"]
+
+#: check 6's smoothed estimators: audit key -> (eps_scale, K cap or None)
+SMOOTHINGS = {"smoothed-eps10": (10.0, None), "smoothed-eps100": (100.0, None), "smoothed-k1": (1.0, 1)}
 
 
 @contextlib.contextmanager
@@ -60,3 +68,12 @@ def bpda_pgd(eps: float, *, norm: str = "Linf", **pgd_kwargs) -> A.Attack:
 def detached_irls_pgd(eps: float, *, norm: str = "Linf", **pgd_kwargs) -> A.Attack:
     """PGD with every robust layer's IRLS weights treated as constants in the backward (forward unchanged)."""
     return pgd_class(norm)(eps, gradient=A.BackwardModeGradient("detached"), **pgd_kwargs)
+
+
+def smoothed_pgd(eps: float, *, eps_scale: float = 1.0, K: int | None = None, norm: str = "Linf", steps: int = 40,
+                 alpha: float | None = None, seed: int = 0) -> A.Attack:
+    """PGD whose gradient (and step) comes from the model with every robust layer's IRLS ``eps`` x ``eps_scale``
+    and at most ``K`` IRLS steps; the final iterate is returned (see :class:`nrpm.attacks.SmoothedGradient` for
+    why not the best-so-far one), and the audit judges it on the true model."""
+    return pgd_class(norm)(eps, steps=steps, alpha=alpha, seed=seed, gradient=A.SmoothedGradient(eps_scale, K),
+                           keep="last")

@@ -31,7 +31,13 @@ PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 _SEVERITY = {SKIP: 0, PASS: 1, WARN: 2, FAIL: 3}
 
 #: the white-box attacks a black-box attack (check 5) must not beat
-WHITEBOX = ("fgsm", "pgd", "apgd-ce", "apgd-dlr")
+WHITEBOX = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "cw")
+
+# check 5's black-box attacks and check 6's adaptive ones: (attack key, label)
+_BLACKBOX = (("square", "Square"), ("spsa", "SPSA"), ("noise", "noise"))
+_ADAPTIVE = (("transfer", "transfer from lam=1"), ("bpda", "BPDA"), ("detached", "IRLS detached"),
+             ("smoothed-eps10", "smoothed IRLS eps x10"), ("smoothed-eps100", "smoothed IRLS eps x100"),
+             ("smoothed-k1", "smoothed IRLS K=1"))
 
 # attacks check 7 does not compare AutoAttack with: itself, the noise baseline and check 3 / 4's extra PGD runs
 _NOT_COMPARED_WITH_AUTOATTACK = ("autoattack", "noise", "pgd-unbounded", "pgd-x4-steps", "pgd-x5-restarts",
@@ -50,8 +56,8 @@ class Tolerances:
     monotone: float = 0.02            # 3: accuracy may rise with the budget by at most this
     unbounded: float = 0.02           # 3: accuracy left at the unbounded budget
     steps: float = 0.02               # 4: extra accuracy drop from x4 steps / x5 restarts / half step
-    blackbox: float = 0.02            # 5: lead of Square / noise over the best white-box attack
-    transfer: float = 0.02            # 6: lead of transfer / BPDA over direct PGD
+    blackbox: float = 0.02            # 5: lead of Square / SPSA / noise over the best white-box attack
+    transfer: float = 0.02            # 6: lead of transfer / BPDA / detached / smoothed PGD over direct PGD
     autoattack: float = 0.02          # 7: AutoAttack vs the strongest other attack
 
     @classmethod
@@ -290,9 +296,9 @@ def check_steps(base_mask, variant_masks, variants, check_budget, settings, n, t
 
 # ----------------------------------------------------------------------------------------------- check 5
 def check_blackbox(a, budgets, n, tol: Tolerances, unit) -> CheckResult:
-    """5: Square and random noise are not stronger than the best white-box attack at any budget."""
+    """5: Square, SPSA and random noise are not stronger than the best white-box attack at any budget."""
     leads_by_attack, parts, numbers = {}, [], {}
-    for key, label in (("square", "Square"), ("noise", "noise")):
+    for key, label in _BLACKBOX:
         leads = []
         for b in budgets:
             wb = [a(k, b) for k in WHITEBOX if a(k, b) is not None]
@@ -315,9 +321,10 @@ def check_blackbox(a, budgets, n, tol: Tolerances, unit) -> CheckResult:
 
 # ----------------------------------------------------------------------------------------------- check 6
 def check_transfer(a, budgets, n, tol: Tolerances, skipped, unit) -> CheckResult:
-    """6: transfer from lam = 1, BPDA and detached-IRLS PGD are not stronger than direct PGD at any budget."""
+    """6: transfer from lam = 1, BPDA, detached-IRLS PGD and PGD on a smoothed IRLS estimator (eps x10, x100,
+    K = 1; judged on the true model) are not stronger than direct PGD at any budget."""
     parts, verdicts, numbers = [], [], {}
-    for key, label in (("transfer", "transfer from lam=1"), ("bpda", "BPDA"), ("detached", "IRLS detached")):
+    for key, label in _ADAPTIVE:
         if key in skipped:
             parts.append(f"{label}: skipped")
             continue
@@ -330,7 +337,7 @@ def check_transfer(a, budgets, n, tol: Tolerances, skipped, unit) -> CheckResult
         numbers[key] = {"largest_lead": lead, "budget": b}
         verdicts.append(grade(lead, tol.transfer, n))
         parts.append(f"{label} minus direct PGD: {format_pts(-lead)} at {reports.format_budget(b, unit)}")
-    return CheckResult(6, "transfer / BPDA / detached IRLS not stronger than direct PGD", worst(*verdicts),
+    return CheckResult(6, "transfer / BPDA / detached / smoothed IRLS not stronger than direct PGD", worst(*verdicts),
                        "; ".join(parts) + " (the lowest over budgets; should be >= 0)",
                        f"lead <= {100 * tol.transfer:g} pts", numbers)
 

@@ -1,9 +1,10 @@
 """The audit's result: :class:`AuditReport` (verdict, markdown, accuracy table, plot, files) and
 :func:`collate_reports`, which turns several saved ``audit.json`` files into one markdown document.
 
-The plot gives each attack family one colour family (:func:`curve_styles`), so the PGD variants, APGD, the
-black-box attacks, the adaptive (transfer / BPDA / detached) attacks, FGSM and AutoAttack read as groups, and
-draws the worst case (the number to quote) as a thick black line.
+The plot gives each attack family one colour family (:func:`curve_styles`), so the PGD variants (with
+C&W-margin PGD), APGD, the black-box attacks (Square, SPSA, noise), the adaptive (transfer / BPDA / detached /
+smoothed IRLS) attacks, FGSM and AutoAttack read as groups, and draws the worst case (the number to quote) as a
+thick black line.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _FAMILY_STYLES = {
     "pgd": (("#08519c", "#3182bd", "#6baed6", "#9ecae1"), "o", "-"),
     "apgd": (("#006d2c", "#31a354", "#74c476", "#a1d99b"), "s", "-"),
     "blackbox": (("#d94801", "#fd8d3c", "#fdae6b"), "^", "-"),
-    "adaptive": (("#54278f", "#756bb1", "#9e9ac8", "#bcbddc"), "D", "--"),
+    "adaptive": (("#54278f", "#756bb1", "#9e9ac8", "#3f007d", "#6a51a3", "#807dba", "#bcbddc"), "D", "--"),
     "fgsm": (("#525252", "#969696"), "x", "-"),
     "autoattack": (("#d62728",), "*", "-"),
     "other": (("#8c564b", "#c49c94"), "v", ":"),
@@ -43,11 +44,11 @@ def attack_family(key: str) -> str:
         return "autoattack"
     if key.startswith("apgd"):
         return "apgd"
-    if key.startswith("pgd"):
+    if key.startswith("pgd") or key == "cw":
         return "pgd"
-    if key in ("square", "noise"):
+    if key in ("square", "spsa", "noise"):
         return "blackbox"
-    if key in ("transfer", "bpda", "detached"):
+    if key in ("transfer", "bpda", "detached") or key.startswith("smoothed"):
         return "adaptive"
     if key == "fgsm":
         return "fgsm"
@@ -172,7 +173,8 @@ class AuditReport:
                f"{s['n']} samples, norm {s['norm']}, budgets "
                f"{', '.join(reports.format_budget(b, s.get('budget_unit', 1.0)) for b in s['budgets'])}; "
                f"PGD {s['steps']} steps x {s['restarts']} restart(s), APGD {s['apgd_steps']} steps, Square "
-               f"{s['square_queries']} queries, AutoAttack {'on' if s['autoattack'] else 'off'}; seed {s['seed']}. "
+               f"{s['square_queries']} queries, {_spsa_text(s)}AutoAttack {'on' if s['autoattack'] else 'off'}; "
+               f"seed {s['seed']}. "
                f"Accuracy tolerances pass within tol, warn within 2 tol, fail beyond (tol never below one "
                f"sample = {100 / max(s['n'], 1):.2g} pts).", "",
                "| # | check | verdict | numbers | tolerance |", "|---|---|---|---|---|"]
@@ -229,6 +231,13 @@ class AuditReport:
         reports.atomic_write_text(paths["md"], self.to_markdown())
         self.plot(paths["png"])
         return paths
+
+
+def _spsa_text(settings: dict) -> str:
+    """The SPSA settings for the report's first line ('' for reports saved before SPSA joined the audit)."""
+    if "spsa_steps" not in settings:
+        return ""
+    return f"SPSA {settings['spsa_steps']} steps x {settings['spsa_samples']} queries, "
 
 
 # ----------------------------------------------------------------------------------------------- collating

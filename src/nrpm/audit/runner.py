@@ -6,6 +6,8 @@ cells through :class:`~nrpm.audit.cells.CellRunner` (per-sample masks, resumable
 
 The attacks run in a fixed order (checks 1 and 2, the budget sweep with PGD first, check 4's PGD variants, the
 unbounded PGD, AutoAttack, then the plain model), each with the configured seed, so a run is reproducible.
+Attacks added later come at the end of the sweeps, under new cache keys, so an older ``cache.json`` still
+resumes: its cells are reused and only the new attacks run.
 """
 
 from __future__ import annotations
@@ -29,18 +31,23 @@ from ..nn import lam_override
 from ..provenance import versions
 from ..reprogram import robust_layers, undo_reprogramming
 from ..validation import check_batch
-from .adaptive import bpda_pgd, detached_irls_pgd, pgd_class, transfer_pgd
+from .adaptive import SMOOTHINGS, bpda_pgd, detached_irls_pgd, pgd_class, smoothed_pgd, transfer_pgd
 from .cells import AttackSpec, CellRunner, fingerprint
 from .checks import (CheckResult, Tolerances, accuracy_lookup, check_autoattack, check_blackbox, check_budget_curve,
                      check_gradients, check_lam_and_determinism, check_steps, check_transfer, fraction,
                      single_step_notes)
 from .report import AuditReport
 
-__all__ = ["AuditConfig", "run_audit", "capture_autoattack_flags"]
+__all__ = ["AuditConfig", "run_audit", "capture_autoattack_flags", "OPTIONAL_ATTACKS"]
 
-# the budget sweep of the audited model (PGD first: it picks check 4's budget) and of the plain model
-_SWEEP = ("pgd", "fgsm", "apgd-ce", "apgd-dlr", "square", "noise", "transfer", "bpda", "detached")
-_PLAIN_SWEEP = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "square")
+#: attacks that ``skip_attacks`` may switch off for a quick run (the others are what checks 3-7 stand on)
+OPTIONAL_ATTACKS = ("cw", "spsa", *SMOOTHINGS)
+
+# the budget sweep of the audited model (PGD first: it picks check 4's budget) and of the plain model; newer
+# attacks are appended, so the cells of older caches keep their keys and order
+_SWEEP = ("pgd", "fgsm", "apgd-ce", "apgd-dlr", "square", "noise", "transfer", "bpda", "detached",
+          "cw", "spsa", *SMOOTHINGS)
+_PLAIN_SWEEP = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "square", "cw", "spsa")
 
 
 # ----------------------------------------------------------------------------------------------- configuration
@@ -55,8 +62,13 @@ class AuditConfig:
     plain_model, plain_label: the model shown next to the audited one in the table (default: ``base_model``),
         e.g. the original checkpoint when the audited weights were fine-tuned (paradigm 3).
     compare_plain: also run FGSM, PGD, APGD-CE/DLR, Square and AutoAttack on the plain model, for the table.
-    steps, alpha, restarts: the PGD attack (alpha absolute; default 2.5 * eps / steps). The transfer and BPDA
-        attacks use the same PGD. apgd_steps, square_queries: APGD iterations and Square queries.
+    steps, alpha, restarts: the PGD attack (alpha absolute; default 2.5 * eps / steps). The transfer, BPDA,
+        detached, smoothed-IRLS and C&W-margin attacks use the same PGD (transfer and smoothed: one run, last
+        iterate). apgd_steps, square_queries: APGD iterations and Square queries.
+    spsa_steps, spsa_samples: the SPSA black-box attack (check 5): Adam steps and queries per step (antithetic
+        pairs); a sample costs at most spsa_steps * (spsa_samples + 1) queries, 3250 by default (Square: 5000).
+    skip_attacks: keys of optional attacks to leave out for a quick run, from ``OPTIONAL_ATTACKS``: 'cw', 'spsa',
+        'smoothed-eps10', 'smoothed-eps100', 'smoothed-k1' (listed in the report's notes as skipped).
     autoattack: run check 7 (AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square-5000); the slowest part.
     unbounded_eps: budget at which accuracy must reach ~0 (default: Linf 1.0, L2 sqrt(input size)).
     check_budget: budget for check 4 (default: the one where PGD accuracy is closest to half the clean one).
@@ -77,6 +89,9 @@ class AuditConfig:
     restarts: int = 1
     apgd_steps: int = 100
     square_queries: int = 5000
+    spsa_steps: int = 50
+    spsa_samples: int = 64
+    skip_attacks: Sequence[str] = ()
     autoattack: bool = True
     unbounded_eps: float | None = None
     check_budget: float | None = None
@@ -95,7 +110,7 @@ class AuditConfig:
         self.budgets = sorted({float(b) for b in self.budgets if float(b) > 0})
         if not self.budgets:
             raise ValueError("give at least one budget > 0 (clean accuracy is always measured)")
-        for name in ("steps", "restarts", "apgd_steps", "square_queries", "batch_size"):
+        for name in ("steps", "restarts", "apgd_steps", "square_queries", "spsa_steps", "spsa_samples", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -103,6 +118,12 @@ class AuditConfig:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        if self.spsa_samples % 2:
+            raise ValueError(f"spsa_samples must be even (antithetic pairs), got {self.spsa_samples}")
+        self.skip_attacks = tuple(self.skip_attacks)
+        unknown = sorted(set(self.skip_attacks) - set(OPTIONAL_ATTACKS))
+        if unknown:
+            raise ValueError(f"skip_attacks may only name {', '.join(OPTIONAL_ATTACKS)}; got {unknown}")
         if self.tolerances is None:
             self.tolerances = Tolerances()
 
@@ -251,8 +272,41 @@ def _attack_specs(config: AuditConfig, base_model) -> dict[str, AttackSpec]:
                    lambda e: detached_irls_pgd(e, norm=norm, **_pgd_kwargs(config, e)), pgd_params),
         AttackSpec("autoattack", "AutoAttack (standard)",
                    lambda e: A.AutoAttackStandard(e, norm=norm, seed=seed), f"seed={seed}"),
+        AttackSpec("cw", f"C&W margin ({pgd_label})", lambda e: _cw_pgd(e, norm, **_pgd_kwargs(config, e)),
+                   pgd_params),
+        _spsa_spec(config),
+        *_smoothed_specs(config),
     ]
     return {spec.key: spec for spec in specs}
+
+
+def _cw_pgd(eps: float, norm: str, **pgd_kwargs) -> A.Attack:
+    """PGD on the Carlini-Wagner margin loss (``CWLinf`` for Linf)."""
+    if norm == "Linf":
+        return A.CWLinf(eps, **pgd_kwargs)
+    return A.PGDL2(eps, loss_fn=A.margin_loss_per_sample, **pgd_kwargs)
+
+
+def _spsa_spec(config: AuditConfig) -> AttackSpec:
+    steps, samples, norm, seed = config.spsa_steps, config.spsa_samples, config.norm, config.seed
+    # delta and lr are SPSA's defaults; they are in the key so that a change of default starts new cells
+    defaults = A.SPSA(1.0, norm=norm, steps=steps, samples=samples, seed=seed)
+    return AttackSpec("spsa", f"SPSA ({steps} x {samples} q.)",
+                      lambda e: A.SPSA(e, norm=norm, steps=steps, samples=samples, seed=seed),
+                      f"steps={steps},samples={samples},delta={defaults.delta:g},lr={defaults.lr:g},seed={seed}")
+
+
+def _smoothed_specs(config: AuditConfig) -> list[AttackSpec]:
+    """Check 6's PGD with the gradient of a smoother IRLS estimator (eps x10, eps x100, one IRLS step)."""
+    specs = []
+    for key, (eps_scale, K) in SMOOTHINGS.items():
+        smoothing = f"eps x{eps_scale:g}" if K is None else f"K={K}"
+        specs.append(AttackSpec(
+            key, f"smoothed IRLS, {smoothing} (PGD-{config.steps})",
+            lambda e, _s=eps_scale, _k=K: smoothed_pgd(e, eps_scale=_s, K=_k, norm=config.norm, steps=config.steps,
+                                                       alpha=config.alpha, seed=config.seed),
+            _pgd_params(config)))
+    return specs
 
 
 def _step_variants(config: AuditConfig) -> dict[str, AttackSpec]:
@@ -288,6 +342,10 @@ def _skipped(config: AuditConfig, plan: _Plan) -> dict[str, str]:
         skipped["transfer"] = "no plain reference model (no robust layers and no base_model)"
     if not plan.layers:
         skipped["bpda"] = skipped["detached"] = "no robust layers to approximate"
+        for key in SMOOTHINGS:
+            skipped[key] = "no robust layers to smooth"
+    for key in config.skip_attacks:
+        skipped.setdefault(key, "switched off (skip_attacks)")
     return skipped
 
 
@@ -305,6 +363,8 @@ def _settings(model, x, config: AuditConfig, plan: _Plan, lam_info: dict) -> dic
             "norm": config.norm, "budgets": config.budgets, "budget_unit": config.budget_unit,
             "steps": config.steps, "alpha": config.alpha, "restarts": config.restarts,
             "apgd_steps": config.apgd_steps, "square_queries": config.square_queries,
+            "spsa_steps": config.spsa_steps, "spsa_samples": config.spsa_samples,
+            "skip_attacks": list(config.skip_attacks),
             "autoattack": bool(config.autoattack), "unbounded_eps": plan.unbounded_eps, "seed": config.seed,
             "batch_size": config.batch_size, "tolerances": asdict(config.tolerances), "robust_layers": lam_info,
             "device": str(plan.device), "base_model": base, "skipped": plan.skipped,
