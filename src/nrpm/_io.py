@@ -27,14 +27,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_folder(path.parent)
+        fsync_folder(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     """Make a rename in ``folder`` durable (POSIX; folders cannot be opened for fsync on Windows)."""
     try:
         fd = os.open(folder, os.O_RDONLY)

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from . import data as D
 from . import paths
+from ._io import fsync_folder
 from .models.checkpoints import resolve_pretrained_dir
 from .models.registry import PretrainedFile, list_models, model_entry
 
@@ -102,7 +103,7 @@ def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
             os.fsync(out.fileno())  # data on disk before the rename makes it visible
         _verify(url, {"sha256": sha256, "md5": md5}, digests, fix)
         os.replace(tmp_name, dest)
-        _fsync_folder(dest.parent)
+        fsync_folder(dest.parent)
     except BaseException:  # includes Ctrl-C: never leave the .part file behind
         Path(tmp_name).unlink(missing_ok=True)
         raise
@@ -150,20 +151,6 @@ def _verify(url: str, expected: dict[str, str | None], got: dict[str, str], fix:
         if want is not None and want.lower() != got[algorithm]:
             raise ValueError(f"download of {url} failed its {algorithm} check: expected {want.lower()}, "
                              f"got {got[algorithm]} (file not kept); retry, or {fix}")
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Persist the rename itself (the directory entry); not possible on every platform."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def base_url(source: str) -> str | None:

@@ -108,14 +108,8 @@ def robust_sum(
     votes: torch.Tensor,
     dim: int = -1,
     *,
-    lam: LamType = DEFAULT_LAM,
-    K: int = DEFAULT_K,
-    eps: float = DEFAULT_EPS,
-    detach_weights: bool = False,
-    norm: str = DEFAULT_NORM,
-    gamma: float = DEFAULT_GAMMA,
-    delta: float = DEFAULT_DELTA,
-    scale: str = DEFAULT_SCALE,
+    lam: LamType = DEFAULT_LAM, K: int = DEFAULT_K, eps: float = DEFAULT_EPS, detach_weights: bool = False,
+    norm: str = DEFAULT_NORM, gamma: float = DEFAULT_GAMMA, delta: float = DEFAULT_DELTA, scale: str = DEFAULT_SCALE,
 ) -> torch.Tensor:
     """Robust sum of already-materialised votes along ``dim`` (plain autograd).
 
@@ -228,19 +222,25 @@ def _linear_nrpm(x2d, weight, z_lpm2d, K, eps, detach_weights, est):
 
 
 # ----------------------------------------------------------------------------------------------- linear
+def _check_irls(K, eps, lam, norm, gamma, delta, scale):
+    """(K, eps, lam, estimator key) validated, as the kernels take them."""
+    return check_K(K), check_eps(eps), check_lam(lam), check_estimator(norm, gamma, delta, scale)
+
+
+def _check_operands(x, weight, weight_dims: int, weight_layout: str) -> None:
+    check_floating(x, "input")
+    check_floating(weight, "weight")
+    if weight.dim() != weight_dims:
+        raise ValueError(f"weight must be {weight_dims}-D {weight_layout}, got shape {tuple(weight.shape)}")
+
+
 def robust_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     *,
-    lam: LamType = DEFAULT_LAM,
-    K: int = DEFAULT_K,
-    eps: float = DEFAULT_EPS,
-    detach_weights: bool = False,
-    norm: str = DEFAULT_NORM,
-    gamma: float = DEFAULT_GAMMA,
-    delta: float = DEFAULT_DELTA,
-    scale: str = DEFAULT_SCALE,
+    lam: LamType = DEFAULT_LAM, K: int = DEFAULT_K, eps: float = DEFAULT_EPS, detach_weights: bool = False,
+    norm: str = DEFAULT_NORM, gamma: float = DEFAULT_GAMMA, delta: float = DEFAULT_DELTA, scale: str = DEFAULT_SCALE,
 ) -> torch.Tensor:
     """NRPM counterpart of ``F.linear``: ``lam * x W^T + (1 - lam) * NRPM(x, W) + bias``.
 
@@ -248,12 +248,8 @@ def robust_linear(
     tensor (e.g. a learnable ``sigmoid(logit)``); ``lam = 1`` is exactly ``F.linear`` and ``K = 0`` is LPM.
     ``norm`` / ``gamma`` / ``delta`` / ``scale``: the robust estimator (:data:`ESTIMATORS`; default L1).
     """
-    K, eps, lam = check_K(K), check_eps(eps), check_lam(lam)
-    est = check_estimator(norm, gamma, delta, scale)
-    check_floating(x, "input")
-    check_floating(weight, "weight")
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+    K, eps, lam, est = _check_irls(K, eps, lam, norm, gamma, delta, scale)
+    _check_operands(x, weight, 2, "(out_features, in_features)")
     if x.dim() == 0 or x.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"input of shape {tuple(x.shape)} does not match in_features={weight.shape[1]}: "
@@ -296,14 +292,8 @@ def robust_conv2d(
     dilation=1,
     groups: int = 1,
     *,
-    lam: LamType = DEFAULT_LAM,
-    K: int = DEFAULT_K,
-    eps: float = DEFAULT_EPS,
-    detach_weights: bool = False,
-    norm: str = DEFAULT_NORM,
-    gamma: float = DEFAULT_GAMMA,
-    delta: float = DEFAULT_DELTA,
-    scale: str = DEFAULT_SCALE,
+    lam: LamType = DEFAULT_LAM, K: int = DEFAULT_K, eps: float = DEFAULT_EPS, detach_weights: bool = False,
+    norm: str = DEFAULT_NORM, gamma: float = DEFAULT_GAMMA, delta: float = DEFAULT_DELTA, scale: str = DEFAULT_SCALE,
 ) -> torch.Tensor:
     """NRPM counterpart of ``F.conv2d`` (zero padding; other padding modes pad first, as ``nn.Conv2d`` does).
 
@@ -311,12 +301,8 @@ def robust_conv2d(
     included. ``x`` is (B, C_in, H, W) or unbatched (C_in, H, W). The bias is added after the mix.
     ``norm`` / ``gamma`` / ``delta`` / ``scale``: the robust estimator (:data:`ESTIMATORS`; default L1).
     """
-    K, eps, lam = check_K(K), check_eps(eps), check_lam(lam)
-    est = check_estimator(norm, gamma, delta, scale)
-    check_floating(x, "input")
-    check_floating(weight, "weight")
-    if weight.dim() != 4:
-        raise ValueError(f"weight must be 4-D (C_out, C_in/groups, kh, kw), got shape {tuple(weight.shape)}")
+    K, eps, lam, est = _check_irls(K, eps, lam, norm, gamma, delta, scale)
+    _check_operands(x, weight, 4, "(C_out, C_in/groups, kh, kw)")
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or weight.shape[0] % groups:
         raise ValueError(f"groups must be a positive int dividing C_out={weight.shape[0]}, got {groups!r}")
     if x.dim() not in (3, 4):

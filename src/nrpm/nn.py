@@ -142,6 +142,27 @@ class RobustMixin:
     def _lam_storage(self) -> torch.Tensor:
         return self.lam_logit if self.learnable_lam else self._buffers["lam"]
 
+    @classmethod
+    def from_module(cls, module: nn.Module, **robust_kwargs):
+        """A robust layer sharing (not copying) ``module``'s weight and bias tensors."""
+        if not isinstance(module, cls._plain_type):
+            raise ValueError(f"{cls.__name__}.from_module needs an nn.{cls._plain_type.__name__}, "
+                             f"got {type(module).__name__}")
+        new = cls(**cls._constructor_args(module), bias=module.bias is not None, device="meta",
+                  dtype=module.weight.dtype, **robust_kwargs)
+        new.weight, new.bias = module.weight, module.bias
+        new._set_lam_storage(new.lam_value(), new.learnable_lam, module.weight.device)
+        new.train(module.training)
+        return new
+
+    def to_plain(self) -> nn.Module:
+        """The plain layer sharing this layer's weight and bias (undoes the reprogramming)."""
+        plain = self._plain_type(**self._constructor_args(self), bias=self.bias is not None, device="meta",
+                                 dtype=self.weight.dtype)
+        plain.weight, plain.bias = self.weight, self.bias
+        plain.train(self.training)
+        return plain
+
     def _forward_with_mode(self, x: torch.Tensor, plain_forward, robust_forward) -> torch.Tensor:
         if self.is_plain():
             return plain_forward(x)  # the parent's forward, bit for bit
@@ -171,25 +192,11 @@ class RobustLinear(RobustMixin, nn.Linear):
         self._init_robust(lam, K, eps, learnable_lam, detach_weights, backward_mode,
                           dict(norm=norm, gamma=gamma, delta=delta, scale=scale))
 
-    @classmethod
-    def from_module(cls, module: nn.Linear, **robust_kwargs) -> "RobustLinear":
-        """A RobustLinear sharing (not copying) ``module``'s weight and bias tensors."""
-        if not isinstance(module, nn.Linear):
-            raise ValueError(f"RobustLinear.from_module needs an nn.Linear, got {type(module).__name__}")
-        new = cls(module.in_features, module.out_features, bias=module.bias is not None, device="meta",
-                  dtype=module.weight.dtype, **robust_kwargs)
-        new.weight, new.bias = module.weight, module.bias
-        new._set_lam_storage(new.lam_value(), new.learnable_lam, module.weight.device)
-        new.train(module.training)
-        return new
+    _plain_type = nn.Linear
 
-    def to_plain(self) -> nn.Linear:
-        """An ``nn.Linear`` sharing this layer's weight and bias (undoes the reprogramming)."""
-        plain = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta",
-                          dtype=self.weight.dtype)
-        plain.weight, plain.bias = self.weight, self.bias
-        plain.train(self.training)
-        return plain
+    @staticmethod
+    def _constructor_args(module) -> dict:
+        return {"in_features": module.in_features, "out_features": module.out_features}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward_with_mode(x, super().forward, self._robust_forward)
@@ -220,26 +227,11 @@ class RobustConv2d(RobustMixin, nn.Conv2d):
         self._init_robust(lam, K, eps, learnable_lam, detach_weights, backward_mode,
                           dict(norm=norm, gamma=gamma, delta=delta, scale=scale))
 
-    @classmethod
-    def from_module(cls, module: nn.Conv2d, **robust_kwargs) -> "RobustConv2d":
-        """A RobustConv2d sharing (not copying) ``module``'s weight and bias tensors."""
-        if not isinstance(module, nn.Conv2d):
-            raise ValueError(f"RobustConv2d.from_module needs an nn.Conv2d, got {type(module).__name__}")
-        args = {name: getattr(module, name) for name in _CONV_ARGS}
-        new = cls(**args, bias=module.bias is not None, device="meta", dtype=module.weight.dtype,
-                  **robust_kwargs)
-        new.weight, new.bias = module.weight, module.bias
-        new._set_lam_storage(new.lam_value(), new.learnable_lam, module.weight.device)
-        new.train(module.training)
-        return new
+    _plain_type = nn.Conv2d
 
-    def to_plain(self) -> nn.Conv2d:
-        """An ``nn.Conv2d`` sharing this layer's weight and bias (undoes the reprogramming)."""
-        args = {name: getattr(self, name) for name in _CONV_ARGS}
-        plain = nn.Conv2d(**args, bias=self.bias is not None, device="meta", dtype=self.weight.dtype)
-        plain.weight, plain.bias = self.weight, self.bias
-        plain.train(self.training)
-        return plain
+    @staticmethod
+    def _constructor_args(module) -> dict:
+        return {name: getattr(module, name) for name in _CONV_ARGS}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward_with_mode(x, super().forward, self._robust_forward)

@@ -30,16 +30,21 @@ def _predict(model, x: torch.Tensor) -> torch.Tensor:
     return logits_2d(model, x).argmax(dim=1)
 
 
-def clean_accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
-    """Fraction of ``x`` the model classifies correctly (eval mode, no grad)."""
+def _count_correct(model, x, y, batch_size: int, correct_in_batch) -> float:
+    """Sum of ``correct_in_batch(x_batch, y_batch)`` over batches on the model's device, as a fraction of x."""
     check_batch(x, y)
     if len(x) == 0:
         raise ValueError("cannot compute an accuracy on an empty batch")
     correct = 0
     with eval_frozen(model):
         for x_batch, y_batch in _batches(x, y, batch_size, model_device(model, x.device)):
-            correct += (_predict(model, x_batch) == y_batch).sum().item()
+            correct += correct_in_batch(x_batch, y_batch)
     return correct / len(x)
+
+
+def clean_accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    """Fraction of ``x`` the model classifies correctly (eval mode, no grad)."""
+    return _count_correct(model, x, y, batch_size, lambda xb, yb: (_predict(model, xb) == yb).sum().item())
 
 
 def robust_accuracy(model, attack: Attack, x: torch.Tensor, y: torch.Tensor,
@@ -49,15 +54,11 @@ def robust_accuracy(model, attack: Attack, x: torch.Tensor, y: torch.Tensor,
     Misclassified clean samples count as errors and are not attacked (they could not become robust), which also
     saves time.
     """
-    check_batch(x, y)
-    if len(x) == 0:
-        raise ValueError("cannot compute an accuracy on an empty batch")
-    robust = 0
-    with eval_frozen(model):
-        for x_batch, y_batch in _batches(x, y, batch_size, model_device(model, x.device)):
-            correct = _predict(model, x_batch) == y_batch
-            if not correct.any():
-                continue
-            x_adv = attack(model, x_batch[correct], y_batch[correct])
-            robust += (_predict(model, x_adv) == y_batch[correct]).sum().item()
-    return robust / len(x)
+    def robust_in_batch(x_batch, y_batch) -> int:
+        correct = _predict(model, x_batch) == y_batch
+        if not correct.any():
+            return 0
+        x_adv = attack(model, x_batch[correct], y_batch[correct])
+        return (_predict(model, x_adv) == y_batch[correct]).sum().item()
+
+    return _count_correct(model, x, y, batch_size, robust_in_batch)

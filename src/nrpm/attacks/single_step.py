@@ -38,24 +38,20 @@ class FGML2(GradientAttack):
 
     def perturb(self, model, x, y):
         grad, _, _ = loss_and_gradient(model, x, y, self.loss_fn)
-        return (x + self.eps * normalise(grad, "L2")).clamp(0.0, 1.0)
+        return (x + self.eps * normalise(grad, self.norm)).clamp(0.0, 1.0)
 
 
-class FGML1(GradientAttack):
+class FGML1(FGML2):
     """The paper's single-step L1 attack: ``x + eps * g / ||g||_1``, clipped to [0, 1].
 
     Note this is *not* the steepest-ascent step under an L1 budget (which would put the whole budget on the
     coordinate with the largest ``|g|``); it is the gradient normalised to L1 norm ``eps``, as in Robustness
     Reprogramming (ICLR 2025). ``||delta||_1 == eps`` before clipping, and clipping to [0, 1] only shrinks the
-    perturbation, so the result stays inside the L1 ball.
+    perturbation, so the result stays inside the L1 ball. (The step of :class:`FGML2` in the L1 norm.)
     """
 
     name = "fgm_l1"
     norm = "L1"
-
-    def perturb(self, model, x, y):
-        grad, _, _ = loss_and_gradient(model, x, y, self.loss_fn)
-        return (x + self.eps * normalise(grad, "L1")).clamp(0.0, 1.0)
 
 
 class L0TopK(GradientAttack):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .registry import OFFICIAL_RAW_URL, PretrainedFile, register_model
+from .registry import official_file, register_model
 
 __all__ = ["LinearClassifier", "MLP2", "MLP3", "LeNet"]
 
@@ -47,9 +47,8 @@ class MLP2(_MnistModel):
         return self.fc2(self.relu(self.fc1(self.flatten(x))))
 
 
-@register_model("mlp3", pretrained=PretrainedFile(
-    "mlp3_mnist_model.pth", "a2c7bb57c3c65ec3d49e9944c914aeb580e2570ff3acfd32d783c1174b27aaa4",
-    OFFICIAL_RAW_URL + "mlp3_mnist_model.pth"))
+@register_model("mlp3", pretrained=official_file(
+    "mlp3_mnist_model.pth", "a2c7bb57c3c65ec3d49e9944c914aeb580e2570ff3acfd32d783c1174b27aaa4"))
 class MLP3(_MnistModel):
     """784-256-64-10 MLP with NO activations between layers, as in the paper's code.
 
@@ -67,9 +66,8 @@ class MLP3(_MnistModel):
         return self.fc3(self.fc2(self.fc1(self.flatten(x))))
 
 
-@register_model("lenet", pretrained=PretrainedFile(
-    "lenet_mnist_model.pth", "a3f7b2aa9f6800fdbf6cdbf952aee04ade4095dcb31071ee8eb609338dd227bb",
-    OFFICIAL_RAW_URL + "lenet_mnist_model.pth"))
+@register_model("lenet", pretrained=official_file(
+    "lenet_mnist_model.pth", "a3f7b2aa9f6800fdbf6cdbf952aee04ade4095dcb31071ee8eb609338dd227bb"))
 class LeNet(_MnistModel):
     """The PyTorch FGSM-tutorial LeNet; returns log-probabilities (log_softmax).
 

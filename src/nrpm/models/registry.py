@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models", "model_entry", "ModelEntry", "PretrainedFile",
+__all__ = ["register_model", "create_model", "list_models", "model_entry", "ModelEntry", "PretrainedFile", "official_file",
            "default_robust_layers", "unknown_model_message"]
 
 # The official code's repository and the commit the released checkpoints were taken from
@@ -32,6 +32,11 @@ class PretrainedFile:
     file: str
     sha256: str
     url: str
+
+
+def official_file(file: str, sha256: str) -> PretrainedFile:
+    """A checkpoint released in the official repository (its raw-file URL at the pinned commit)."""
+    return PretrainedFile(file, sha256, OFFICIAL_RAW_URL + file)
 
 
 @dataclass(frozen=True)

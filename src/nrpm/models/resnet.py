@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import OFFICIAL_RAW_URL, PretrainedFile, register_model
+from .registry import official_file, register_model
 
 # The paper reprograms the 3x3 convolutions of the residual blocks (not the stem, shortcuts or classifier).
 BLOCK_CONVS = ("layer*.*.conv1", "layer*.*.conv2")
@@ -96,9 +96,8 @@ def resnet18(width: int = 64, num_classes: int = 10) -> ResNet:
     return resnet([2, 2, 2, 2], width, num_classes)
 
 
-@register_model("resnet18_narrow", dataset="cifar10", input_shape=(3, 32, 32), default_targets=BLOCK_CONVS, pretrained=PretrainedFile(
-    "tinyresnet18_cifar10_model.t7", "c376ba2670ee7c82a9f5794f9aadb61455902de638e790716dbe21ff7879c90a",
-    OFFICIAL_RAW_URL + "tinyresnet18_cifar10_model.t7"))
+@register_model("resnet18_narrow", dataset="cifar10", input_shape=(3, 32, 32), default_targets=BLOCK_CONVS, pretrained=official_file(
+    "tinyresnet18_cifar10_model.t7", "c376ba2670ee7c82a9f5794f9aadb61455902de638e790716dbe21ff7879c90a"))
 def resnet18_narrow(width: int = 8, num_classes: int = 10) -> ResNet:
     """ResNet-18 with widths 8-16-32-64: the authors' PGD-trained CIFAR-10 checkpoint."""
     return resnet([2, 2, 2, 2], width, num_classes)
