@@ -82,6 +82,10 @@ def test_bad_input_exits_2_with_one_line_naming_it(argv, fragments, capsys):
     (["eval", "--model", "mlp", "--checkpoint", "none"], ["unknown model 'mlp'", "did you mean", "mlp3"]),
     (["audit", "--model", "lenett", "--checkpoint", "some/file.pt"], ["unknown model 'lenett'", "lenet"]),
     (["train", "--model", "mlp33", "--checkpoint", "nowhere.pt"], ["unknown model 'mlp33'", "mlp3"]),
+    (["eval", "--model", "nowhere/net.py:build", "--checkpoint", "none"], ["argument --model", "model file not found"]),
+    (["audit", "--model", "models/net.txt:build"], ["argument --model", "neither a .py file nor a module name"]),
+    (["eval", "--model", "mlp3", "--data", "imagenet"], ["argument --data", "unknown dataset 'imagenet'", "tensors:FILE"]),
+    (["eval", "--model", "mlp3", "--model-arg", "width"], ["argument --model-arg", "wants KEY=VALUE"]),
     (["reprogram", "--model", "mlp3", "--paradigm", "1"], ["--paradigm", "paradigm 1 trains nothing"]),
     (["reprogram", "--model", "mlp3", "--paradigm", "4"], ["--paradigm", "unknown paradigm 4"]),
 ])
@@ -217,6 +221,11 @@ def test_help_shows_defaults_choices_and_one_audit_lam(capsys):
     reprogram = _help(["reprogram"], capsys)
     assert "--paradigm {2,3}" in reprogram and "(default: 0.5)" in reprogram
     assert "(default: 1000)" in _help(["demo"], capsys)
+    for command in ("eval", "audit"):  # bring your own model and data: every command that takes a model
+        text = _help([command], capsys)
+        assert "path/to/file.py:FACTORY" in text and "--model-arg KEY=VALUE" in text and "--normalize V" in text
+        assert "tensors:FILE" in text and "imagefolder:PATH" in text and "--image-size" in text
+    assert "--robustbench-json FILE" in _help(["audit"], capsys)
 
 
 def test_version(capsys):

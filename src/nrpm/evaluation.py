@@ -1,12 +1,18 @@
 """Evaluation: build a (reprogrammed) model and measure clean and robust accuracy over a (lam x budget) grid.
 
-The model is a registry name with its weights (``checkpoint``: 'pretrained', a path or 'none'), reprogrammed
+The model is a model spec (a registry name, ``FILE.py:factory``, ``package.module:factory``, ``timm:NAME`` or
+``torchvision:NAME``, see :mod:`nrpm.models.external`, with ``model_args`` for the factory and an optional input
+``normalize``) with its weights (``checkpoint``: 'pretrained' for registry models, a path or 'none'), reprogrammed
 either by hand (paradigm 1: ``lams``, ``K``, ``eps``, ``layers``) or by a *stored reprogramming*: the per-layer lam,
 K, eps and layers that ``nrpm reprogram`` trained, embedded in a paradigm-3 ``model.pt`` (given as the checkpoint)
 or saved as ``reprogramming.pt`` (``reprogramming``, paradigm 2, applied to the checkpoint's weights). With a
 stored reprogramming the grid row ``lam = "trained"`` (the default) keeps each layer's stored lam, a numeric lam
 sets every layer to it, and an explicit K or eps overrides the stored one in every layer; results.json records
 what was applied and from which file.
+
+The samples are ``data`` (a dataset name, ``imagefolder:PATH`` or ``tensors:FILE``, see :mod:`nrpm.data.sources`;
+default: the registry model's dataset), split ``test`` (the first N) or ``val`` (the last N training samples);
+results.json records the model and data specs and what was detected in the data.
 
 Results are written after every finished cell (atomically): results.json, results.csv, table.md and
 accuracy.png, each from every cell on file (also those of earlier runs into the folder). A run of hours can be
@@ -33,14 +39,16 @@ from . import data as D
 from . import distributed as dist
 from . import reports
 from ._io import output_dir_lock
-from .models import create_model, default_robust_layers, load_checkpoint, model_from_checkpoint
+from .models import (default_robust_layers, describe_model, inner_model, is_registry_name, load_checkpoint,
+                     model_entry, model_from_checkpoint, parse_model_spec, resolve_model_spec, with_normalization)
 from .provenance import versions
 from .reprogram import ReprogramConfig, lam_table, load_reprogramming, reprogram, robust_layers, set_lam
 from .validation import check_eps, check_K
 
-__all__ = ["EvalSettings", "PreparedModel", "prepare_model", "build_model", "load_weights", "read_torch_file",
-           "run_eval", "evaluate_grid", "load_eval_samples", "resolve_device", "write_outputs", "grid_key",
-           "grid_markdown", "TRAINED", "RESULTS_FORMAT"]
+__all__ = ["EvalSettings", "PreparedModel", "LoadedModel", "prepare_model", "build_model", "load_model",
+           "load_weights", "load_plain_model", "read_torch_file", "run_eval", "evaluate_grid", "load_eval_samples",
+           "load_eval_data", "data_spec", "resolve_device", "write_outputs", "grid_key", "grid_markdown", "TRAINED",
+           "RESULTS_FORMAT"]
 
 RESULTS_FORMAT = "nrpm-eval/1"
 TRAINED = "trained"  # the lam row that keeps each layer's lam as the stored reprogramming has it
@@ -56,7 +64,8 @@ class EvalSettings:
 
     ``lams``, ``K``, ``eps`` and ``layer_types`` left at None take their defaults (1.0, 3, 1e-3, linear and
     conv2d), or with a stored reprogramming its own values (lam row ``"trained"``); :func:`prepare_model`
-    fills them in.
+    fills them in. ``model`` is a model spec (a registry name or a factory, see :mod:`nrpm.models.external`);
+    ``data`` a data spec (None: the registry model's dataset; other models need one).
     """
 
     model: str
@@ -79,14 +88,18 @@ class EvalSettings:
     reprogramming: str | None = None  # a saved reprogramming state applied to the checkpoint's weights
     # the robust estimator {'norm', 'gamma', 'delta', 'scale'}; None: L1 (or a stored reprogramming's own)
     estimator: dict | None = None
+    model_args: dict = field(default_factory=dict)  # keyword arguments of the model's factory / builder
+    normalize: dict | None = None  # {'mean': [...], 'std': [...]}: a Normalize in front of a model wanting it
+    data: str | None = None  # the data spec; None: the registry model's dataset
+    image_size: int | None = None  # imagefolder: the side images are resized and cropped to (None: model's, or 32)
 
     def cell_key(self) -> dict:
         """The settings a finished cell depends on; resuming requires them to be equal."""
         d = asdict(self)
         for k in ("lams", "budgets", "batch_size", "data_root", "budget_unit"):
             d.pop(k)
-        for k in ("reprogramming", "estimator"):
-            if d[k] is None:
+        for k in ("reprogramming", "estimator", "model_args", "normalize", "data", "image_size"):
+            if not d[k]:
                 d.pop(k)  # so that results of runs from before this field still resume
         return json.loads(json.dumps(d))  # as it reads back from results.json (tuples become lists)
 
@@ -100,6 +113,25 @@ class PreparedModel:
     checkpoint_info: dict
     reprogramming: dict | None = None  # the stored reprogramming applied: source, per-layer lam, K, eps
     notes: list[str] = field(default_factory=list)
+    model_info: dict = field(default_factory=dict)  # the model spec resolved: kind, factory, class, normalisation
+    dataset: str | None = None  # the registry model's dataset (the default data)
+    input_shape: tuple | None = None  # (C, H, W) where the registry or the model says it
+
+    @property
+    def network(self) -> nn.Module:
+        """The model behind the input normalisation (``model`` itself without one): its layer names are the ones
+        of checkpoints, --layers and stored reprogramming."""
+        return inner_model(self.model)
+
+
+@dataclass
+class LoadedModel:
+    """A model with its weights, before reprogramming: where they came from, and what the spec resolved to."""
+
+    model: nn.Module
+    checkpoint_info: dict
+    raw: object  # a checkpoint file's contents (a paradigm-3 model.pt keeps its reprogramming there), else None
+    model_info: dict
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -139,18 +171,40 @@ def _refuse_other_nrpm_files(raw, path: Path, name: str) -> None:
                          f"--checkpoint naming the weights it was trained on")
 
 
-def load_weights(name: str, checkpoint: str | None) -> tuple[nn.Module, dict, object]:
-    """Model ``name`` with the weights ``checkpoint`` names ('pretrained', a path, or None / 'none'), its info,
-    and for a path the file's contents (where a paradigm-3 model.pt keeps its reprogramming)."""
-    if checkpoint in (None, "none", "pretrained"):
-        model, info = model_from_checkpoint(name, checkpoint)
-        return model, info, None
+def _pretrained(spec: str, model_args: dict) -> LoadedModel:
+    """The paper's released weights: registry models only, at their registered architecture."""
+    if not is_registry_name(spec):
+        raise ValueError(f"--checkpoint pretrained exists only for registry models; --model {spec} takes its "
+                         f"weights from its factory (--checkpoint none) or from your file (--checkpoint PATH)")
+    if model_args:
+        raise ValueError(f"--model-arg {model_args} changes {spec}, and its released checkpoint fits only the "
+                         f"registered architecture: give --checkpoint PATH or none, or drop --model-arg")
+    model, info = model_from_checkpoint(spec, "pretrained")
+    return LoadedModel(model, info, None, describe_model(parse_model_spec(spec), model, {}))
+
+
+def load_model(spec: str, checkpoint: str | None, model_args: dict | None = None) -> LoadedModel:
+    """The model ``spec`` names (built with ``model_args``) with the weights ``checkpoint`` names: 'pretrained'
+    (registry models), a path (a state_dict, see :func:`nrpm.models.load_checkpoint`), or None / 'none' (the
+    factory's own, for registry models a fresh initialisation)."""
+    model_args = dict(model_args or {})
+    parse_model_spec(spec)  # a misspelt name fails here, with close matches, whatever the checkpoint
+    if checkpoint == "pretrained":
+        return _pretrained(spec, model_args)
+    model, model_info = resolve_model_spec(spec, model_args)
+    if checkpoint in (None, "none"):
+        return LoadedModel(model, {}, None, model_info)
     path = Path(checkpoint).expanduser()
     raw = read_torch_file(path, "checkpoint")
-    _refuse_other_nrpm_files(raw, path, name)
-    model = create_model(name)
+    _refuse_other_nrpm_files(raw, path, spec)
     # from the file again, not from ``raw``: load_checkpoint's errors then name the file
-    return model, load_checkpoint(model, path), raw
+    return LoadedModel(model, load_checkpoint(model, path), raw, model_info)
+
+
+def load_weights(name: str, checkpoint: str | None, model_args: dict | None = None) -> tuple[nn.Module, dict, object]:
+    """(model, checkpoint info, the checkpoint file's contents or None) of :func:`load_model`."""
+    loaded = load_model(name, checkpoint, model_args)
+    return loaded.model, loaded.checkpoint_info, loaded.raw
 
 
 def _stored_reprogramming(settings: EvalSettings, raw) -> tuple[dict | None, str | None]:
@@ -232,11 +286,25 @@ def _base_checkpoint_note(applied: dict | None, checkpoint) -> list[str]:
     return [f"{applied['source']} was trained on checkpoint {base!r} and is applied to {checkpoint!r}"]
 
 
+def _normalized(model: nn.Module, normalize: dict | None) -> nn.Module:
+    return model if not normalize else with_normalization(model, normalize["mean"], normalize["std"])
+
+
+def _input_shape(spec: str, network: nn.Module) -> tuple | None:
+    """(C, H, W) as the registry or the model itself (an ``input_shape`` attribute) says, else None."""
+    shape = model_entry(spec).input_shape if is_registry_name(spec) else None
+    shape = shape or getattr(network, "input_shape", None)
+    return tuple(shape) if shape else None
+
+
 def prepare_model(settings: EvalSettings, device: torch.device | str = "cpu") -> PreparedModel:
     """The model ``settings`` names, with its weights and reprogramming (stored or paradigm 1), at the first lam
-    row, in eval mode on ``device``; the settings come back with their defaults filled in."""
-    model, info, raw = load_weights(settings.model, settings.checkpoint)
-    state, source = _stored_reprogramming(settings, raw)
+    row, in eval mode on ``device``, behind ``settings.normalize`` if given; the settings come back with their
+    defaults filled in. Reprogramming acts on the model itself, before the normalisation is put in front, so that
+    layer names are the model's own."""
+    loaded = load_model(settings.model, settings.checkpoint, settings.model_args)
+    model = loaded.model
+    state, source = _stored_reprogramming(settings, loaded.raw)
     resolved = _with_defaults(settings, source)
     applied = None
     if state is None:
@@ -245,8 +313,17 @@ def prepare_model(settings: EvalSettings, device: torch.device | str = "cpu") ->
         applied = _apply_stored(model, state, source, resolved)
         if resolved.lams[0] != TRAINED:
             set_lam(model, resolved.lams[0])
-    return PreparedModel(model.to(device).eval(), resolved, info, applied,
-                         _base_checkpoint_note(applied, settings.checkpoint))
+    dataset = model_entry(settings.model).dataset if is_registry_name(settings.model) else None
+    return PreparedModel(_normalized(model, settings.normalize).to(device).eval(), resolved, loaded.checkpoint_info,
+                         applied, _base_checkpoint_note(applied, settings.checkpoint),
+                         {**loaded.model_info, "normalize": settings.normalize}, dataset,
+                         _input_shape(settings.model, model))
+
+
+def load_plain_model(settings: EvalSettings, checkpoint: str | None, device: torch.device | str = "cpu") -> nn.Module:
+    """The model of ``settings`` with ``checkpoint``'s weights, not reprogrammed, behind its normalisation."""
+    model = load_model(settings.model, checkpoint, settings.model_args).model
+    return _normalized(model, settings.normalize).to(device).eval()
 
 
 def build_model(settings: EvalSettings, device: torch.device = torch.device("cpu")) -> tuple[nn.Module, dict]:
@@ -256,16 +333,54 @@ def build_model(settings: EvalSettings, device: torch.device = torch.device("cpu
 
 
 def load_eval_samples(dataset: str, settings: EvalSettings):
-    """The evaluated samples: the first n test images, or for choosing hyper-parameters such as lam without
-    touching the test set, the last n images of the training split ("val")."""
-    if settings.split == "test":
-        return D.subset(*D.load_dataset(dataset, root=settings.data_root, train=False), settings.n_samples)
-    if settings.split == "val":
-        x, y = D.load_dataset(dataset, root=settings.data_root, train=True)
-        if settings.n_samples > len(x):
-            raise ValueError(f"--n-samples {settings.n_samples} exceeds the {len(x)} training images")
-        return x[-settings.n_samples:], y[-settings.n_samples:]
-    raise ValueError(f"split must be 'test' or 'val', got {settings.split!r}")
+    """(x, y) of data spec ``dataset`` for ``settings`` (split, n; see :func:`nrpm.data.load_samples`); unlike
+    :func:`load_eval_data`, nothing is checked against the model."""
+    samples = D.load_samples(dataset, settings.split, settings.n_samples, root=settings.data_root,
+                             image_size=settings.image_size)
+    return samples.x, samples.y
+
+
+def data_spec(settings: EvalSettings, dataset: str | None) -> str:
+    """``settings.data``, else the registry model's ``dataset``; other models must say what data they take."""
+    if settings.data is not None:
+        return settings.data
+    if dataset is None:
+        raise ValueError(f"--model {settings.model} is not a registry model, so nrpm does not know its data: give "
+                         f"--data (mnist, cifar10, cifar100, svhn, imagefolder:PATH or tensors:FILE)")
+    return dataset
+
+
+def _check_fits(model: nn.Module, samples: D.Samples, prepared: PreparedModel) -> None:
+    """Data that does not fit the model fails here, in words, rather than as a shape error deep in an attack."""
+    shape, spec, size = tuple(samples.x.shape[1:]), samples.info["spec"], "x".join(map(str, samples.x.shape[1:]))
+    if prepared.input_shape and shape != prepared.input_shape:
+        raise ValueError(f"--data {spec} gives {size} inputs, --model {prepared.settings.model} takes "
+                         f"{'x'.join(map(str, prepared.input_shape))}")
+    normalize = prepared.settings.normalize
+    if normalize and len(normalize["mean"]) not in (1, shape[0]):
+        raise ValueError(f"--normalize gives {len(normalize['mean'])} means and stds, --data {spec} has "
+                         f"{shape[0]} channel(s): give one mean and one std per channel")
+    try:
+        with torch.no_grad():
+            device = next(iter([*model.parameters(), *model.buffers()]), samples.x).device
+            outputs = model(samples.x[:1].to(device)).shape
+    except Exception as error:  # noqa: BLE001  (a shape error of the user's model: say which data caused it)
+        raise ValueError(f"--model {prepared.settings.model} fails on the {size} inputs of --data {spec}: "
+                         f"{type(error).__name__}: {error}") from None
+    if len(outputs) != 2 or int(samples.y.max()) >= outputs[1]:
+        raise ValueError(f"--model {prepared.settings.model} gives outputs of shape {tuple(outputs)}, and --data "
+                         f"{spec} has labels up to {int(samples.y.max())}: the model must give one logit per class")
+
+
+def load_eval_data(prepared: PreparedModel) -> D.Samples:
+    """The samples of ``prepared.settings`` (data spec, split, n), read as its model takes them (imagefolder:
+    the model's input size and channels) and checked against it; ``info["detected"]`` says what was read."""
+    settings, shape = prepared.settings, prepared.input_shape
+    samples = D.load_samples(data_spec(settings, prepared.dataset), settings.split, settings.n_samples,
+                             root=settings.data_root, image_size=settings.image_size or (shape[-1] if shape else None),
+                             channels=shape[0] if shape else None)
+    _check_fits(prepared.model, samples, prepared)
+    return samples
 
 
 # ------------------------------------------------------------------------------------------ the grid
@@ -370,23 +485,26 @@ def run_eval(settings: EvalSettings, out_dir: str | Path | None, *, device: str 
     model, settings = prepared.model, prepared.settings
     for note in prepared.notes:
         log(f"note: {note}")
-    x, y = load_eval_samples(model.dataset, settings)
+    samples = load_eval_data(prepared)
+    x, y = samples.x, samples.y
     key = _resume_key(prepared)
     out = Path(out_dir) if out_dir is not None else None
     writes = out is not None and dist.is_main()  # under torchrun only rank 0 writes
     with output_dir_lock(out, "eval", enabled=writes):
         done = _previous_cells(out / "results.json", key) if out is not None and not overwrite else {}
+        log(f"data: {samples.info['detected']}")  # here: a refused resume stays one line of error
         if done:
             log(f"resuming: {len(done)} finished cells found in {out / 'results.json'}")
         on_file = dict(done)  # every finished cell, also of lam values / budgets not asked for in this run
         started = time.perf_counter()
 
         def payload() -> dict:
-            return {"format": RESULTS_FORMAT, "settings": asdict(settings), "cell_key": key,
+            recorded = {**asdict(settings), "model_info": prepared.model_info, "data_info": samples.info}
+            return {"format": RESULTS_FORMAT, "settings": reports.jsonable(recorded), "cell_key": key,
                     "versions": versions(), "device": str(dev),
                     "checkpoint_info": reports.jsonable(prepared.checkpoint_info),
                     "reprogramming": reports.jsonable(prepared.reprogramming), "notes": prepared.notes,
-                    "robust_layers": sorted(robust_layers(model)), "cells": list(on_file.values())}
+                    "robust_layers": sorted(robust_layers(prepared.network)), "cells": list(on_file.values())}
 
         def save(cell: dict) -> None:
             on_file[grid_key(cell["lam"], cell["budget"])] = cell
@@ -459,13 +577,14 @@ def write_outputs(out: Path, results: dict, settings: EvalSettings) -> None:
     reports.write_json(out / "results.json", results)
     _write_csv(out / "results.csv", cells, rows)
     table = grid_markdown(cells, rows, budgets, unit=settings.budget_unit)
-    reports.atomic_write_text(out / "table.md", _table_doc(settings, applied, table))
+    samples = results.get("settings", {}).get("data_info", {}).get("detected")
+    reports.atomic_write_text(out / "table.md", _table_doc(settings, applied, table, samples))
     _plot(out / "accuracy.png", cells, rows, budgets, settings, applied["K"] if applied else settings.K)
 
 
-def _table_doc(settings: EvalSettings, applied: dict | None, table: str) -> str:
-    samples = (f"the first {settings.n_samples} test images" if settings.split == "test"
-               else f"the last {settings.n_samples} training images (split val)")
+def _table_doc(settings: EvalSettings, applied: dict | None, table: str, samples: str | None = None) -> str:
+    samples = samples or (f"the first {settings.n_samples} test images" if settings.split == "test"
+                          else f"the last {settings.n_samples} training images (split val)")
     if applied is None:
         how = f"K={settings.K}, eps={settings.eps:g}"
     else:

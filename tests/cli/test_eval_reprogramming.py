@@ -108,7 +108,7 @@ def test_explicit_lam_K_and_eps_override_the_stored_values_visibly(runs, tmp_pat
     results = json.loads((tmp_path / "results.json").read_text())
     applied = results["reprogramming"]
     assert applied["overrides"] == {"K": 1, "eps": 0.001} and (applied["K"], applied["eps"]) == (1, 0.001)
-    assert applied["stored"] == {"K": STORED_K, "eps": STORED_EPS}
+    assert applied["stored"] == {"K": STORED_K, "eps": STORED_EPS, "estimator": "l1"}  # the run trained with L1
     model, _ = nrpm.train.load_trained(model_file)
     for layer in nrpm.robust_layers(model).values():
         layer.K, layer.eps = 1, 0.001

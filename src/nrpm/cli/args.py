@@ -17,8 +17,10 @@ from pathlib import Path
 from ..evaluation import TRAINED  # the lam row that keeps each layer's lam of a stored reprogramming
 
 __all__ = ["UsageError", "Parser", "HelpFormatter", "positive_int", "nonneg_int", "positive_float",
-           "nonneg_float", "budget", "lam_number", "lam_or_trained", "model_name", "device_spec", "key_value",
-           "add_model_args", "add_threads_arg", "set_threads", "in_input_units", "add_estimator_args",
+           "nonneg_float", "budget", "lam_number", "lam_or_trained", "model_name", "model_spec", "data_spec",
+           "normalization", "NormalizeAction", "device_spec", "key_value", "add_model_args", "add_model_spec_args",
+           "add_data_spec_args", "model_settings", "add_threads_arg", "set_threads", "in_input_units",
+           "add_estimator_args",
            "estimator_from_args", "add_download_arg", "download_if_asked",
            "check_output_folder", "TRAINED", "EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
@@ -152,6 +154,50 @@ def model_name(text: str) -> str:
     return text
 
 
+def model_spec(text: str) -> str:
+    """A registry name (misspelt: refused with the close matches), FILE.py:FACTORY (the file must exist),
+    package.module:FACTORY, timm:NAME or torchvision:NAME; nothing is imported while parsing."""
+    from ..models import parse_model_spec
+
+    try:
+        parse_model_spec(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def data_spec(text: str) -> str:
+    """mnist, cifar10, cifar100, svhn, imagefolder:PATH or tensors:FILE (paths are checked when read)."""
+    from ..data import parse_data_spec
+
+    try:
+        parse_data_spec(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def normalization(values) -> dict:
+    """MEAN... STD... (the first half means, the second half stds, one of each per channel) -> {'mean', 'std'}."""
+    numbers = [_number(v, "--normalize values") for v in values]
+    if len(numbers) % 2:
+        raise argparse.ArgumentTypeError(f"wants as many stds as means (MEAN... STD...), got {len(numbers)} values")
+    mean, std = numbers[: len(numbers) // 2], numbers[len(numbers) // 2:]
+    if min(std) <= 0:
+        raise argparse.ArgumentTypeError(f"stds (the second half) must be > 0, got {std}")
+    return {"mean": mean, "std": std}
+
+
+class NormalizeAction(argparse.Action):
+    """``--normalize MEAN... STD...`` stored as {'mean', 'std'}; bad values are a parse error of the option."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            setattr(namespace, self.dest, normalization(values))
+        except argparse.ArgumentTypeError as error:
+            raise argparse.ArgumentError(self, str(error)) from None
+
+
 def device_spec(text: str) -> str:
     """'auto', 'cpu', 'cuda', 'cuda:N' (or another torch device type); CUDA only when this machine has it."""
     if text == "auto":
@@ -184,16 +230,44 @@ def key_value(text: str) -> tuple[str, object]:
 
 
 # ------------------------------------------------------------------------------------------ argument groups
+def add_model_spec_args(p) -> None:
+    """--model (any model spec), --model-arg and --normalize: what builds the model, for every command taking one."""
+    p.add_argument("--model", required=True, type=model_spec,
+                   help="registry name (linear, mlp2, mlp3, lenet, resnet18_narrow, ...), or your own model: "
+                        "path/to/file.py:FACTORY or package.module:FACTORY (a function or class returning an "
+                        "nn.Module that maps inputs in [0, 1] to logits), timm:NAME, torchvision:NAME")
+    p.add_argument("--model-arg", action="append", type=key_value, metavar="KEY=VALUE",
+                   help="keyword argument of the model's factory, repeatable; VALUE is parsed as JSON where it can be "
+                        "(width=2, classes=[1,2], name=\"x\"), else kept as text")
+    p.add_argument("--normalize", nargs="+", action=NormalizeAction, default=None, metavar="V",
+                   help="the model expects normalised inputs: put (x - mean) / std in front of it, so that attacks "
+                        "work on [0, 1] images; the first half of the values are per-channel means, the second half "
+                        "stds, e.g. --normalize 0.4914 0.4822 0.4465 0.2470 0.2435 0.2616")
+
+
+def add_data_spec_args(p) -> None:
+    """--data and --image-size: the samples' source (the split, count and root are each command's own)."""
+    p.add_argument("--data", type=data_spec, default=None,
+                   help="mnist, cifar10, cifar100, svhn (torchvision's file layouts under --data-root), "
+                        "imagefolder:PATH (PATH/<class>/<image>, or PATH/{train,test}/<class>/<image>) or "
+                        "tensors:FILE (.pt {'x','y'} or .npz: float NCHW in [0, 1] or uint8 NHWC); default: the "
+                        "registry model's dataset (other models need --data)")
+    p.add_argument("--image-size", type=positive_int, default=None,
+                   help="imagefolder: the shorter side is resized to this, then centre-cropped to a square "
+                        "(default: the model's input size, else 32)")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """The model, its weights and reprogramming, the samples and the device: shared by eval and audit.
+    """The model, its weights and reprogramming, the samples and the device: shared by eval, audit and certify
+    (:func:`model_settings` turns them into EvalSettings fields).
 
     ``--lam`` is each command's own (eval sweeps a list, audit takes one value).
     """
-    p.add_argument("--model", required=True, type=model_name,
-                   help="registry name: linear, mlp2, mlp3, lenet, resnet18_narrow, ...")
+    add_model_spec_args(p)
     p.add_argument("--checkpoint", default="pretrained",
-                   help="'pretrained' (the paper's released file), a checkpoint path, or 'none'; a paradigm-3 "
-                        "model.pt of nrpm reprogram brings its trained reprogramming along")
+                   help="'pretrained' (the paper's released file, registry models only), a checkpoint path (a "
+                        "state_dict of the model), or 'none' (the factory's own weights); a paradigm-3 model.pt of "
+                        "nrpm reprogram brings its trained reprogramming along")
     p.add_argument("--reprogramming", default=None, metavar="FILE",
                    help="a saved reprogramming state (reprogramming.pt of nrpm reprogram --paradigm 2, or "
                         "nrpm.save_reprogramming) applied to the --checkpoint weights: its per-layer lam, K, eps "
@@ -210,10 +284,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip", nargs="+", default=None, help="module names/globs never reprogrammed")
     p.add_argument("--layer-types", nargs="+", default=None, choices=["linear", "conv2d"],
                    help="linear and/or conv2d (default: both)")
+    add_data_spec_args(p)
     p.add_argument("--data-root", default=None, help="data folder (default $NRPM_DATA or ../shared/data)")
     p.add_argument("--n-samples", type=positive_int, default=1000, help="how many images")
     p.add_argument("--split", choices=["test", "val"], default="test",
-                   help="test: first N test images; val: last N training images (to choose lam without the test set)")
+                   help="test: first N test images; val: last N training images (to choose lam without the test "
+                        "set); tensors: the first / last N of the file; imagefolder: of test/ / train/")
     p.add_argument("--batch-size", type=positive_int, default=250, help="images per forward/attack batch")
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts")
     p.add_argument("--device", type=device_spec, default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -221,6 +297,22 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     add_threads_arg(p)
     add_estimator_args(p)
     add_download_arg(p)
+
+
+def model_settings(args) -> dict:
+    """The EvalSettings fields of :func:`add_model_args`' options (each command adds its lam, attack, budgets).
+
+    A model that is not in the registry has no default dataset: refused here, before anything is loaded."""
+    from ..models import is_registry_name
+
+    if args.data is None and not is_registry_name(args.model):
+        raise UsageError(f"--model {args.model} is not a registry model, so nrpm does not know its data: give --data "
+                         f"(mnist, cifar10, cifar100, svhn, imagefolder:PATH or tensors:FILE)")
+    return dict(model=args.model, checkpoint=args.checkpoint, model_args=dict(args.model_arg or []),
+                normalize=args.normalize, data=args.data, image_size=args.image_size, K=args.K, eps=args.eps,
+                layers=args.layers, skip=args.skip or [], layer_types=args.layer_types, n_samples=args.n_samples,
+                batch_size=args.batch_size, seed=args.seed, data_root=args.data_root, split=args.split,
+                reprogramming=args.reprogramming, estimator=estimator_from_args(args))
 
 
 def add_estimator_args(p) -> None:
@@ -265,18 +357,33 @@ def add_download_arg(p) -> None:
                         "URLs, checked by hash, into $NRPM_HOME (default ~/.cache/nrpm)")
 
 
+def _named_dataset(args, model: str) -> str | None:
+    """The dataset key of --data (None for imagefolder: / tensors:), else of the registry model."""
+    from ..data import parse_data_spec
+    from ..models import is_registry_name, model_entry
+
+    if getattr(args, "data", None) is not None:
+        return parse_data_spec(args.data).dataset
+    return model_entry(model).dataset if is_registry_name(model) else None
+
+
 def download_if_asked(args, model: str, checkpoint: str | None = "pretrained") -> None:
-    """--download: the model's dataset and, for --checkpoint pretrained, its released file; found files are kept.
-    ``args.data_root`` becomes the folder that holds the data."""
+    """--download: the dataset (--data, else the model's) and, for --checkpoint pretrained, the model's released
+    file; found files are kept. ``args.data_root`` becomes the folder that holds the data. A user's own files
+    (imagefolder:, tensors:, a factory model) need nothing; CIFAR-100 and SVHN cannot be downloaded (UsageError)."""
     if not getattr(args, "download", False):
         return
+    from ..data import DOWNLOADABLE
     from ..download import ensure_dataset, ensure_pretrained
-    from ..models import model_entry
+    from ..models import is_registry_name, model_entry
 
-    entry = model_entry(model)
-    if entry.dataset is not None:
-        args.data_root = str(ensure_dataset(entry.dataset, getattr(args, "data_root", None)))
-    if checkpoint == "pretrained" and entry.pretrained is not None:
+    dataset = _named_dataset(args, model)
+    if dataset is not None and dataset not in DOWNLOADABLE:
+        raise UsageError(f"--download fetches {' and '.join(DOWNLOADABLE)} only, not {dataset}: put its files under "
+                         f"--data-root yourself (torchvision's layout), or drop --download")
+    if dataset is not None:
+        args.data_root = str(ensure_dataset(dataset, getattr(args, "data_root", None)))
+    if checkpoint == "pretrained" and is_registry_name(model) and model_entry(model).pretrained is not None:
         ensure_pretrained(model)
 
 

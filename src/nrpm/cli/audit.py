@@ -2,25 +2,35 @@
 
 Exit status 1 means the audit ran and a check failed (with --strict: or warned); bad input is status 2, as
 everywhere in the CLI.
+
+``--robustbench-json FILE`` also writes the result as a RobustBench-style model_info entry (its fields: name,
+dataset, eps, clean_acc, autoattack_acc, number_forward_passes, architecture, ...) with nrpm's worst-case
+accuracy at that eps and the audit's verdict, so a reprogrammed model can be compared with the leaderboard.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 from .args import (EXIT_CHECK_FAILED, EXIT_OK, TRAINED, HelpFormatter, UsageError, add_model_args,
-                   budget, check_output_folder, download_if_asked, estimator_from_args, in_input_units,
-                   lam_or_trained, nonneg_float, positive_float, positive_int, set_threads)
+                   budget, check_output_folder, download_if_asked, in_input_units, key_value, lam_or_trained,
+                   model_settings, nonneg_float, positive_float, positive_int, set_threads)
 
-__all__ = ["add_audit_parser", "cmd_audit", "cmd_audit_table"]
+__all__ = ["add_audit_parser", "cmd_audit", "cmd_audit_table", "robustbench_entry"]
 
-# The paper's budgets per dataset: (budgets, unit, PGD steps)
+# The paper's budgets per dataset: (budgets, unit, PGD steps); CIFAR-100 and SVHN (not in the paper) take
+# CIFAR-10's, whose 8/255 is also RobustBench's Linf budget for CIFAR-100
 DATASET_DEFAULTS = {
     "mnist": ([0.05, 0.1, 0.15, 0.2, 0.25, 0.3], 1.0, 40),
     "cifar10": ([8.0, 16.0, 32.0], 255.0, 20),
+    "cifar100": ([8.0, 16.0, 32.0], 255.0, 20),
+    "svhn": ([8.0, 16.0, 32.0], 255.0, 20),
 }
+RECORDED_NRPM_FORWARD = ("NRPM needs no extra forward passes: its IRLS steps run inside each reprogrammed layer "
+                         "during the one forward pass, so number_forward_passes is 1, as for the plain model")
 TOLERANCE_CHECKS = ("monotone", "unbounded", "steps", "blackbox", "transfer", "autoattack")
 
 _DESCRIPTION = (
@@ -72,6 +82,15 @@ def add_audit_parser(subparsers) -> None:
     p.add_argument("--out", default=None, help="output folder: audit.json, audit.md, audit.png, cache.json")
     p.add_argument("--overwrite", action="store_true", help="ignore cache.json in --out instead of resuming")
     p.add_argument("--strict", action="store_true", help="exit 1 on a warning too")
+    r = p.add_argument_group("RobustBench-style entry")
+    r.add_argument("--robustbench-json", default=None, metavar="FILE",
+                   help="also write the result as a RobustBench model_info entry (clean_acc, autoattack_acc, eps, "
+                        "...) plus nrpm's worst-case accuracy and the verdict, atomically")
+    r.add_argument("--robustbench-eps", type=budget, default=None,
+                   help="the entry's eps, in --budget-unit, one of the audited budgets (default: the smallest)")
+    r.add_argument("--robustbench-field", action="append", type=key_value, metavar="KEY=VALUE",
+                   help="set an entry field, repeatable (JSON values): name=..., link=..., authors=..., venue=..., "
+                        "reported=..., additional_data=true, footnote=...")
     p.set_defaults(func=cmd_audit, interrupt_hint="finished attacks are cached in --out/cache.json; rerun the "
                                                   "same command to resume")
 
@@ -85,31 +104,25 @@ def add_audit_parser(subparsers) -> None:
 def _settings(args):
     from ..evaluation import EvalSettings
 
-    return EvalSettings(model=args.model, checkpoint=args.checkpoint, lams=None if args.lam is None else [args.lam],
-                        K=args.K, eps=args.eps, layers=args.layers, skip=args.skip or [],
-                        layer_types=args.layer_types, attack="audit", n_samples=args.n_samples,
-                        batch_size=args.batch_size, seed=args.seed, data_root=args.data_root, split=args.split,
-                        reprogramming=args.reprogramming, estimator=estimator_from_args(args))
+    return EvalSettings(**model_settings(args), lams=None if args.lam is None else [args.lam], attack="audit")
 
 
-def _plain_model(args, device):
+def _plain_model(args, settings, device):
     """The model shown next to the audited one: --plain-checkpoint's weights, not reprogrammed (or None)."""
-    from ..evaluation import load_weights
+    from ..evaluation import load_plain_model
 
     if args.no_plain or not args.plain_checkpoint:
         return None, "plain (lam=1)"
-    plain, _, _ = load_weights(args.model, args.plain_checkpoint)
     label = ("plain (paper checkpoint)" if args.plain_checkpoint == "pretrained"
              else f"plain ({Path(args.plain_checkpoint).name})")
-    return plain.to(device).eval(), label
+    return load_plain_model(settings, args.plain_checkpoint, device), label
 
 
-def _budgets_and_steps(args, dataset: str) -> tuple[list[float], float, int]:
+def _budgets_and_steps(args, dataset: str | None, data: str) -> tuple[list[float], float, int]:
     """(budgets > 0 in input units, the display unit, PGD steps), the paper's per dataset unless given."""
-    key = dataset.lower().replace("-", "").replace("_", "")
-    default_budgets, default_unit, default_steps = DATASET_DEFAULTS.get(key, (None, 1.0, 40))
+    default_budgets, default_unit, default_steps = DATASET_DEFAULTS.get(dataset, (None, 1.0, 40))
     if args.budgets is None and default_budgets is None:
-        raise UsageError(f"give --budgets: there are no default budgets for dataset {dataset!r}")
+        raise UsageError(f"give --budgets: there are no default budgets for --data {data}")
     unit = args.budget_unit if args.budget_unit is not None else (default_unit if args.budgets is None else 1.0)
     budgets = [b for b in in_input_units(args.budgets or default_budgets, unit) if b > 0]
     if not budgets:
@@ -124,6 +137,70 @@ def _tolerances(args):
     return AU.Tolerances.uniform(args.tol / 100, **overrides)
 
 
+# ------------------------------------------------------------------------------------------ RobustBench entry
+def _robustbench_eps(args, budgets: list[float], unit: float) -> float | None:
+    """The entry's eps in input units: --robustbench-eps (one of the audited budgets), else the smallest budget."""
+    if args.robustbench_json is None:
+        if args.robustbench_eps is not None or args.robustbench_field:
+            raise UsageError("--robustbench-eps and --robustbench-field need --robustbench-json FILE")
+        return None
+    if args.robustbench_eps is None:
+        return min(budgets)
+    eps = args.robustbench_eps / unit
+    match = next((b for b in budgets if math.isclose(b, eps, rel_tol=1e-9, abs_tol=1e-12)), None)
+    if match is None:
+        raise UsageError(f"--robustbench-eps {args.robustbench_eps:g} is not one of the audited budgets "
+                         f"({', '.join(f'{b * unit:g}' for b in budgets)} in --budget-unit {unit:g}): add it to "
+                         f"--budgets")
+    return match
+
+
+def _at_budget(per_budget: dict, eps: float) -> float | None:
+    return next((v for b, v in per_budget.items() if math.isclose(float(b), eps, rel_tol=1e-9, abs_tol=1e-12)), None)
+
+
+def robustbench_entry(report, eps: float, *, dataset: str, architecture: str, nrpm: dict,
+                      fields: dict | None = None) -> dict:
+    """A RobustBench model_info entry (accuracies as percent strings with 2 decimals, as RobustBench writes them)
+    of ``report`` at budget ``eps`` (input units), with nrpm's worst case and verdict; ``fields`` override any."""
+    from .. import audit as AU
+    from .. import reports
+
+    pct = lambda value: None if value is None else f"{100 * value:.2f}"
+    settings, unit = report.settings, report.settings.get("budget_unit", 1.0)
+    autoattack = report.accuracy("autoattack", eps, "nrpm")
+    attacks = {c["attack"] for c in report.cells if c["model"] == "nrpm" and _at_budget({c["budget"]: 1}, eps)}
+    footnote = (f"Robustness reprogramming (NRPM, Hou et al., ICLR 2025) of the model's layers at lam="
+                f"{nrpm.get('lam')}, K={nrpm.get('K')}, weights unchanged. {RECORDED_NRPM_FORWARD}. nrpm audit on "
+                f"{settings['n']} samples (RobustBench uses 10000); worst case over {len(attacks)} attacks"
+                f"{'' if autoattack is not None else '; AutoAttack not run'}; audit verdict {report.verdict}.")
+    entry = {"link": None, "name": settings.get("title"), "authors": "", "additional_data": False,
+             "number_forward_passes": 1, "dataset": dataset, "venue": "N/A", "architecture": architecture,
+             "eps": reports.format_budget(eps, unit), "clean_acc": pct(settings["clean_accuracy"]["nrpm"]),
+             "reported": None, "autoattack_acc": pct(autoattack), "external": None, "footnote": footnote,
+             "unreliable": report.verdict == AU.FAIL, "threat_model": settings["norm"],
+             "worst_case_acc": pct(_at_budget(report.worst_case.get("nrpm", {}), eps)),
+             "audit_verdict": report.verdict, "nrpm": nrpm}
+    return {**entry, **(fields or {})}
+
+
+def _write_robustbench(args, report, eps, prepared, samples, audit_json) -> None:
+    from .. import reports
+
+    settings = prepared.settings
+    applied = prepared.reprogramming
+    nrpm = {"model": settings.model, "model_args": settings.model_args, "checkpoint": settings.checkpoint,
+            "normalize": settings.normalize, "data": samples.info["spec"], "split": settings.split,
+            "n_samples": samples.info["n"], "lam": settings.lams[0], "K": applied["K"] if applied else settings.K,
+            "eps_input_units": eps, "audit_json": None if audit_json is None else str(audit_json),
+            "number_forward_passes": RECORDED_NRPM_FORWARD}
+    entry = robustbench_entry(report, eps, dataset=samples.info["dataset"] or samples.info["spec"],
+                              architecture=prepared.model_info.get("class", "").rsplit(".", 1)[-1],
+                              nrpm=reports.jsonable(nrpm), fields=dict(args.robustbench_field or []))
+    reports.write_json(args.robustbench_json, entry)
+    print(f"robustbench entry: {args.robustbench_json}", file=sys.stderr)
+
+
 def cmd_audit(args) -> int:
     import torch
 
@@ -135,6 +212,8 @@ def cmd_audit(args) -> int:
     out = Path(args.out) if args.out else None
     if out is not None:
         check_output_folder(out)
+    if args.robustbench_json is not None:
+        check_output_folder(Path(args.robustbench_json).parent, "--robustbench-json")
     download_if_asked(args, args.model, args.checkpoint)
     set_threads(args.threads)
     device = E.resolve_device(args.device)
@@ -143,12 +222,12 @@ def cmd_audit(args) -> int:
     model, settings = prepared.model, prepared.settings
     for note in prepared.notes:
         print(f"note: {note}", file=sys.stderr)
-    plain, plain_label = _plain_model(args, device)
-    dataset = getattr(model, "dataset", None)
-    if dataset is None:
-        raise UsageError(f"model {args.model!r} does not say which dataset it is for (no .dataset attribute)")
-    budgets, unit, steps = _budgets_and_steps(args, dataset)
-    x, y = E.load_eval_samples(dataset, settings)
+    samples = E.load_eval_data(prepared)
+    budgets, unit, steps = _budgets_and_steps(args, samples.info["dataset"], samples.info["spec"])
+    robustbench_eps = _robustbench_eps(args, budgets, unit)
+    print(f"data: {samples.info['detected']}", file=sys.stderr)  # after the checks: an error stays one line
+    plain, plain_label = _plain_model(args, settings, device)
+    x, y = samples.x, samples.y
     cache = out / "cache.json" if out is not None else None
     with output_dir_lock(out, "audit", enabled=out is not None):
         if cache is not None and args.overwrite and cache.exists():
@@ -168,8 +247,13 @@ def cmd_audit(args) -> int:
         report.settings["reprogramming"] = reports.jsonable(prepared.reprogramming)
         report.settings["cli_args"] = reports.jsonable({k: v for k, v in vars(args).items() if k != "func"})
         report.settings["checkpoint_info"] = reports.jsonable(prepared.checkpoint_info)
+        report.settings["model_info"] = reports.jsonable(prepared.model_info)
+        report.settings["data_info"] = reports.jsonable(samples.info)
+        paths = {}
         if out is not None:  # saved before printing: a closed stdout pipe must not lose the report
             paths = report.save(out)
+        if robustbench_eps is not None:
+            _write_robustbench(args, report, robustbench_eps, prepared, samples, paths.get("json"))
         print(report.to_markdown())
         if out is not None:
             print(f"audit: {paths['json']} (+ audit.md, audit.png, cache.json); {report.seconds:.0f} s",

@@ -3,6 +3,10 @@
 A paradigm-3 ``model.pt`` given as ``--checkpoint``, or a ``reprogramming.pt`` given as ``--reprogramming``, is
 evaluated with its stored per-layer lam, K, eps and layers (the row ``trained``); explicit ``--lam`` numbers,
 ``--K`` and ``--eps`` override them in every layer, and results.json records what was applied.
+
+The model may be the user's own (``--model FILE.py:FACTORY`` with ``--model-arg``, ``--normalize``) and so may the
+data (``--data tensors:FILE`` / ``imagefolder:PATH``); results.json's settings record both specs, the model's
+description and what was detected in the data.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .args import (TRAINED, HelpFormatter, add_model_args, budget, check_output_folder, download_if_asked,
-                   estimator_from_args, in_input_units, key_value, lam_or_trained, positive_float, set_threads)
+                   in_input_units, key_value, lam_or_trained, model_settings, positive_float, set_threads)
 
 __all__ = ["add_eval_parser", "cmd_eval", "eval_settings"]
 
@@ -44,13 +48,9 @@ def eval_settings(args):
     """The EvalSettings of parsed ``nrpm eval`` arguments (budgets in [0, 1] input units)."""
     from ..evaluation import EvalSettings
 
-    return EvalSettings(model=args.model, checkpoint=args.checkpoint, lams=args.lam, K=args.K, eps=args.eps,
-                        layers=args.layers, skip=args.skip or [], layer_types=args.layer_types,
-                        attack=args.attack, attack_kwargs=dict(args.attack_arg or []),
-                        budgets=in_input_units(args.budgets, args.budget_unit), budget_unit=args.budget_unit,
-                        n_samples=args.n_samples, batch_size=args.batch_size, seed=args.seed,
-                        data_root=args.data_root, split=args.split, reprogramming=args.reprogramming,
-                        estimator=estimator_from_args(args))
+    return EvalSettings(**model_settings(args), lams=args.lam, attack=args.attack,
+                        attack_kwargs=dict(args.attack_arg or []),
+                        budgets=in_input_units(args.budgets, args.budget_unit), budget_unit=args.budget_unit)
 
 
 def cmd_eval(args) -> int:

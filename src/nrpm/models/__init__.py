@@ -2,9 +2,12 @@
 
 >>> from nrpm.models import create_model, list_models, load_pretrained
 >>> model, info = load_pretrained("lenet")     # the authors' released MNIST LeNet
+>>> model, info = resolve_model_spec("my_model.py:build", {"width": 2})   # a model of your own
 """
 
 from .checkpoints import load_checkpoint, load_pretrained, model_from_checkpoint, resolve_pretrained_dir
+from .external import (NormalizedModel, describe_model, inner_model, is_registry_name, parse_model_spec,
+                       resolve_model_spec, with_normalization)
 from .layers import Normalize
 from .mnist import MLP2, MLP3, LeNet, LinearClassifier
 from .registry import (ModelEntry, PretrainedFile, create_model, default_robust_layers, list_models, model_entry,
@@ -23,6 +26,13 @@ __all__ = [
     "ModelEntry",
     "PretrainedFile",
     "default_robust_layers",
+    "resolve_model_spec",
+    "describe_model",
+    "parse_model_spec",
+    "is_registry_name",
+    "NormalizedModel",
+    "with_normalization",
+    "inner_model",
     "Normalize",
     "LinearClassifier",
     "MLP2",
