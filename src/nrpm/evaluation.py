@@ -311,7 +311,9 @@ def prepare_model(settings: EvalSettings, device: torch.device | str = "cpu") ->
         reprogram(model, _paradigm1_config(resolved))
     else:
         applied = _apply_stored(model, state, source, resolved)
-        if resolved.lams[0] != TRAINED:
+        # the stored per-layer lam stays until the grid sets each row: a first numeric row set here would
+        # overwrite what a later 'trained' row must evaluate
+        if TRAINED not in resolved.lams:
             set_lam(model, resolved.lams[0])
     dataset = model_entry(settings.model).dataset if is_registry_name(settings.model) else None
     return PreparedModel(_normalized(model, settings.normalize).to(device).eval(), resolved, loaded.checkpoint_info,

@@ -172,3 +172,34 @@ def test_a_run_file_in_the_wrong_place_says_where_it_goes(runs, which, flag, mod
     path = runs[int(which[1])] / which.split("/")[1]
     code, _, err = run(["eval", "--model", model, flag, str(path), "--no-progress", "--out", str(tmp_path)], capsys)
     assert code == 2 and err.startswith("nrpm eval: error: ") and str(path) in err and fragment in err
+
+
+def test_a_trained_row_after_a_numeric_row_keeps_the_stored_lam(tmp_path, capsys):
+    """--lam 0.5 trained: the 'trained' row is the stored per-layer lam, not the 0.5 of the row before it."""
+    import torch
+    from torch import nn
+
+    import nrpm
+    from nrpm import cli
+
+    model = nrpm.models.create_model("mlp3")
+    nrpm.reprogram(model, nrpm.ReprogramConfig(lam=0.9, K=1, paradigm=2))
+    nrpm.save_reprogramming(model, tmp_path / "rp.pt")
+    x = torch.rand(16, 1, 28, 28)
+    torch.save({"x": x, "y": torch.randint(0, 10, (16,))}, tmp_path / "data.pt")
+    args = ["eval", "--model", "mlp3", "--checkpoint", "none", "--reprogramming", str(tmp_path / "rp.pt"),
+            "--data", f"tensors:{tmp_path / 'data.pt'}", "--n-samples", "16", "--budgets", "0", "--no-progress"]
+    seen = []
+    real = nrpm.evaluation.evaluate_grid
+
+    def spy(model, *a, **k):
+        seen.append(nrpm.lam_table(model))
+        return real(model, *a, **k)
+
+    import nrpm.evaluation
+    nrpm.evaluation.evaluate_grid = spy
+    try:
+        assert cli.main(args + ["--lam", "0.5", "trained"]) == 0
+    finally:
+        nrpm.evaluation.evaluate_grid = real
+    assert all(v == pytest.approx(0.9, abs=1e-4) for v in seen[0].values())

@@ -15,6 +15,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from ..audit.runner import OPTIONAL_ATTACKS
 from .args import (EXIT_CHECK_FAILED, EXIT_OK, TRAINED, HelpFormatter, UsageError, add_model_args,
                    budget, check_output_folder, download_if_asked, in_input_units, key_value, lam_or_trained,
                    model_settings, nonneg_float, positive_float, positive_int, set_threads)
@@ -64,6 +65,11 @@ def add_audit_parser(subparsers) -> None:
     p.add_argument("--apgd-steps", type=positive_int, default=100, help="APGD-CE / APGD-DLR iterations")
     p.add_argument("--square-queries", type=positive_int, default=5000, help="Square Attack queries")
     p.add_argument("--no-autoattack", action="store_true", help="skip check 7 (AutoAttack), for quick runs")
+    p.add_argument("--spsa-steps", type=positive_int, default=50, help="SPSA (check 5, black-box) Adam steps")
+    p.add_argument("--spsa-samples", type=positive_int, default=64,
+                   help="SPSA queries per step (antithetic pairs; a sample costs at most steps x (samples + 1))")
+    p.add_argument("--skip-attacks", nargs="+", default=[], choices=list(OPTIONAL_ATTACKS),
+                   help="leave out optional attacks for a quick run (the C&W, SPSA and smoothed-gradient cells)")
     p.add_argument("--no-plain", action="store_true",
                    help="do not evaluate the plain (lam=1) model next to the reprogrammed one")
     p.add_argument("--check-budget", type=budget, default=None,
@@ -237,6 +243,7 @@ def cmd_audit(args) -> int:
             model, x, y, budgets=budgets, norm=args.norm, compare_plain=not args.no_plain, plain_model=plain,
             plain_label=plain_label, steps=steps, alpha=None if args.alpha is None else args.alpha / unit,
             restarts=args.restarts, apgd_steps=args.apgd_steps, square_queries=args.square_queries,
+            spsa_steps=args.spsa_steps, spsa_samples=args.spsa_samples, skip_attacks=tuple(args.skip_attacks),
             autoattack=not args.no_autoattack, unbounded_eps=args.unbounded_eps,
             check_budget=None if args.check_budget is None else args.check_budget / unit,
             tolerances=_tolerances(args), seed=args.seed, batch_size=args.batch_size, cache_path=cache,

@@ -19,7 +19,8 @@ from .args import (TRAINED, HelpFormatter, add_model_args, budget, check_output_
 
 __all__ = ["add_eval_parser", "cmd_eval", "eval_settings"]
 
-ATTACKS = ("fgsm, pgd, pgd_l2, fgm_l1, fgm_l2, l0, apgd-ce, apgd-dlr, square, autoattack, autoattack-l2, noise")
+ATTACKS = ("fgsm, pgd, pgd_l2, fgm_l1, fgm_l2, l0, cw (PGD on the C&W margin), cw-l2, deepfool, spsa, apgd-ce, "
+           "apgd-dlr, square, autoattack, autoattack-l2, noise, corruption (--attack-arg kind=..., budget = severity)")
 
 
 def add_eval_parser(subparsers) -> None:
