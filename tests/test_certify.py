@@ -277,3 +277,41 @@ def test_the_command_certifies_the_paper_mlp_and_resumes(tmp_path, capsys, eager
     assert cmd_certify(certify_parser().parse_args(argv)) == 0
     assert "resuming: 6 of 6 samples" in capsys.readouterr().err
     assert json.loads((tmp_path / "results.json").read_text())["cells"] == first["cells"]
+
+
+FACTORY = '''
+import torch
+from torch import nn
+
+
+def tiny(classes=4, hidden=8):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+'''
+
+
+def test_the_command_certifies_a_normalised_factory_model_on_a_tensors_file(tmp_path, capsys, eager_kernels):
+    (tmp_path / "nets.py").write_text(FACTORY)
+    torch.manual_seed(1)
+    weights = nn.Sequential(nn.Flatten(), nn.Linear(48, 6), nn.ReLU(), nn.Linear(6, 4)).state_dict()
+    torch.save(weights, tmp_path / "w.pt")
+    generator = torch.Generator().manual_seed(0)
+    torch.save({"x": torch.rand(4, 3, 4, 4, generator=generator), "y": torch.arange(4)}, tmp_path / "d.pt")
+    argv = ["certify", "--model", f"{tmp_path / 'nets.py'}:tiny", "--model-arg", "hidden=6", "--checkpoint",
+            str(tmp_path / "w.pt"), "--data", f"tensors:{tmp_path / 'd.pt'}", "--normalize", "0.5", "0.25",
+            "--n-samples", "2", "--n0", "4", "--n", "10", "--sigma", "0.25", "--lam", "0.5", "--no-progress",
+            "--threads", "1", "--out", str(tmp_path / "out")]
+    assert cmd_certify(certify_parser().parse_args(argv)) == 0
+    assert "| 0.5 | 0.25 | 2 |" in capsys.readouterr().out
+    info = json.loads((tmp_path / "out" / "results.json").read_text())["info"]
+    assert info["model_info"]["kind"] == "file" and info["model_info"]["normalize"] == {"mean": [0.5], "std": [0.25]}
+    assert info["data_info"]["kind"] == "tensors" and info["robust_layers"] == ["1", "3"]
+
+
+def test_a_factory_model_without_data_is_refused_before_any_work(tmp_path):
+    from nrpm.cli.args import UsageError
+
+    (tmp_path / "nets.py").write_text(FACTORY)
+    args = certify_parser().parse_args(["certify", "--model", f"{tmp_path / 'nets.py'}:tiny", "--checkpoint", "none"])
+    with pytest.raises(UsageError, match="give --data"):
+        cmd_certify(args)

@@ -315,6 +315,21 @@ def test_unknown_dataset_is_rejected():
         download.ensure_dataset("imagenet")
 
 
+@pytest.mark.parametrize("name", ["cifar100", "svhn", "imagefolder:pics", "tensors:samples.pt"])
+def test_datasets_that_cannot_be_downloaded_are_refused_naming_those_that_can(name, tmp_path):
+    # the local-only fixture fails any URL, so reaching for the CIFAR-10 archive would fail differently
+    with pytest.raises(ValueError, match="downloads only mnist and cifar10") as err:
+        download.download_dataset(name, tmp_path / "root")
+    assert repr(name) in str(err.value) and not (tmp_path / "root").exists()
+
+
+def test_ensure_dataset_refuses_to_fetch_cifar100_and_user_data(tmp_path):
+    with pytest.raises(ValueError, match="downloads only mnist and cifar10"):
+        download.ensure_dataset("cifar100", tmp_path / "root")
+    with pytest.raises(ValueError, match="your own files"):
+        download.ensure_dataset("tensors:samples.pt")
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 

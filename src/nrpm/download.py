@@ -230,9 +230,10 @@ def download_dataset(name: str, root: str | os.PathLike | None = None, *,
 
     Files already present are kept. ``train`` limits MNIST to one split (None: both); CIFAR-10
     always comes as one archive with both. The layout is torchvision's:
-    ``<root>/MNIST/raw/*-ubyte.gz`` and ``<root>/cifar-10-batches-py/``.
+    ``<root>/MNIST/raw/*-ubyte.gz`` and ``<root>/cifar-10-batches-py/``. Any other dataset (CIFAR-100,
+    SVHN, imagefolder:, tensors:) raises ValueError naming what can be downloaded.
     """
-    key = D.dataset_key(name)
+    key = _downloadable_key(name)
     folder = Path(root).expanduser() if root is not None else paths.cache_dir("data")
     if not D.missing_files(key, folder, train):
         return folder
@@ -241,6 +242,24 @@ def download_dataset(name: str, root: str | os.PathLike | None = None, *,
     else:
         _download_cifar10(folder)
     return folder
+
+
+def _refuse_user_data(name: str) -> None:
+    """imagefolder: / tensors: specs are a user's own files, read where they are: nothing to fetch."""
+    if str(name).partition(":")[0] in ("imagefolder", "tensors"):
+        raise ValueError(f"nrpm downloads only {' and '.join(D.DOWNLOADABLE)}, not {name!r}: imagefolder: and "
+                         f"tensors: data are your own files, read from where they are; there is nothing to download")
+
+
+def _downloadable_key(name: str) -> str:
+    """The dataset key of ``name`` when nrpm knows where to fetch it; otherwise a ValueError naming what it can
+    fetch (without this check CIFAR-100 or SVHN fell through to the CIFAR-10 download, which never holds them)."""
+    _refuse_user_data(name)
+    key = D.dataset_key(name)
+    if key not in D.DOWNLOADABLE:
+        raise ValueError(f"nrpm downloads only {' and '.join(D.DOWNLOADABLE)}, not {name!r}: put its files under a "
+                         f"data root yourself (torchvision's layout), or use --data imagefolder:PATH / tensors:FILE")
+    return key
 
 
 def ensure_dataset(name: str, root: str | os.PathLike | None = None, *,
@@ -256,7 +275,8 @@ def ensure_dataset(name: str, root: str | os.PathLike | None = None, *,
     Raises ValueError for an unknown name or a bad download, FileNotFoundError when the files
     cannot be fetched; messages are one line with the URL and what to do.
     """
-    key = D.dataset_key(name)
+    _refuse_user_data(name)
+    key = D.dataset_key(name)  # a CIFAR-100 / SVHN root already holding the files is fine; fetching is refused
     folder = D.resolve_data_root(root, dataset=key, train=train)
     if D.missing_files(key, folder, train):
         download_dataset(key, folder, train=train)

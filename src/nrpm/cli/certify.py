@@ -1,6 +1,7 @@
 """``nrpm certify``: certified L2 robustness by randomized smoothing (Cohen et al. 2019) over lam x sigma, resumable.
 
-The model arguments are those of ``nrpm eval`` (a stored reprogramming included: row ``trained``). For every
+The model and data arguments are those of ``nrpm eval``: a stored reprogramming (row ``trained``), a user's own
+model (``--model FILE.py:FACTORY``, ``--model-arg``, ``--normalize``) and data (``--data tensors:FILE``). For every
 (lam, sigma) every sample is certified with n0 selection and n estimation noise samples; results.json is saved
 as it goes and a rerun with the same settings resumes. The noisy inputs are not clipped to [0, 1], as in Cohen
 et al.
@@ -12,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .args import (TRAINED, HelpFormatter, add_model_args, check_output_folder, download_if_asked,
-                   estimator_from_args, lam_or_trained, positive_float, positive_int, set_threads)
+from .args import (TRAINED, HelpFormatter, add_model_args, check_output_folder, download_if_asked, lam_or_trained,
+                   model_settings, positive_float, positive_int, set_threads)
 
 __all__ = ["add_certify_parser", "cmd_certify"]
 
@@ -73,14 +74,11 @@ def _check_values(args) -> None:
 
 
 def _eval_settings(args):
-    """The model part of ``nrpm eval``'s settings, from which nrpm.evaluation builds the same model."""
+    """The model part of ``nrpm eval``'s settings (model and data specs included), from which nrpm.evaluation
+    builds the same model and reads the same samples."""
     from ..evaluation import EvalSettings
 
-    return EvalSettings(model=args.model, checkpoint=args.checkpoint, lams=args.lam, K=args.K, eps=args.eps,
-                        layers=args.layers, skip=args.skip or [], layer_types=args.layer_types,
-                        n_samples=args.n_samples, batch_size=args.batch_size, seed=args.seed,
-                        data_root=args.data_root, split=args.split, reprogramming=args.reprogramming,
-                        estimator=estimator_from_args(args))
+    return EvalSettings(**model_settings(args), lams=args.lam)
 
 
 def _model_description(prepared) -> dict:
@@ -94,10 +92,20 @@ def _model_description(prepared) -> dict:
     return key
 
 
+def _recorded_info(prepared, samples) -> dict:
+    """What results.json records of the model and the samples (not part of the resume key)."""
+    from ..reprogram import robust_layers
+
+    return {"checkpoint_info": prepared.checkpoint_info, "reprogramming": prepared.reprogramming,
+            "notes": prepared.notes, "robust_layers": sorted(robust_layers(prepared.network)),
+            "model_info": prepared.model_info, "data_info": samples.info,
+            "split": prepared.settings.split, "data_root": prepared.settings.data_root}
+
+
 def cmd_certify(args) -> int:
     from ..certify import run_certify
-    from ..evaluation import load_eval_samples, prepare_model, resolve_device
-    from ..reprogram import robust_layers, set_lam
+    from ..evaluation import load_eval_data, prepare_model, resolve_device
+    from ..reprogram import set_lam
 
     _check_values(args)
     download_if_asked(args, args.model, args.checkpoint)
@@ -111,15 +119,14 @@ def cmd_certify(args) -> int:
         log(f"note: {note}")
     if prepared.reprogramming is not None:
         set_lam(prepared.model, prepared.reprogramming["lam"])  # row 'trained' = the stored per-layer lam
-    x, y = load_eval_samples(prepared.model.dataset, prepared.settings)
+    # read and checked against the model as nrpm eval does (a factory or normalised model has no .dataset)
+    samples = load_eval_data(prepared)
+    log(f"data: {samples.info['detected']}")
     K = prepared.reprogramming["K"] if prepared.reprogramming is not None else prepared.settings.K
-    info = {"checkpoint_info": prepared.checkpoint_info, "reprogramming": prepared.reprogramming,
-            "notes": prepared.notes, "robust_layers": sorted(robust_layers(prepared.model)),
-            "split": prepared.settings.split, "data_root": prepared.settings.data_root}
-    result = run_certify(prepared.model, x, y, lams=prepared.settings.lams, sigmas=args.sigma, n0=args.n0, n=args.n,
-                         alpha=args.alpha, batch_size=args.batch_size, seed=args.seed, out_dir=args.out,
-                         progress=not args.no_progress, log=log, overwrite=args.overwrite,
-                         describe=_model_description(prepared), info=info,
+    result = run_certify(prepared.model, samples.x, samples.y, lams=prepared.settings.lams, sigmas=args.sigma,
+                         n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size, seed=args.seed,
+                         out_dir=args.out, progress=not args.no_progress, log=log, overwrite=args.overwrite,
+                         describe=_model_description(prepared), info=_recorded_info(prepared, samples),
                          title=f"{args.model}: randomized smoothing, K={K}")
     print(result["table"])
     if args.out:

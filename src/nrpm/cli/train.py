@@ -1,5 +1,12 @@
 """``nrpm train`` (base models, standard or adversarial) and ``nrpm reprogram --paradigm 2|3`` (fine-tuning).
 
+The model and data are given as for ``nrpm eval``: ``--model`` a registry name or a user's own
+(``FILE.py:FACTORY``, ``package.module:FACTORY``, ``timm:NAME``, ``torchvision:NAME``, with ``--model-arg`` and
+``--normalize``), ``--data`` a dataset name, ``imagefolder:PATH`` or ``tensors:FILE``. Training reads the training
+split of ``--data`` (a tensors file has none: ``--train-data tensors:FILE`` gives it, and ``--data`` is then the
+test set); the held-out check is the last ``--val-size`` training images. ``model.pt`` / ``reprogramming.pt``
+record the model spec, ``--model-arg`` and ``--normalize``, so ``nrpm.train.load_trained`` rebuilds the model.
+
 Wired into ``nrpm.cli.main`` by ``add_train_parsers(subparsers)``. Both run unchanged under
 ``torchrun --nproc_per_node=N -m nrpm.cli ...`` (or ``torchrun --nproc_per_node=N $(which nrpm) ...``).
 """
@@ -10,9 +17,9 @@ import argparse
 import json
 import sys
 
-from .args import (HelpFormatter, add_download_arg, add_estimator_args, budget, device_spec, download_if_asked,
-                   estimator_from_args, in_input_units, key_value, lam_number, model_name, nonneg_int,
-                   positive_float, positive_int, set_threads)
+from .args import (HelpFormatter, add_data_spec_args, add_download_arg, add_estimator_args, add_model_spec_args,
+                   budget, data_spec, device_spec, download_if_asked, estimator_from_args, in_input_units, key_value,
+                   lam_number, nonneg_int, positive_float, positive_int, set_threads)
 
 __all__ = ["add_train_parsers", "cmd_train", "cmd_reprogram", "config_from_args", "tests_from_args", "paradigm"]
 
@@ -40,6 +47,8 @@ def config_from_args(args, paradigm: int):
         milestones=args.milestones or (), gamma=args.lr_gamma, augment=args.augment, train_subset=args.train_subset,
         val_size=args.val_size, val_attack=args.val_attack, val_eps=_per_unit(args.val_eps, unit),
         val_steps=args.val_steps, seed=args.seed, data_root=args.data_root,
+        model_args=dict(args.model_arg or []), normalize=args.normalize, data=args.data, train_data=args.train_data,
+        image_size=args.image_size,
     )
     if paradigm:
         kwargs.update(lam=args.lam, K=args.K, eps=args.eps, layers=args.layers, skip=args.skip or (),
@@ -64,8 +73,11 @@ def _run(args, paradigm: int) -> int:
     from .. import distributed as dist
     from ..train import run_training
 
+    from ..train.sources import training_spec
+
     download_if_asked(args, args.model, args.checkpoint)
     config = config_from_args(args, paradigm)
+    training_spec(config)  # no training data (a factory model without --data, a tensors --data): fail now
     tests = tests_from_args(args)
     set_threads(args.threads)
     summary = run_training(config, args.out, device=args.device, resume=args.resume, overwrite=args.overwrite,
@@ -108,10 +120,16 @@ def cmd_reprogram(args) -> int:
 
 
 def _common(p: argparse.ArgumentParser, *, checkpoint_default: str, lr: float, optimizer: str, wd: float) -> None:
-    p.add_argument("--model", required=True, type=model_name, help="registry name: mlp3, lenet, resnet18_narrow, ...")
+    add_model_spec_args(p)
     p.add_argument("--checkpoint", default=checkpoint_default,
-                   help="'pretrained' (the paper's file), a checkpoint path, or 'none'")
+                   help="'pretrained' (the paper's file, registry models only), a checkpoint path (a state_dict of "
+                        "the model, or a run's model.pt), or 'none' (the factory's own weights)")
     p.add_argument("--out", required=True, help="output folder: checkpoint.pt, logs, artifacts, run.json")
+    add_data_spec_args(p)
+    p.add_argument("--train-data", type=data_spec, default=None,
+                   help="train on this data's training split instead of --data's (a tensors:FILE: all of it; "
+                        "the held-out check is its last --val-size); needed where --data is a tensors:FILE, which "
+                        "has no training part and is then the --test-attack set")
     g = p.add_argument_group("adversarial examples")
     g.add_argument("--attack", default="none", choices=["none", "fgsm", "pgd"], help="training attack")
     g.add_argument("--attack-eps", type=float, default=0.0, help="budget, in --budget-unit (e.g. 0.3, or 8 with 255)")
@@ -137,7 +155,7 @@ def _common(p: argparse.ArgumentParser, *, checkpoint_default: str, lr: float, o
     g.add_argument("--lr-gamma", dest="lr_gamma", type=float, default=0.1,
                    help="step decay factor of the learning rate (--gamma is the robust estimator's parameter)")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random crop + flip (default: on for CIFAR-10, off for MNIST)")
+                   help="random crop + flip (default: on for CIFAR-10 and CIFAR-100, off for other data)")
     g.add_argument("--train-subset", type=int, default=None, help="a random subset of N training images per epoch")
     g.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and attacks")
     g = p.add_argument_group("held-out check (last --val-size training images)")
@@ -145,7 +163,7 @@ def _common(p: argparse.ArgumentParser, *, checkpoint_default: str, lr: float, o
     g.add_argument("--val-attack", default=None, choices=["none", "fgsm", "pgd"], help="default: the training attack")
     g.add_argument("--val-eps", type=float, default=None, help="default: --attack-eps (in --budget-unit)")
     g.add_argument("--val-steps", type=int, default=None, help="PGD steps of the held-out check (default: training's)")
-    g = p.add_argument_group("final test evaluation (first --test-samples test images)")
+    g = p.add_argument_group("final test evaluation (first --test-samples test images of --data)")
     g.add_argument("--test-attack", default=None, help="fgsm, pgd, ... (nrpm.attacks names); none by default")
     g.add_argument("--test-attack-arg", action="append", type=key_value, metavar="KEY=VALUE",
                    help="e.g. steps=40, alpha=0.00784 (repeatable; values in [0, 1] input units, not --budget-unit)")

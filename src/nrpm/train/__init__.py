@@ -23,6 +23,10 @@ What a run writes to its output folder (only rank 0 writes):
   TensorBoard scalars under ``tb/`` when asked for and installed; ``run.json`` (settings, versions, summary);
   ``test_<attack>.json/.md`` when a test evaluation is asked for.
 
+Model and data: ``model`` is a model spec, a registry name or a user's own (``FILE.py:FACTORY``, ...; with
+``model_args`` and an input ``normalize`` put in front, see :mod:`nrpm.models.external`), ``data`` / ``train_data``
+data specs (see :mod:`nrpm.train.sources`); the artifacts record them, so :func:`load_trained` rebuilds the model.
+
 Data: the held-out (validation) set is the last ``val_size`` images of the *training* split, never the test set;
 training uses the rest, in a fresh seeded order each epoch (``train_subset`` = a random subset of that size per
 epoch). The last incomplete batch of an epoch is dropped (so every step has the full global batch, which keeps
@@ -50,7 +54,8 @@ from .artifacts import CHECKPOINT_FORMAT, MODEL_FORMAT, load_trained, read_check
 from .config import TestSettings, TrainConfig
 from .loop import run_training
 
-# Package layout: config (TrainConfig, TestSettings), setup (model, data, optimiser, RNG states),
+# Package layout: config (TrainConfig, TestSettings), sources (model and data specs, whole data splits),
+# setup (model, data, optimiser, RNG states),
 # adversarial (training attacks), loop (run_training), evaluate (held-out and test accuracy),
 # artifacts (everything read from or written to the output folder).
 

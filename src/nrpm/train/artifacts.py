@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from .. import reports
-from ..models import create_model, load_checkpoint, model_from_checkpoint
+from ..models import inner_model, load_checkpoint, model_from_checkpoint, resolve_model_spec
 from ..reprogram import atomic_torch_save, load_reprogramming, reprogram, reprogramming_state
 from .config import TestSettings, TrainConfig
+from .sources import loadable_spec, normalized
 
 __all__ = ["CHECKPOINT_FORMAT", "MODEL_FORMAT", "RUN_FORMAT", "TEST_FORMAT", "CHECKPOINT_NAME", "check_writable",
            "read_checkpoint", "identity_diff", "write_checkpoint", "artifact_names", "write_artifacts",
@@ -75,7 +76,7 @@ def write_checkpoint(path: Path, config: TrainConfig, model: nn.Module, *, epoch
                      wall_seconds: float, world_size: int) -> None:
     """The state after ``epoch``: enough to continue as if never stopped (``rng`` holds every rank's states)."""
     atomic_torch_save({"format": CHECKPOINT_FORMAT, "identity": config.identity(),
-                       "config": config.to_dict(), "epoch": epoch,
+                       "config": config.to_dict(), "model_source": loadable_spec(config.model), "epoch": epoch,
                        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                        "generator": generator.get_state(), "rng": rng, "history": history,
@@ -93,19 +94,29 @@ def artifact_names(config: TrainConfig) -> list[str]:
         ["model.pt"] if config.paradigm in (0, 3) else [])
 
 
+def _model_spec_fields(config: TrainConfig, prefix: str = "") -> dict:
+    """What rebuilds the model: the spec as given (what nrpm eval --model compares), its factory arguments and
+    normalisation, and ``model_source``, the spec with a factory file's absolute path (loadable from anywhere)."""
+    return {f"{prefix}model": config.model, f"{prefix}model_args": dict(config.model_args),
+            f"{prefix}normalize": config.normalize, f"{prefix}model_source": loadable_spec(config.model)}
+
+
 def write_artifacts(out: Path, config: TrainConfig, model: nn.Module, epoch: int) -> list[str]:
-    """Refresh the trained artifact(s) from ``model`` (the plain module, not a DDP wrapper)."""
+    """Refresh the trained artifact(s) from ``model`` (the plain module, not a DDP wrapper). They hold the
+    model's own weights and layer names, without a normalisation in front, as a checkpoint of the factory
+    (nrpm eval --checkpoint, with the same --normalize) takes them."""
+    network = inner_model(model)
     written = []
     if config.paradigm in (2, 3):
-        rp = reprogramming_state(model)
+        rp = reprogramming_state(network)
         if config.paradigm == 2:  # the artifact alone names what it applies to
-            rp.update(base_model=config.model, base_checkpoint=config.checkpoint)
+            rp.update(_model_spec_fields(config, "base_"), base_checkpoint=config.checkpoint)
         atomic_torch_save(rp, out / "reprogramming.pt")
         written.append("reprogramming.pt")
     if config.paradigm in (0, 3):
-        atomic_torch_save({"format": MODEL_FORMAT, "model": config.model, "paradigm": config.paradigm,
-                           "epoch": epoch, "state_dict": _plain_state_dict(model),
-                           "reprogramming": reprogramming_state(model) if config.paradigm else None,
+        atomic_torch_save({"format": MODEL_FORMAT, **_model_spec_fields(config), "paradigm": config.paradigm,
+                           "epoch": epoch, "state_dict": _plain_state_dict(network),
+                           "reprogramming": reprogramming_state(network) if config.paradigm else None,
                            "config": config.to_dict()}, out / "model.pt")
         written.append("model.pt")
     return written
@@ -138,12 +149,18 @@ def _preferred_file(folder: Path) -> Path:
     return found[0]
 
 
+def _rebuild(spec: str, source: str | None, model_args: dict | None) -> nn.Module:
+    """A fresh model of the spec a run trained (``source``: its loadable form, where the file has one)."""
+    return resolve_model_spec(source or spec, model_args or {})[0]
+
+
 def _from_checkpoint(path: Path) -> tuple[nn.Module, dict]:
     ckpt = read_checkpoint(path)
     config = TrainConfig.from_dict(ckpt["config"])
-    model = create_model(config.model)
+    network = _rebuild(config.model, ckpt.get("model_source"), config.model_args)
     if config.paradigm:
-        reprogram(model, config.reprogram_config())
+        reprogram(network, config.reprogram_config())
+    model = normalized(network, config.normalize)  # the training state is that of the model as trained
     model.load_state_dict(ckpt["model_state"])
     return model, {"source": str(path), "epoch": ckpt["epoch"], "paradigm": config.paradigm}
 
@@ -152,12 +169,12 @@ def _from_model_file(path: Path) -> tuple[nn.Module, dict]:
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(obj, dict) or obj.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path} is not an nrpm model file (expected format {MODEL_FORMAT!r})")
-    model = create_model(obj["model"])
-    info = load_checkpoint(model, obj)
+    network = _rebuild(obj["model"], obj.get("model_source"), obj.get("model_args"))
+    info = load_checkpoint(network, obj)
     if obj.get("reprogramming"):
-        load_reprogramming(model, obj["reprogramming"])
+        load_reprogramming(network, obj["reprogramming"])
     info.update(source=str(path), paradigm=obj.get("paradigm"))
-    return model, info
+    return normalized(network, obj.get("normalize")), info
 
 
 def _from_reprogramming(path: Path) -> tuple[nn.Module, dict]:
@@ -166,10 +183,14 @@ def _from_reprogramming(path: Path) -> tuple[nn.Module, dict]:
     if name is None:
         raise ValueError(f"{path} does not name its base model; load the base model yourself and call "
                          f"nrpm.load_reprogramming(model, path)")
-    model, info = model_from_checkpoint(name, base or None)
-    load_reprogramming(model, state)
+    if base == "pretrained":  # registry models only: a run could not have started otherwise
+        network, info = model_from_checkpoint(name, "pretrained")
+    else:
+        network = _rebuild(name, state.get("base_model_source"), state.get("base_model_args"))
+        info = load_checkpoint(network, base) if base not in (None, "none") else {}
+    load_reprogramming(network, state)
     info.update(source=str(path), paradigm=2)
-    return model, info
+    return normalized(network, state.get("base_normalize")), info
 
 
 # ------------------------------------------------------------------------------------------------ logs

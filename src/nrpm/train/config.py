@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from .. import attacks as A
+from ..data import parse_data_spec
 from ..models import default_robust_layers
 from ..reprogram import ReprogramConfig
 from ..validation import check_count, check_nonneg, check_positive
@@ -21,6 +22,8 @@ ATTACKS = ("none", "fgsm", "pgd")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 BN_MODES = ("auto", "train", "eval")
+# the fields that bring a user's own model and data; left empty they are not part of a run's identity
+_SPEC_FIELDS = ("model_args", "normalize", "data", "train_data", "image_size")
 
 
 def _one_of(value, allowed: Sequence[str], what: str) -> str:
@@ -28,6 +31,18 @@ def _one_of(value, allowed: Sequence[str], what: str) -> str:
     if value not in allowed:
         raise ValueError(f"unknown {what} {value!r}; choose one of {list(allowed)}")
     return value
+
+
+def _normalization(normalize: dict) -> dict:
+    """{'mean': [float], 'std': [float]}, one of each per channel (or one for all), every std > 0."""
+    try:
+        mean, std = [float(v) for v in normalize["mean"]], [float(v) for v in normalize["std"]]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"normalize must be {{'mean': [...], 'std': [...]}} of numbers, got {normalize!r}") from None
+    if len(mean) != len(std) or not mean or min(std) <= 0:
+        raise ValueError(f"normalize needs as many means as stds (one per channel) and stds > 0, got mean {mean}, "
+                         f"std {std}")
+    return {"mean": mean, "std": std}
 
 
 def _as_list(value) -> list:
@@ -39,7 +54,17 @@ def _as_list(value) -> list:
 class TrainConfig:
     """Everything that defines a training run; a resume must have the same values (``identity()``).
 
-    model / checkpoint: registry name; "pretrained" (the paper's file), a path, or None (random init).
+    model / checkpoint: a model spec (a registry name, FILE.py:FACTORY, package.module:FACTORY, timm:NAME,
+    torchvision:NAME; see :mod:`nrpm.models.external`); "pretrained" (the paper's file, registry models), a path,
+    or None (the factory's own weights: a fresh initialisation). model_args: keyword arguments of the factory;
+    normalize {'mean', 'std'}: the model wants normalised inputs, so ``(x - mean) / std`` is put in front of it
+    (training, attacks and the saved artifacts stay in [0, 1] input units; the artifacts hold the model's own
+    weights and layer names).
+    data: a data spec (mnist, cifar10, cifar100, svhn, imagefolder:PATH, tensors:FILE; None: the registry
+    model's dataset): training uses its training split (imagefolder: ``train/``), the final test its test split.
+    train_data: the training data instead (required where ``data`` is a tensors file, which has no training
+    part: all of ``train_data`` is the training split). image_size: imagefolder images' side (default: the
+    model's input size, else 32).
     paradigm: 0 (plain model), 2 (lam only) or 3 (weights and lam).
     lam, K, eps, layers, skip, layer_types: the reprogramming (paradigms 2, 3); layers None = the paper's
     choice (:func:`nrpm.models.default_robust_layers`: all Linear/Conv2d, ResNets their 3x3 block convs).
@@ -50,7 +75,7 @@ class TrainConfig:
     optimizer "sgd" | "adam" | "adamw", lr (weights), lam_lr (lam logits; default lr), momentum, nesterov,
     weight_decay (never applied to lam logits); schedule "constant" | "step" (milestones, gamma) | "cosine",
     stepped once per epoch.
-    augment: random crop (pad 4) + flip; None = on for CIFAR-10, off for MNIST.
+    augment: random crop (pad 4) + flip; None = on for CIFAR-10 and CIFAR-100, off for other data.
     train_subset: train on a fresh random subset of this many images each epoch (None = all).
     val_size: the last val_size training images, held out for per-epoch clean/robust accuracy (0 = none).
     val_attack / val_eps / val_steps: the per-epoch robust check (default: the training attack).
@@ -94,11 +119,17 @@ class TrainConfig:
     bn_mode: str = "auto"
     seed: int = 0
     data_root: str | None = None
+    model_args: dict = field(default_factory=dict)
+    normalize: dict | None = None
+    data: str | None = None
+    train_data: str | None = None
+    image_size: int | None = None
 
     def __post_init__(self):
         # The order matters: later defaults read earlier resolved values (validation steps read the training
         # attack's, step milestones read epochs), and the first bad value found is the one reported.
         self._check_paradigm()
+        self._check_model_and_data_specs()
         self._resolve_attack()
         self._resolve_clean_weight()
         self._resolve_validation()
@@ -116,6 +147,16 @@ class TrainConfig:
                              f"and 3 (weights and lam); paradigm 1 trains nothing (use nrpm eval --lam)")
         if self.checkpoint == "none":
             self.checkpoint = None
+
+    def _check_model_and_data_specs(self) -> None:
+        self.model_args = dict(self.model_args or {})
+        if self.normalize is not None:
+            self.normalize = _normalization(self.normalize)
+        for spec in (self.data, self.train_data):
+            if spec is not None:
+                parse_data_spec(spec)  # a misspelt dataset fails here, with the accepted forms
+        if self.image_size is not None:
+            self.image_size = check_count(self.image_size, "image size", 1)
 
     def _resolve_attack(self) -> None:
         self.attack = _one_of(self.attack, ATTACKS, "training attack")
@@ -221,6 +262,9 @@ class TrainConfig:
         d.pop("data_root")
         if self.schedule != "cosine":
             d.pop("epochs")
+        for k in _SPEC_FIELDS:
+            if not d[k]:
+                d.pop(k)  # so that checkpoints of runs from before these fields still resume
         return d
 
     @classmethod

@@ -15,7 +15,7 @@ from .. import data as D
 from .. import distributed as dist
 from .. import reports
 from .artifacts import TEST_FORMAT, write_test_files
-from .config import TestSettings, TrainConfig
+from .config import TestSettings
 
 __all__ = ["evaluate_split", "run_test"]
 
@@ -51,15 +51,12 @@ def _table(row_name: str, cells: list[dict], unit: float) -> str:
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), "| " + " | ".join(row) + " |"])
 
 
-def run_test(model: nn.Module, settings: TestSettings, test_data, config: TrainConfig, seed: int,
+def run_test(model: nn.Module, settings: TestSettings, test_data, seed: int,
              out: Path, main: bool, log, meta: dict) -> dict:
-    """One final evaluation on the first ``settings.n_samples`` test images, one cell per budget; rank 0
-    writes ``test_<label>.json/.md`` and logs the table. ``meta`` (the row name, epochs done) goes into the file."""
-    if test_data is None:
-        x, y = D.load_dataset(model.dataset, root=config.data_root, train=False)
-    else:
-        x, y = test_data
-    x, y = D.subset(x, y, min(settings.n_samples, len(x)))
+    """One final evaluation on the first ``settings.n_samples`` of ``test_data`` (x, y), one cell per budget;
+    rank 0 writes ``test_<label>.json/.md`` and logs the table. ``meta`` (the row name, epochs done) goes into
+    the file."""
+    x, y = D.subset(*test_data, min(settings.n_samples, len(test_data[0])))
     kwargs = A.with_default_seed(settings.attack, settings.attack_kwargs, seed)
     cells = [_measure(model, settings, kwargs, budget, x, y) for budget in settings.budgets]
     table = _table(meta["row"], cells, settings.budget_unit)

@@ -21,6 +21,7 @@ from torch import nn
 from .. import data as D
 from .. import distributed as dist
 from .._io import output_dir_lock
+from ..models import inner_model
 from ..provenance import versions
 from ..reprogram import robust_layers
 from ..validation import check_positive
@@ -30,6 +31,7 @@ from .artifacts import (CHECKPOINT_NAME, RUN_FORMAT, artifact_names, check_writa
                         write_logs, write_run_json)
 from .config import TestSettings, TrainConfig
 from .evaluate import evaluate_split, run_test
+from .sources import load_test_data, test_spec, training_spec
 from .setup import (build_model, is_batchnorm, lam_values, load_train_data, make_optimizer, make_scheduler,
                     rng_state, seed_rank, set_rng_state, set_train_modes)
 
@@ -70,6 +72,7 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, model: nn.M
         saved, resume_path = _checkpoint_to_resume(config, out / CHECKPOINT_NAME, resume, overwrite)
         run = _Run(config, out, info, per_rank, say, progress=progress, step_hook=step_hook)
         run.build(model, data, starting=saved is None)
+        run.check_test_data(tests, test_data)
         if saved is not None:
             run.restore(saved, resume_path)
         else:
@@ -89,6 +92,15 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, model: nn.M
 
 def _silent(*_) -> None:
     """The log of ranks other than 0."""
+
+
+def _is_cifar(config: TrainConfig, model: nn.Module, data) -> bool:
+    """Whether the training data is CIFAR-10 / -100, which augmentation (random crop + flip) is on for by default."""
+    if data is None:
+        dataset = D.parse_data_spec(training_spec(config, model)).dataset
+    else:  # the caller's own samples: only a ready model's dataset attribute says what they are
+        dataset = getattr(inner_model(model), "dataset", None)
+    return dataset in ("cifar10", "cifar100")
 
 
 def _checkpoint_to_resume(config: TrainConfig, ckpt_path: Path, resume, overwrite: bool):
@@ -128,9 +140,10 @@ class _Run:
     def build(self, model: nn.Module | None, data, *, starting: bool) -> None:
         config = self.config
         torch.manual_seed(config.seed)  # model init (checkpoint 'none') is the same on every rank
-        model, self.model_info = build_model(config, model, starting=starting)
+        built = build_model(config, model, starting=starting)
+        model, self.model_info, self.model_description = built.model, built.checkpoint_info, built.model_info
         self.x_train, self.y_train, self.x_val, self.y_val = load_train_data(config, model, data)
-        self.augment = config.augment if config.augment is not None else getattr(model, "dataset", None) == "cifar10"
+        self.augment = config.augment if config.augment is not None else _is_cifar(config, model, data)
         self.bn_eval = config.bn_eval()
         self.raw = self.model = model.to(self.info.device)
         self.optimizer = make_optimizer(config, self.raw)
@@ -330,15 +343,24 @@ class _Run:
                 "lam": lam_values(raw) if robust_layers(raw) else None,
                 "artifacts": [] if self.epoch == 0 else artifact_names(config),
                 "checkpoint_info": {k: v for k, v in self.model_info.items() if isinstance(v, (str, int, float))},
+                "model_info": self.model_description,
                 "versions": versions(world_size=info.world_size, backend=info.backend, device=str(info.device)),
                 "tests": {}}
+
+    def check_test_data(self, tests: list[TestSettings], test_data) -> None:
+        """Refuse a final test without data before training rather than after it."""
+        if tests and test_data is None and test_spec(self.config, self.raw) is None:
+            raise ValueError(f"model {self.config.model!r} names no dataset, so the final test (--test-attack) has "
+                             f"no data: give --data (or test_data=(x, y))")
 
     def test(self, tests: list[TestSettings], test_data, summary: dict) -> None:
         """Run the final test evaluations into ``summary["tests"]`` (and their files)."""
         config = self.config
+        if tests and test_data is None:
+            test_data = load_test_data(config, self.raw, max(settings.n_samples for settings in tests))
         row_name = {0: f"{config.model} trained", 2: f"{config.model} paradigm 2",
                     3: f"{config.model} paradigm 3"}[config.paradigm]
         for settings in tests:
-            res = run_test(self.raw, settings, test_data, config, config.seed, self.out, self.info.is_main, self.say,
+            res = run_test(self.raw, settings, test_data, config.seed, self.out, self.info.is_main, self.say,
                            {"row": row_name, "epochs_done": self.epoch})
             summary["tests"][settings.label()] = {"table": res["table"], "cells": res["cells"]}

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import random
 import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from .. import data as D
-from ..models import model_from_checkpoint
+from ..evaluation import load_model
+from ..models import inner_model
 from ..reprogram import lam_parameters, reprogram, robust_layers
 from .config import TrainConfig
+from .sources import input_shape, normalized, read_split, training_spec
 
-__all__ = ["build_model", "load_train_data", "make_optimizer", "make_scheduler", "is_batchnorm", "set_train_modes",
-           "rng_state", "set_rng_state", "seed_rank", "lam_values"]
+__all__ = ["BuiltModel", "build_model", "load_train_data", "make_optimizer", "make_scheduler", "is_batchnorm",
+           "set_train_modes", "rng_state", "set_rng_state", "seed_rank", "lam_values"]
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -34,37 +36,60 @@ def set_train_modes(model: nn.Module, bn_eval: bool) -> None:
 
 
 def lam_values(model: nn.Module) -> dict[str, float]:
-    return {n: m.lam_value() for n, m in robust_layers(model).items()}
+    """Each robust layer's lam, by the model's own layer names (not those of a normalisation in front)."""
+    return {n: m.lam_value() for n, m in robust_layers(inner_model(model)).items()}
 
 
-def build_model(config: TrainConfig, model: nn.Module | None, *, starting: bool = True) -> tuple[nn.Module, dict]:
-    """The model to train and what its checkpoint said about itself.
+@dataclass
+class BuiltModel:
+    """The model to train (behind its input normalisation, if any), what its checkpoint said about itself, and
+    what its spec resolved to (kind, factory, class; empty for a ready model passed in)."""
 
-    ``model`` None: the registry model of ``config`` with its checkpoint. Paradigms 2 and 3 reprogram a plain
-    model with ``config``'s settings, or accept one already reprogrammed with a learnable lam (its own lam is
-    kept). ``starting``: a fresh run (not a resume), which warns when the configured lam had to be clamped.
+    model: nn.Module
+    checkpoint_info: dict = field(default_factory=dict)
+    model_info: dict = field(default_factory=dict)
+
+
+def build_model(config: TrainConfig, model: nn.Module | None, *, starting: bool = True) -> BuiltModel:
+    """The model to train and where it came from.
+
+    ``model`` None: the model spec of ``config`` (with ``model_args``) and its checkpoint. Paradigms 2 and 3
+    reprogram a plain model with ``config``'s settings, or accept one already reprogrammed with a learnable lam
+    (its own lam is kept). Reprogramming acts on the model itself and ``config.normalize`` is then put in front
+    (a ready :class:`~nrpm.models.NormalizedModel` keeps its own), so that layer names stay the model's own.
+    ``starting``: a fresh run (not a resume), which warns when the configured lam had to be clamped.
     """
-    info: dict = {}
+    checkpoint_info, model_info = {}, {}
     if model is None:
-        model, info = model_from_checkpoint(config.model, config.checkpoint)
-    layers = robust_layers(model)
+        loaded = load_model(config.model, config.checkpoint, config.model_args)
+        model, checkpoint_info, model_info = loaded.model, loaded.checkpoint_info, loaded.model_info
+    network = inner_model(model)
+    _prepare_layers(config, network, starting)
+    if network is model:
+        model = normalized(network, config.normalize)
+    if config.paradigm == 2 and not robust_layers(network):
+        raise ValueError("paradigm 2 needs robust layers to learn lam, and the model has none")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("the model has no trainable parameters")
+    return BuiltModel(model, checkpoint_info, {**model_info, "normalize": config.normalize} if model_info else {})
+
+
+def _prepare_layers(config: TrainConfig, network: nn.Module, starting: bool) -> None:
+    """Paradigm 0: refuse robust layers; 2 and 3: reprogram a plain model, or set the gradients of a reprogrammed
+    one (paradigm 2: only the lam logits learn)."""
+    layers = robust_layers(network)
     if config.paradigm == 0:
         if layers:
             raise ValueError("the model is reprogrammed (has robust layers): train it with paradigm 3, or call "
                              "nrpm.undo_reprogramming(model) for plain training")
     elif not layers:
-        reprogram(model, config.reprogram_config())
+        reprogram(network, config.reprogram_config())
         if starting:
-            _warn_if_lam_clamped(config, model)
+            _warn_if_lam_clamped(config, network)
     else:
         _require_learnable_lam(config, layers)
-        for pname, p in model.named_parameters():
+        for pname, p in network.named_parameters():
             p.requires_grad_(config.paradigm == 3 or pname.endswith("lam_logit"))
-    if config.paradigm == 2 and not robust_layers(model):
-        raise ValueError("paradigm 2 needs robust layers to learn lam, and the model has none")
-    if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError("the model has no trainable parameters")
-    return model, info
 
 
 def _require_learnable_lam(config: TrainConfig, layers: dict) -> None:
@@ -80,23 +105,20 @@ def _warn_if_lam_clamped(config: TrainConfig, model: nn.Module) -> None:
     if config.lam not in (0, 1):
         return
     started = sorted({f"{v:.4g}" for v in lam_values(model).values()})
-    # stacklevel 5 points at the caller of run_training (here < build_model < _Run.build < run_training)
+    # stacklevel 6 points at the caller of run_training (here < _prepare_layers < build_model < _Run.build <
+    # run_training)
     warnings.warn(f"paradigm {config.paradigm} learns lam through a logit, which is infinite at lam = "
-                  f"{config.lam:g}: the starting lam was clamped to {', '.join(started)}", UserWarning, stacklevel=5)
+                  f"{config.lam:g}: the starting lam was clamped to {', '.join(started)}", UserWarning, stacklevel=6)
 
 
 # ------------------------------------------------------------------------------------------------ data
 def load_train_data(config: TrainConfig, model: nn.Module, data):
-    """(x_train, y_train, x_val, y_val): the held-out set is the last ``val_size`` images of the training split."""
-    if data is None:
-        dataset = getattr(model, "dataset", None)
-        if dataset is None:
-            raise ValueError(f"model {config.model!r} names no dataset; pass data=(x, y)")
-        x, y = D.load_dataset(dataset, root=config.data_root, train=True)
-    else:
-        x, y = data
+    """(x_train, y_train, x_val, y_val): the held-out set is the last ``val_size`` images of the training split
+    (``data`` (x, y), else the training split of the run's data: see :mod:`nrpm.train.sources`)."""
+    x, y = data if data is not None else _read_training_split(config, model)
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+    _check_channels(config, x)
     if config.val_size >= len(x):
         raise ValueError(f"validation size {config.val_size} leaves no training images out of {len(x)}")
     n_train = len(x) - config.val_size
@@ -109,6 +131,20 @@ def load_train_data(config: TrainConfig, model: nn.Module, data):
     if per_epoch < config.batch_size:
         raise ValueError(f"{per_epoch} training images per epoch are fewer than one batch ({config.batch_size})")
     return x_train, y_train, x_val, y_val
+
+
+def _read_training_split(config: TrainConfig, model: nn.Module):
+    shape = input_shape(config.model, model)
+    return read_split(training_spec(config, model), True, root=config.data_root,
+                      image_size=config.image_size or (shape[-1] if shape else None),
+                      channels=shape[0] if shape else None)
+
+
+def _check_channels(config: TrainConfig, x) -> None:
+    """A normalisation of other channels than the data's fails here in words, not as a broadcasting error."""
+    if config.normalize and x.dim() == 4 and len(config.normalize["mean"]) not in (1, x.shape[1]):
+        raise ValueError(f"normalize gives {len(config.normalize['mean'])} means and stds, the training data has "
+                         f"{x.shape[1]} channel(s): give one mean and one std per channel")
 
 
 # ------------------------------------------------------------------------------------------------ optimisation
