@@ -6,8 +6,9 @@ clean accuracy and PGD at one budget. Per estimator the configuration with the b
 held-out clean accuracy stays within --max-clean-drop points of the plain model is chosen; only the chosen ones
 (and the plain model) are then measured on the first --test-n test images (clean, PGD at every budget) and
 audited on the first --audit-n test images with the quick protocol (no AutoAttack, Square 1000 queries, APGD 50
-steps; the full AutoAttack protocol does not fit the CPU budget), whose worst case over all attacks is the number
-to quote.
+steps, SPSA 20 steps x 32 samples; the full AutoAttack protocol does not fit the CPU budget), whose worst case
+over all attacks is the number to quote. Cells are keyed by configuration and budget (not by sample count): change
+--val-n / --test-n only with a fresh results folder.
 
     .venv/bin/python scripts/estimator_study.py run mnist      # mlp3 and LeNet (resumable)
     .venv/bin/python scripts/estimator_study.py run cifar      # narrow ResNet-18 (smaller grid, resumable)
@@ -58,10 +59,10 @@ SMALL_GRID = [
 PROTOCOLS = {
     # model: (K, eps, lams, PGD steps, alpha (None: 2.5 eps / steps), selection budget, test budgets, unit, grid,
     #         val_n, test_n, audit_n)
-    "mlp3": dict(K=3, eps=1e-3, lams=[0.6, 0.8], steps=40, alpha=None, select=0.05, budgets=[0.05, 0.1, 0.2],
-                 unit=1.0, grid=MNIST_GRID, val_n=500, test_n=500, audit_n=100),
-    "lenet": dict(K=3, eps=1e-3, lams=[0.8], steps=40, alpha=None, select=0.1, budgets=[0.1, 0.2, 0.3],
-                  unit=1.0, grid=SMALL_GRID, val_n=300, test_n=500, audit_n=100),
+    "mlp3": dict(K=3, eps=1e-3, lams=[0.6, 0.8], steps=40, alpha=None, select=0.05, budgets=[0.05, 0.1],
+                 unit=1.0, grid=MNIST_GRID, val_n=500, test_n=200, audit_n=100),
+    "lenet": dict(K=3, eps=1e-3, lams=[0.8], steps=40, alpha=None, select=0.1, budgets=[0.1, 0.2],
+                  unit=1.0, grid=SMALL_GRID, val_n=200, test_n=200, audit_n=100),
     "resnet18_narrow": dict(K=1, eps=1e-3, lams=[0.9], steps=20, alpha=2 / 255, select=8 / 255,
                             budgets=[8 / 255, 16 / 255], unit=255.0, grid=SMALL_GRID, val_n=200, test_n=200,
                             audit_n=50),
@@ -168,7 +169,8 @@ def run_quick_audit(model_name, proto, model, label, dataset):
         return
     x, y = D.subset(*D.load_dataset(dataset, train=False), proto["audit_n"])
     report = run_audit(model, x, y, budgets=proto["budgets"], steps=proto["steps"], alpha=proto["alpha"],
-                       apgd_steps=50, square_queries=1000, autoattack=False, batch_size=250,
+                       apgd_steps=50, square_queries=1000, autoattack=False, batch_size=250, spsa_steps=20,
+                       spsa_samples=32,
                        cache_path=folder / "cache.json", title=f"{model_name}: {label}",
                        budget_unit=proto["unit"], log=lambda m: print(m, file=sys.stderr))
     report.save(folder)
