@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["LANES", "BACKENDS", "ONE_BY_ONE", "CompileFailed", "set_backend", "get_backend", "irls_forward",
-           "irls_grad_x", "irls_grad_w_per_block", "run_forward", "run_backward", "will_compile",
+           "irls_grad_x", "positions_first", "irls_grad_w_per_block", "run_forward", "run_backward", "will_compile",
            "estimator_params", "weights"]
 
 LANES = 16
@@ -115,6 +115,24 @@ def weights(abs_r, eps: float, params, with_slope: bool = True):
     return torch.clamp(raw, min=lo, max=hi), torch.where(inside, alpha * u * u, 0.0)
 
 
+# the sign bit of each float width, as the same-width integer (for _signed_like)
+_SIGN_BIT = {2: (torch.int16, -2**15), 4: (torch.int32, -2**31), 8: (torch.int64, -2**63)}
+
+
+def _signed_like(t, r):
+    """sign(r) * t, as t with its sign bit flipped where r's is set (t and r of one float dtype).
+
+    Two bit operations where ``torch.sign(r) * t`` compiles to two compares, two blends and a multiply: in the
+    compiled kernels the sign was the most expensive part of a vote's statistics (measured: the forward with
+    statistics 2.4x -> 1.5x the inference forward, the input-gradient pass 2.8x -> 1.5x; benchmarks/README.md).
+    The one difference is at an exact tie r = +-0, taken as sign +-1 (a one-sided derivative of |r|) instead of
+    autograd's 0. A tie needs a vote equal to z/D to the last bit; where all of an output's votes tie (an all-zero
+    receptive field, equal votes) the step does not move (delta = 0) and the two conventions agree.
+    """
+    itype, bit = _SIGN_BIT[t.element_size()]
+    return (t.view(itype) ^ (r.view(itype) & bit)).view(t.dtype)
+
+
 def irls_scale(votes, z0, inv_d, eps: float):
     """Per-output scale of the relative estimators: the mean absolute residual of the votes at the LPM start,
     plus eps (so it is never zero), shaped like z0."""
@@ -147,13 +165,21 @@ def irls_forward(x, w, z0, geom, K: int, eps: float, with_s: bool, with_q: bool,
         if with_s:
             ss.append(s)
         if with_q:
-            qs.append((slope * abs_r).sum(_FIELD) + (z - z_next) * inv_d * (torch.sign(r) * slope).sum(_FIELD))
+            qs.append((slope * abs_r).sum(_FIELD) + (z - z_next) * inv_d * _signed_like(slope, r).sum(_FIELD))
         z = z_next
         zs.append(z)
     return zs, ss, qs, scales
 
 
-def _vote_gradient(votes, z_prev, coef, delta, eps: float, detach: bool, est=None, scale=None):
+def _step_factors(coef, cdelta, eps: float, est):
+    """The per-step output-sized factors of :func:`_vote_gradient`, computed before they are broadcast against
+    the votes: (first, c_k delta_k) with first = eps c_k for L1 (its bracket folded) and c_k otherwise."""
+    first = [c * eps for c in coef] if est is None else list(coef)
+    return first, list(cdelta)
+
+
+def _vote_gradient(votes, z_prev, first, cdelta, eps: float, detach: bool, est=None, scale=None,
+                   sign_bits: bool = True):
     """dL/d(vote) of the unrolled IRLS from per-step output-sized factors (already broadcast against votes).
 
     For step k (r, w_d from z_{k-1}, phi' = dw/d|r|):  dz_k/dy_d = (D/S_k) (w_d + phi'_d (|r_d| + sign(r_d)
@@ -162,42 +188,69 @@ def _vote_gradient(votes, z_prev, coef, delta, eps: float, detach: bool, est=Non
     share (dL/dz_0, passed to every vote) is returned to z_0's own graph (the plain layer's backward) by the
     caller instead of being added here. The relative estimators' scale is held constant (no gradient).
 
-    ``z_prev[k] = z_{k-1}/D``, ``coef[k] = c_k``, ``delta[k] = delta_k`` for the steps k = 1..K. ``detach``: the
-    weights w_d are constants and only the last step passes gradient, dz_K/dy_d = c_K w_d; the lists then hold
-    that step alone.
+    ``z_prev[k] = z_{k-1}/D``, ``cdelta[k] = c_k delta_k`` and ``first[k]`` = eps c_k (L1) or c_k (the clamped
+    weightings; see :func:`_step_factors`) for the steps k = 1..K, so that an L1 step costs per vote one compare-
+    free sign (:func:`_signed_like`), one subtraction and one division: (eps c - sign(r) c delta) / (|r| + eps)^2.
+    ``detach``: the weights w_d are constants and only the last step passes gradient, dz_K/dy_d = c_K w_d; the
+    lists then hold that step alone (``first`` = c_K). ``sign_bits``: the sign as :func:`_signed_like` (the
+    input-gradient pass) or as ``torch.sign`` (the weight-gradient pass, where the bit form measured 6-10% slower).
     """
+    signed = _signed_like if sign_bits else (lambda t, r: torch.sign(r) * t)
     params = None if est is None else estimator_params(est, scale, eps)
     if detach:
         if params is None:
-            return coef[0] / ((votes - z_prev[0]).abs() + eps)
-        return coef[0] * weights((votes - z_prev[0]).abs(), eps, params, False)[0]
+            return first[0] / ((votes - z_prev[0]).abs() + eps)
+        return first[0] * weights((votes - z_prev[0]).abs(), eps, params, False)[0]
     grad = None
-    for zp, c, dl in zip(z_prev, coef, delta):
+    for zp, c, cd in zip(z_prev, first, cdelta):
         r = votes - zp
+        abs_r = r.abs()
         if params is None:
-            a = r.abs() + eps
-            term = c * (eps - torch.sign(r) * dl) / (a * a)
+            a = abs_r + eps
+            term = (c - signed(cd, r)) / (a * a)
         else:
-            abs_r = r.abs()
             weight, slope = weights(abs_r, eps, params)
-            term = c * (weight - slope * (abs_r + torch.sign(r) * dl))
+            term = c * weight - slope * (c * abs_r + signed(cd, r))
         grad = term if grad is None else grad + term
     return grad
 
 
-def irls_grad_x(x, w, z_prev, coef, delta, scale, geom, eps: float, detach: bool, est=None):
-    """dL/dx in x's layout, for stride 1 (sh = sw = 1).
+def positions_first(x, crop=(0, 0)):
+    """x (N, G, Cg, Hp, Wp, L) -> (N, Hp - 2 ch, Wp - 2 cw, G, Cg, L), contiguous: the layout :func:`irls_grad_x`
+    reads, less ``crop = (ch, cw)`` rows and columns on each side (zero padding whose gradient is not wanted)."""
+    ch, cw = crop
+    return x.permute(0, 3, 4, 1, 2, 5)[:, ch:x.shape[3] - ch, cw:x.shape[4] - cw].contiguous()
+
+
+def irls_grad_x(xp, w, z_prev, coef, cdelta, scale, geom, eps: float, detach: bool, est=None, block: int = 1,
+                crop=(0, 0)):
+    """dL/dx for stride 1 (sh = sw = 1), from x in the positions-first layout ``xp`` (N, Hp, Wp, G, Cg, L)
+    (:func:`positions_first`, with the same ``crop``); returned in x's layout (N, G, Cg, Hp, Wp, L), as a view,
+    for the positions of ``xp`` (x's plane less the crop; the caller puts them in place).
+
+    ``crop = (ch, cw)`` (static): x's outer ch rows and cw columns on each side are zero padding whose gradient
+    the caller discards; it is not computed (the caller returns 0 there). It saves the gather over the border, which on
+    small planes is most of it (a 4x4 plane padded to 6x6: 36 positions gathered for 16 wanted).
 
     Gathered per input rather than scattered from the outputs: input (hp, wp) is in the receptive field of the
     outputs (hp - i*dh, wp - j*dw), so its gradient is a reduction over (o, i, j) of the vote gradients found at
     those outputs. With the statistics zero-padded around the plane (coef = 0 there: no contribution) and the
     kernel flipped, those outputs are again a strided view, and the vote value is x itself times the weight.
+
+    Why positions first: a compiled kernel's loops follow its inputs' memory order; with x in its own layout the
+    input channel was the outer loop, so every channel re-streamed the whole plane's statistics (3 per step and
+    output) from L3; positions first, the 3x3 window of statistics of one position stays in L2 while all the
+    channels of that position read it (measured 1.2x faster; benchmarks/README.md).
+
+    ``block`` (static, dividing Cg): the channels split in that many slices, one reduction each, fused into one
+    loop nest; the reductions share every load of the statistics, so each loaded statistic serves ``block``
+    votes. Measured 4-8% faster with 2 on conv64, but with the channel count dynamic Inductor (torch 2.13) fails
+    on the slices for some shapes (ValueRangeError in its symbolic shapes), so the compiled backend uses 1.
     """
     kh, kw, _, _, dh, dw = geom
-    N, G, Cg, Hp, Wp, L = x.shape
-    ph, pw = (kh - 1) * dh, (kw - 1) * dw
-    flipped = w.flip(3, 4)[None, None, None, :, :, :, :, :, None]  # (1, 1, 1, G, Og, Cg, kh, kw, 1)
-    votes = x.permute(0, 3, 4, 1, 2, 5)[:, :, :, :, None, :, None, None, :] * flipped
+    N, Hp, Wp, G, Cg, L = xp.shape  # Hp, Wp: the positions computed (x's plane less the crop)
+    ch, cw = crop
+    ph, pw = (kh - 1) * dh - ch, (kw - 1) * dw - cw  # a negative pad crops
 
     def around(t):  # (N, Ho, Wo, G, Og, L) -> (N, Hp, Wp, G, Og, 1, kh, kw, L): the outputs that read each input
         t = F.pad(t, (0, 0, 0, 0, 0, 0, pw, pw, ph, ph)).contiguous()
@@ -207,12 +260,22 @@ def irls_grad_x(x, w, z_prev, coef, delta, scale, geom, eps: float, detach: bool
         return t.as_strided((N, Hp, Wp, G, Og, 1, kh, kw, L),
                             (Hs * s_h, s_h, s_w, Og * s_o, s_o, 0, dh * s_h, dw * s_w, 1))
 
-    grad = _vote_gradient(votes, [around(t) for t in z_prev], [around(t) for t in coef],
-                          [around(t) for t in delta], eps, detach, est, around(scale[0]) if scale else None)
-    return (grad * flipped).sum((4, 6, 7)).permute(0, 3, 4, 1, 2, 5)  # (N, G, Cg, Hp, Wp, L)
+    first, cdelta = (coef, cdelta) if detach else _step_factors(coef, cdelta, eps, est)
+    stats = ([around(t) for t in z_prev], [around(t) for t in first], [around(t) for t in cdelta])
+    scale = around(scale[0]) if scale else None
+    flipped = w.flip(3, 4)
+    step = Cg // block
+    parts = []
+    for q in range(block):  # channels q*step.. of (1, 1, 1, G, Og, Cg, kh, kw, 1) and (N, Hp, Wp, G, 1, Cg, 1, 1, L)
+        w_q = flipped[:, :, q * step:(q + 1) * step][None, None, None, :, :, :, :, :, None]
+        votes = xp[:, :, :, :, q * step:(q + 1) * step][:, :, :, :, None, :, None, None, :] * w_q
+        grad = _vote_gradient(votes, *stats, eps, detach, est, scale)
+        parts.append((grad * w_q).sum((4, 6, 7)))  # (N, Hp, Wp, G, Cg/block, L)
+    out = parts[0] if block == 1 else torch.cat(parts, 4)
+    return out.permute(0, 3, 4, 1, 2, 5)  # (N, G, Cg, Hp, Wp, L): the uncropped positions only
 
 
-def irls_grad_w_per_block(x, w, z_prev, coef, delta, scale, geom, eps: float, detach: bool, est=None):
+def irls_grad_w_per_block(x, w, z_prev, coef, cdelta, scale, geom, eps: float, detach: bool, est=None):
     """dL/dw per block of lanes (N, G, Og, Cg, kh, kw); the caller sums over N.
 
     Per block on purpose: summing over the blocks inside the kernel makes every weight re-read all the per-output
@@ -220,9 +283,10 @@ def irls_grad_w_per_block(x, w, z_prev, coef, delta, scale, geom, eps: float, de
     """
     fields = receptive_fields(x, geom, z_prev[0].shape[1], z_prev[0].shape[2])
     votes = fields * w[None, None, None, :, :, :, :, :, None]
-    grad = _vote_gradient(votes, [_per_output(t) for t in z_prev], [_per_output(t) for t in coef],
-                          [_per_output(t) for t in delta], eps, detach, est,
-                          _per_output(scale[0]) if scale else None)
+    first, cdelta = (coef, cdelta) if detach else _step_factors(coef, cdelta, eps, est)
+    grad = _vote_gradient(votes, [_per_output(t) for t in z_prev], [_per_output(t) for t in first],
+                          [_per_output(t) for t in cdelta], eps, detach, est,
+                          _per_output(scale[0]) if scale else None, sign_bits=False)
     return (grad * fields).sum((1, 2, 8))
 
 
@@ -332,7 +396,7 @@ def _call_compiled(kernel, key, args, dynamic):
 
 
 # The sizes that vary between layers and batches are compiled as dynamic; LANES, G and the geometry stay static.
-_X_DYN, _W_DYN, _Z_DYN = (0, 2, 3, 4), (1, 2), (0, 1, 2, 4)
+_X_DYN, _XP_DYN, _W_DYN, _Z_DYN = (0, 2, 3, 4), (0, 1, 2, 4), (1, 2), (0, 1, 2, 4)
 
 
 def _plain(*tensors) -> list[torch.Tensor]:
@@ -374,7 +438,7 @@ def _eager_forward(x, w, z0, geom, K, eps, with_s, with_q, budget_bytes, est):
     return outs[:K], outs[K:n_q], outs[n_q:n_q + K * with_q], outs[n_q + K * with_q:]
 
 
-def _eager_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes, est):
+def _eager_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes, est, crop=(0, 0)):
     z_prev = stats[0]
     grad_x = torch.zeros_like(x) if need_x else None
     grad_w = torch.zeros_like(w) if need_w else None
@@ -383,8 +447,10 @@ def _eager_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes
         chunk = tuple(part(s) for s in stats)
         xs = x[ns, :, :, hs] if geom == ONE_BY_ONE else x[ns]
         if need_x:
-            gx = irls_grad_x(xs, w[:, os_], *chunk, geom, eps, detach, est)
-            if geom == ONE_BY_ONE:
+            gx = irls_grad_x(positions_first(xs, crop), w[:, os_], *chunk, geom, eps, detach, est, 1, crop)
+            if crop != (0, 0):
+                grad_x[ns, :, :, crop[0]:x.shape[3] - crop[0], crop[1]:x.shape[4] - crop[1]] += gx
+            elif geom == ONE_BY_ONE:
                 grad_x[ns, :, :, hs] += gx
             else:
                 grad_x[ns] += gx
@@ -420,32 +486,40 @@ def run_forward(x, w, z0, geom, K: int, eps: float, with_s: bool, with_q: bool, 
 
 
 def run_backward(x, w, stats, geom, eps: float, detach: bool, need_x: bool, need_w: bool, budget_bytes: int,
-                 est=None):
+                 est=None, crop=(0, 0)):
     """(dL/dx, dL/dw) of the unrolled IRLS on the chosen backend; None for a gradient not needed.
 
-    ``stats = (z_prev, coef, delta, scale)`` as in ``_vote_gradient`` (scale: [] or the relative estimators'
-    per-output scale); ``est`` the estimator (None: L1). A compilation failure here falls back to the eager
-    kernels directly (the forward already ran in this layout).
+    ``stats = (z_prev, coef, cdelta, scale)``: per step z_{k-1}/D, c_k and c_k delta_k (see ``_vote_gradient``;
+    scale: [] or the relative estimators' per-output scale); ``est`` the estimator (None: L1). A compilation
+    failure here falls back to the eager kernels directly (the forward already ran in this layout).
+    ``crop = (ch, cw)``: x's outer rows and columns that are zero padding whose gradient the caller discards (not
+    computed, returned as 0; see irls_grad_x).
     """
     x, w = _plain(x, w)
     stats = tuple(_plain(*s) for s in stats)
     if will_compile(x.device, _vote_steps(w, stats[0][0].shape, len(stats[0]))):
         try:
-            return _compiled_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes, est)
+            return _compiled_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes, est, crop)
         except CompileFailed:
             pass
-    return _eager_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes, est)
+    return _eager_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes, est, crop)
 
 
-def _compiled_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes, est):
+def _compiled_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes, est, crop):
     # one kernel per gradient: a vote gradient feeding two reductions would be materialised (vote-sized)
     steps = len(stats[0])
     est, kind = _runtime_estimator(est, x)
     grad_x = grad_w = None
     if need_x:
-        grad_x = _call_compiled(irls_grad_x, ("grad_x", geom, steps, eps, detach, kind),
-                                (x, w, *stats, geom, eps, detach, est),
-                                [((x,), _X_DYN), ((w,), _W_DYN), ([t for s in stats for t in s], _Z_DYN)])
+        xp = positions_first(x, crop)  # one input-sized copy, outside the kernel: it fixes the kernel's loop order
+        block = 1  # see irls_grad_x: 2 channel slices hit an Inductor symbolic-shape error (torch 2.13)
+        grad_x = _call_compiled(irls_grad_x, ("grad_x", geom, steps, eps, detach, kind, block, tuple(crop)),
+                                (xp, w, *stats, geom, eps, detach, est, block, tuple(crop)),
+                                [((xp,), _XP_DYN), ((w,), _W_DYN), ([t for s in stats for t in s], _Z_DYN)])
+        if crop != (0, 0):  # the border outside the kernel: padding a reduction's output inside it failed to compile
+            full = x.new_zeros(x.shape)
+            full[:, :, :, crop[0]:x.shape[3] - crop[0], crop[1]:x.shape[4] - crop[1]] = grad_x
+            grad_x = full
     if need_w:
         per_block = w.numel() * x.element_size()
         n_chunk = max(1, budget_bytes // per_block)  # bounds the per-block partial sums

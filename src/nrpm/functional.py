@@ -144,11 +144,11 @@ class _RobustCore(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, z0, geom, K, eps, detach_weights, est):
+    def forward(ctx, x, weight, z0, geom, K, eps, detach_weights, est, crop):
         zs, ss, qs, scale = _kernels.run_forward(x, weight, z0, geom, K, eps, True, not detach_weights,
                                                  _memory_budget_bytes, est)
         ctx.save_for_backward(x, weight, z0, *scale, *zs, *ss, *qs)
-        ctx.geom, ctx.K, ctx.eps, ctx.detach_weights, ctx.est = geom, K, eps, detach_weights, est
+        ctx.geom, ctx.K, ctx.eps, ctx.detach_weights, ctx.est, ctx.crop = geom, K, eps, detach_weights, est, crop
         ctx.n_scale = len(scale)
         return zs[-1]
 
@@ -159,35 +159,38 @@ class _RobustCore(torch.autograd.Function):
         scale, rest = rest[:ctx.n_scale], rest[ctx.n_scale:]
         zs, ss, qs = [z0] + rest[:K], rest[K:2 * K], rest[2 * K:]
         D = weight[0, 0].numel()
-        coef, delta, g = [None] * K, [None] * K, grad_out.contiguous()
+        coef, cdelta, g = [None] * K, [None] * K, grad_out.contiguous()
         for k in range(K, 0, -1):  # chain rule through the steps, on output-sized tensors (cheap)
             coef[k - 1] = g * D / ss[k - 1]
             if detach:
                 break
-            delta[k - 1] = (zs[k - 1] - zs[k]) / D
+            cdelta[k - 1] = coef[k - 1] * ((zs[k - 1] - zs[k]) / D)  # c_k delta_k: one factor fewer per vote
             g = g * qs[k - 1] / ss[k - 1]
         z_prev = [z / D for z in zs[:K]]
-        stats = (z_prev[-1:], coef[-1:], [], scale) if detach else (z_prev, coef, delta, scale)
+        stats = (z_prev[-1:], coef[-1:], [], scale) if detach else (z_prev, coef, cdelta, scale)
         need_x, need_w, need_z0 = ctx.needs_input_grad[:3]
         grad_x = grad_w = None
         if need_x or need_w:
             grad_x, grad_w = _kernels.run_backward(x, weight, stats, ctx.geom, ctx.eps, detach, need_x, need_w,
-                                                   _memory_budget_bytes, ctx.est)
+                                                   _memory_budget_bytes, ctx.est, ctx.crop)
         grad_z0 = g if need_z0 and not detach else None
-        return grad_x, grad_w, grad_z0, None, None, None, None, None
+        return grad_x, grad_w, grad_z0, None, None, None, None, None, None
 
 
-def _run_core(x, weight, z0, geom, K, eps, detach_weights, est):
-    """z_NRPM in the kernels' layout: x (N, G, Cg, Hp, Wp, LANES), weight (G, Og, Cg, kh, kw), z0 = z_LPM."""
+def _run_core(x, weight, z0, geom, K, eps, detach_weights, est, crop=(0, 0)):
+    """z_NRPM in the kernels' layout: x (N, G, Cg, Hp, Wp, LANES), weight (G, Og, Cg, kh, kw), z0 = z_LPM.
+
+    ``crop = (ch, cw)``: x's outer ch rows and cw columns on each side are zero padding that the caller made and
+    whose gradient it discards; the backward does not compute it (returns 0 there)."""
     try:
-        return _core_once(x, weight, z0, geom, K, eps, detach_weights, est)
+        return _core_once(x, weight, z0, geom, K, eps, detach_weights, est, crop)
     except _kernels.CompileFailed:  # the compiled kernels are now disabled (with a warning): this reruns eagerly
-        return _core_once(x, weight, z0, geom, K, eps, detach_weights, est)
+        return _core_once(x, weight, z0, geom, K, eps, detach_weights, est, crop)
 
 
-def _core_once(x, weight, z0, geom, K, eps, detach_weights, est):
+def _core_once(x, weight, z0, geom, K, eps, detach_weights, est, crop):
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or z0.requires_grad):
-        return _RobustCore.apply(x, weight, z0, geom, K, eps, detach_weights, est)
+        return _RobustCore.apply(x, weight, z0, geom, K, eps, detach_weights, est, crop)
     # inference: no per-step statistics to keep
     return _kernels.run_forward(x, weight, z0, geom, K, eps, False, False, _memory_budget_bytes, est)[0][-1]
 
@@ -384,7 +387,8 @@ def _conv_direct(x, weight, z_lpm, z_lpm32, lam, stride, padding, dilation, grou
     # contiguous: handed a strided view instead, Inductor reorders the kernels' loops around it (35x slower)
     z0b = z_lpm32.view(-1, L, groups, Og, Ho, Wo).permute(0, 4, 5, 2, 3, 1).contiguous()
     geom = (kh, kw, *stride, *dilation)
-    z = _run_core(xb, weight.view(groups, Og, Cg, kh, kw), z0b, geom, K, eps, detach_weights, est)
+    # the padding's gradient is dropped by _image_to_lanes' backward: the core need not compute it
+    z = _run_core(xb, weight.view(groups, Og, Cg, kh, kw), z0b, geom, K, eps, detach_weights, est, padding)
     # mixed in the (B/16, 16, G, Og, Ho, Wo) view of NCHW: the lerp is the only pass over z's layout
     out = _mix(lam, z_lpm.view(-1, L, groups, Og, Ho, Wo), z.permute(0, 5, 3, 4, 1, 2).to(z_lpm.dtype))
     return out.view(-1, O, Ho, Wo)[:B]
