@@ -13,7 +13,8 @@ OUT = Path(__file__).resolve().parents[1] / "results" / "threat_models"
 KINDS = ["gaussian_blur", "defocus_blur", "impulse_noise", "shot_noise", "gaussian_noise", "contrast", "brightness"]
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 TABLE_COLUMNS = [("pgd20", 8 / 255, "PGD-20"), ("fgsm", 8 / 255, "FGSM"), ("cw", 8 / 255, "C&W (PGD-20)"),
-                 ("deepfool_l2", 0.5, "DeepFool L2 0.5"), ("spsa", 8 / 255, "SPSA")]
+                 ("autoattack", 8 / 255, "AutoAttack"), ("deepfool_l2", 0.5, "DeepFool L2 0.5"),
+                 ("spsa", 8 / 255, "SPSA")]
 TABLE_ROWS = [("original", "original (lam 1)"), ("p1_lam0.9", "paradigm 1, lam 0.9"),
               ("p2", "paradigm 2 (results/paradigm23)"), ("p3", "paradigm 3 (results/paradigm23)")]
 

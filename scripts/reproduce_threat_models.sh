@@ -30,7 +30,7 @@ certify() {
 }
 
 resnet_table() {
-  # the paper's ResNet table columns at 8/255 on the first 100 test images (AutoAttack: see results/README.md)
+  # the paper's ResNet table columns at 8/255 on the first 100 test images
   local pgd="--attack-arg steps=20 --attack-arg alpha=0.00784313725490196"
   for row in "original|--lam 1" "p1_lam0.9|--lam 0.9" \
              "p2|--reprogramming results/paradigm23/resnet18_narrow_p2/reprogramming.pt" \
@@ -45,6 +45,8 @@ resnet_table() {
     $NRPM eval $common $args --attack deepfool --budgets 0.5 --out $OUT/resnet_table/$name/deepfool_l2
     $NRPM eval $common $args --attack spsa --attack-arg steps=50 --attack-arg samples=64 --budgets 8 \
       --budget-unit 255 --out $OUT/resnet_table/$name/spsa
+    # AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square 5000) on the same 100 images
+    $NRPM eval $common $args --attack autoattack --budgets 8 --budget-unit 255 --out $OUT/resnet_table/$name/autoattack
   done
 }
 
