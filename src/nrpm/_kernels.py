@@ -78,41 +78,91 @@ _FIELD = (5, 6, 7)  # the receptive-field dims (Cg, kh, kw) of a vote tensor
 
 
 def estimator_params(est, scale, eps: float):
-    """(alpha, beta, lo, hi) of a weighting ``w = clamp(alpha / (|r| + eps) + beta, lo, hi)``.
+    """(alpha, beta, lo, hi, a_lo, a_hi) of a weighting ``w = clamp(alpha / a + beta, lo, hi)``, a = |r| + eps.
 
     ``est = (norm, gamma, delta, relative)`` (static); the weightings of the official code, each the same form:
     mcp ``max(u - 1/gamma, eps)``, huber ``min(delta u, 1)``, hm ``clamp(delta/(gamma - delta) (gamma u - 1),
     eps, 1)`` with ``u = 1/(|r| + eps)``. ``relative``: gamma and delta are in units of ``scale`` (per output,
     broadcast against the votes), the mean absolute residual at the LPM start (see :func:`irls_scale`).
+
+    ``a_lo`` / ``a_hi``: where the clamps start, as thresholds on a (w = lo where a >= a_lo, w = hi where
+    a <= a_hi; None: no such clamp). Why thresholds: they are per output, so a vote pays one compare per clamp
+    instead of clamping its raw weight (Inductor's NaN-propagating min/max) and comparing it again for the
+    derivative; see :func:`weights`. alpha > 0 and lo - beta > 0, hi - beta > 0 hold for every estimator
+    (validation: gamma > 0, delta > 0, gamma > delta for hm), so the inequalities keep their direction.
     """
-    norm, gamma, delta, relative = est
+    norm, gamma, delta, relative = est[:4]
+    if len(est) > 4:  # precomputed outside the compiled kernels (see _runtime_estimator)
+        return est[4]
     if relative:
         gamma, delta = gamma * scale, delta * scale
     if norm == "mcp":
-        return 1.0, -1.0 / gamma, eps, None
+        beta = -1.0 / gamma
+        return 1.0, beta, eps, None, 1.0 / (eps - beta), None
     if norm == "huber":
-        return delta, 0.0, None, 1.0
+        return delta, 0.0, None, 1.0, None, delta
     if norm == "hm":
-        return delta * gamma / (gamma - delta), -delta / (gamma - delta), eps, 1.0
+        alpha, beta = delta * gamma / (gamma - delta), -delta / (gamma - delta)
+        return alpha, beta, eps, 1.0, alpha / (eps - beta), delta  # alpha / (1 - beta) = delta
     raise ValueError(f"unknown estimator {norm!r}")
+
+
+def _broadcast_params(est, fn):
+    """est with its precomputed per-output parameters (6-d, as z) passed through ``fn`` (the broadcast against a
+    kernel's votes); other estimators unchanged."""
+    if est is None or len(est) < 5:
+        return est
+    return est[:4] + (tuple(fn(p) if isinstance(p, torch.Tensor) and p.dim() == 6 else p for p in est[4]),)
+
+
+def _per_output_params(est) -> list:
+    """The precomputed per-output parameter tensors of est (for the compiled kernels' dynamic dimensions)."""
+    return [] if est is None or len(est) < 5 else [p for p in est[4] if isinstance(p, torch.Tensor) and p.dim() == 6]
+
+
+def _with_relative_params(est, scale, eps: float):
+    """A relative estimator with its per-output parameters computed now, outside the compiled kernels: inside a
+    gather (the input gradient) every vote reads other outputs' values, so Inductor recomputed their divisions
+    per vote (measured: HM relative's input-gradient kernel 2x the absolute one's)."""
+    if est is None or not est[3] or not scale or len(est) > 4:
+        return est
+    return est + (estimator_params(est, scale[0], eps),)
+
+
+def _clamp_masks(a, params):
+    """(a >= a_lo, a <= a_hi): the votes whose weight is clamped at lo / at hi (None where no such clamp)."""
+    _, _, _, _, a_lo, a_hi = params
+    return (None if a_lo is None else a >= a_lo), (None if a_hi is None else a <= a_hi)
+
+
+def _clamped(values, masks, params):
+    """values where no clamp is active, else the clamps' per-vote replacement (``params``' lo / hi, or the pair
+    of tensors given in their place)."""
+    at_lo, at_hi = masks
+    lo, hi = params
+    if at_lo is not None:
+        values = torch.where(at_lo, lo, values)
+    if at_hi is not None:
+        values = torch.where(at_hi, hi, values)
+    return values
 
 
 def weights(abs_r, eps: float, params, with_slope: bool = True):
     """(w, -dw/d|r|) at |r| = abs_r (the slope None unless asked): L1 (params None) is 1/(|r| + eps) and its
     square; the clamped weightings have zero derivative where the clamp is active."""
-    u = 1.0 / (abs_r + eps)
+    a = abs_r + eps
+    u = 1.0 / a
     if params is None:
         return u, (u * u if with_slope else None)
-    alpha, beta, lo, hi = params
-    raw = alpha * u + beta
+    alpha, beta, lo, hi = params[:4]
+    raw = u if isinstance(alpha, float) and alpha == 1.0 else alpha * u
+    if not (isinstance(beta, float) and beta == 0.0):
+        raw = raw + beta
+    masks = _clamp_masks(a, params)
+    weight = _clamped(raw, masks, (lo, hi))
     if not with_slope:
-        return torch.clamp(raw, min=lo, max=hi), None
-    inside = torch.ones_like(raw, dtype=torch.bool)
-    if lo is not None:
-        inside = inside & (raw > lo)
-    if hi is not None:
-        inside = inside & (raw < hi)
-    return torch.clamp(raw, min=lo, max=hi), torch.where(inside, alpha * u * u, 0.0)
+        return weight, None
+    return weight, _clamped(alpha * u * u, masks, (0.0, 0.0))
 
 
 # the sign bit of each float width, as the same-width integer (for _signed_like)
@@ -173,9 +223,9 @@ def irls_forward(x, w, z0, geom, K: int, eps: float, with_s: bool, with_q: bool,
 
 def _step_factors(coef, cdelta, eps: float, est):
     """The per-step output-sized factors of :func:`_vote_gradient`, computed before they are broadcast against
-    the votes: (first, c_k delta_k) with first = eps c_k for L1 (its bracket folded) and c_k otherwise."""
-    first = [c * eps for c in coef] if est is None else list(coef)
-    return first, list(cdelta)
+    the votes: (first, c_k delta_k) with first = eps c_k (the L1 bracket folded; every estimator's term is built
+    on it)."""
+    return [c * eps for c in coef], list(cdelta)
 
 
 def _vote_gradient(votes, z_prev, first, cdelta, eps: float, detach: bool, est=None, scale=None,
@@ -188,8 +238,8 @@ def _vote_gradient(votes, z_prev, first, cdelta, eps: float, detach: bool, est=N
     share (dL/dz_0, passed to every vote) is returned to z_0's own graph (the plain layer's backward) by the
     caller instead of being added here. The relative estimators' scale is held constant (no gradient).
 
-    ``z_prev[k] = z_{k-1}/D``, ``cdelta[k] = c_k delta_k`` and ``first[k]`` = eps c_k (L1) or c_k (the clamped
-    weightings; see :func:`_step_factors`) for the steps k = 1..K, so that an L1 step costs per vote one compare-
+    ``z_prev[k] = z_{k-1}/D``, ``cdelta[k] = c_k delta_k`` and ``first[k]`` = eps c_k (see
+    :func:`_step_factors`) for the steps k = 1..K, so that an L1 step costs per vote one compare-
     free sign (:func:`_signed_like`), one subtraction and one division: (eps c - sign(r) c delta) / (|r| + eps)^2.
     ``detach``: the weights w_d are constants and only the last step passes gradient, dz_K/dy_d = c_K w_d; the
     lists then hold that step alone (``first`` = c_K). ``sign_bits``: the sign as :func:`_signed_like` (the
@@ -205,12 +255,19 @@ def _vote_gradient(votes, z_prev, first, cdelta, eps: float, detach: bool, est=N
     for zp, c, cd in zip(z_prev, first, cdelta):
         r = votes - zp
         abs_r = r.abs()
-        if params is None:
-            a = abs_r + eps
-            term = (c - signed(cd, r)) / (a * a)
-        else:
-            weight, slope = weights(abs_r, eps, params)
-            term = c * weight - slope * (c * abs_r + signed(cd, r))
+        a = abs_r + eps
+        term = (c - signed(cd, r)) / (a * a)
+        if params is not None:
+            # unclamped, w = alpha u + beta and -w' = alpha u^2, so with u |r| = 1 - eps u the bracket
+            # c w - (-w')(c |r| + sign(r) c delta) is c beta + alpha u^2 (eps c - sign(r) c delta): the L1 term
+            # scaled and shifted (c = first / eps); clamped, it is c lo or c hi (w' = 0 there)
+            alpha, beta, lo, hi = params[:4]
+            if not (isinstance(alpha, float) and alpha == 1.0):
+                term = alpha * term
+            if not (isinstance(beta, float) and beta == 0.0):
+                term = term + c * (beta / eps)
+            term = _clamped(term, _clamp_masks(a, params),
+                            (None if lo is None else c * (lo / eps), None if hi is None else c * (hi / eps)))
         grad = term if grad is None else grad + term
     return grad
 
@@ -263,6 +320,7 @@ def irls_grad_x(xp, w, z_prev, coef, cdelta, scale, geom, eps: float, detach: bo
     first, cdelta = (coef, cdelta) if detach else _step_factors(coef, cdelta, eps, est)
     stats = ([around(t) for t in z_prev], [around(t) for t in first], [around(t) for t in cdelta])
     scale = around(scale[0]) if scale else None
+    est = _broadcast_params(est, around)
     flipped = w.flip(3, 4)
     step = Cg // block
     parts = []
@@ -284,6 +342,7 @@ def irls_grad_w_per_block(x, w, z_prev, coef, cdelta, scale, geom, eps: float, d
     fields = receptive_fields(x, geom, z_prev[0].shape[1], z_prev[0].shape[2])
     votes = fields * w[None, None, None, :, :, :, :, :, None]
     first, cdelta = (coef, cdelta) if detach else _step_factors(coef, cdelta, eps, est)
+    est = _broadcast_params(est, _per_output)
     grad = _vote_gradient(votes, [_per_output(t) for t in z_prev], [_per_output(t) for t in first],
                           [_per_output(t) for t in cdelta], eps, detach, est,
                           _per_output(scale[0]) if scale else None, sign_bits=False)
@@ -465,20 +524,33 @@ def _vote_steps(w, z_shape, steps):
     return N * Ho * Wo * L * G * Og * w.shape[2] * w.shape[3] * w.shape[4] * max(steps, 1)
 
 
-def _runtime_estimator(est, like: torch.Tensor):
+def _runtime_estimator(est, like: torch.Tensor, eps: float):
     """(est with gamma and delta as 0-d tensors, its static part for the compiled kernels' key): the kernels are
-    compiled once per estimator kind, not once per parameter value (a parameter sweep would recompile each)."""
+    compiled once per estimator kind, not once per parameter value (a parameter sweep would recompile each).
+
+    The absolute form also carries its :func:`estimator_params`, computed here once: computed inside a kernel
+    from gamma and delta, Inductor inlined their divisions into the loop over the votes (measured: HM's inference
+    forward cost 2x L1's). The structural constants (mcp's alpha = 1, huber's beta = 0, lo = eps, hi = 1) stay
+    Python floats, so the kernels skip them; the others become 0-d tensors."""
     if est is None:
         return None, None
+    if isinstance(est[1], torch.Tensor):  # already a runtime estimator
+        return est, (est[0], est[3])
     norm, gamma, delta, relative = est
-    return (norm, like.new_tensor(gamma), like.new_tensor(delta), relative), (norm, relative)
+    runtime = (norm, like.new_tensor(gamma), like.new_tensor(delta), relative)
+    if not relative:
+        alpha, beta, lo, hi, a_lo, a_hi = estimator_params(est, None, eps)
+        as_tensor = lambda v, structural: v if v is None or v == structural else like.new_tensor(v)  # noqa: E731
+        runtime += ((as_tensor(alpha, 1.0 if norm == "mcp" else None), as_tensor(beta, 0.0 if norm == "huber" else None),
+                     lo, hi, as_tensor(a_lo, None), as_tensor(a_hi, None)),)
+    return runtime, (norm, relative)
 
 
 def run_forward(x, w, z0, geom, K: int, eps: float, with_s: bool, with_q: bool, budget_bytes: int, est=None):
     """irls_forward on the chosen backend. Raises CompileFailed if compilation fails (the caller reruns)."""
     x, w, z0 = _plain(x, w, z0)
     if will_compile(x.device, _vote_steps(w, z0.shape, K)):
-        est, kind = _runtime_estimator(est, z0)
+        est, kind = _runtime_estimator(est, z0, eps)
         return _call_compiled(irls_forward, ("forward", geom, K, eps, with_s, with_q, kind),
                               (x, w, z0, geom, K, eps, with_s, with_q, est),
                               [((x,), _X_DYN), ((w,), _W_DYN), ((z0,), _Z_DYN)])
@@ -508,14 +580,16 @@ def run_backward(x, w, stats, geom, eps: float, detach: bool, need_x: bool, need
 def _compiled_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes, est, crop):
     # one kernel per gradient: a vote gradient feeding two reductions would be materialised (vote-sized)
     steps = len(stats[0])
-    est, kind = _runtime_estimator(est, x)
+    est, kind = _runtime_estimator(est, x, eps)
+    est = _with_relative_params(est, stats[3], eps)
     grad_x = grad_w = None
     if need_x:
         xp = positions_first(x, crop)  # one input-sized copy, outside the kernel: it fixes the kernel's loop order
         block = 1  # see irls_grad_x: 2 channel slices hit an Inductor symbolic-shape error (torch 2.13)
         grad_x = _call_compiled(irls_grad_x, ("grad_x", geom, steps, eps, detach, kind, block, tuple(crop)),
                                 (xp, w, *stats, geom, eps, detach, est, block, tuple(crop)),
-                                [((xp,), _XP_DYN), ((w,), _W_DYN), ([t for s in stats for t in s], _Z_DYN)])
+                                [((xp,), _XP_DYN), ((w,), _W_DYN),
+                                 ([t for s in stats for t in s] + _per_output_params(est), _Z_DYN)])
         if crop != (0, 0):  # the border outside the kernel: padding a reduction's output inside it failed to compile
             full = x.new_zeros(x.shape)
             full[:, :, :, crop[0]:x.shape[3] - crop[0], crop[1]:x.shape[4] - crop[1]] = grad_x
@@ -527,7 +601,9 @@ def _compiled_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_by
         for n0 in range(0, x.shape[0], n_chunk):
             xs = x[n0:n0 + n_chunk]
             part = tuple([t[n0:n0 + n_chunk] for t in s] for s in stats)
+            est_part = _broadcast_params(est, lambda t: t[n0:n0 + n_chunk])  # noqa: B023 - used at once
             grad_w += _call_compiled(irls_grad_w_per_block, ("grad_w", geom, steps, eps, detach, kind),
-                                     (xs, w, *part, geom, eps, detach, est),
-                                     [((xs,), _X_DYN), ((w,), _W_DYN), ([t for s in part for t in s], _Z_DYN)]).sum(0)
+                                     (xs, w, *part, geom, eps, detach, est_part),
+                                     [((xs,), _X_DYN), ((w,), _W_DYN),
+                                      ([t for s in part for t in s] + _per_output_params(est_part), _Z_DYN)]).sum(0)
     return grad_x, grad_w
