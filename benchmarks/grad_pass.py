@@ -34,6 +34,7 @@ import torch
 
 import nrpm
 from nrpm import _kernels
+from nrpm._weightings import runtime_estimator
 from nrpm import functional as RF
 
 
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
         for q in list(plain.parameters()) + list(layer.parameters()):
             q.requires_grad_(False)
         est = None if args.norm == "l1" else RF.check_estimator(args.norm, 4.0, 3.0, args.scale)
-        est_rt = _kernels._runtime_estimator(est, x, eps)[0]
+        est_rt = runtime_estimator(est, x, eps)[0]
         xb, w, z0b, geom = core_inputs(layer, x)
         stats = backward_stats(xb, w, z0b, geom, K, eps, est_rt)
 

@@ -41,6 +41,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ._weightings import (broadcast_params, clamp_masks, clamped, estimator_params, per_output_params,
+                          runtime_estimator, signed_like, weights, with_relative_params)
+
 __all__ = ["LANES", "BACKENDS", "ONE_BY_ONE", "CompileFailed", "set_backend", "get_backend", "irls_forward",
            "irls_grad_x", "positions_first", "irls_grad_w_per_block", "run_forward", "run_backward", "will_compile",
            "estimator_params", "weights"]
@@ -77,112 +80,6 @@ def _per_output(t):
 _FIELD = (5, 6, 7)  # the receptive-field dims (Cg, kh, kw) of a vote tensor
 
 
-def estimator_params(est, scale, eps: float):
-    """(alpha, beta, lo, hi, a_lo, a_hi) of a weighting ``w = clamp(alpha / a + beta, lo, hi)``, a = |r| + eps.
-
-    ``est = (norm, gamma, delta, relative)`` (static); the weightings of the official code, each the same form:
-    mcp ``max(u - 1/gamma, eps)``, huber ``min(delta u, 1)``, hm ``clamp(delta/(gamma - delta) (gamma u - 1),
-    eps, 1)`` with ``u = 1/(|r| + eps)``. ``relative``: gamma and delta are in units of ``scale`` (per output,
-    broadcast against the votes), the mean absolute residual at the LPM start (see :func:`irls_scale`).
-
-    ``a_lo`` / ``a_hi``: where the clamps start, as thresholds on a (w = lo where a >= a_lo, w = hi where
-    a <= a_hi; None: no such clamp). Why thresholds: they are per output, so a vote pays one compare per clamp
-    instead of clamping its raw weight (Inductor's NaN-propagating min/max) and comparing it again for the
-    derivative; see :func:`weights`. alpha > 0 and lo - beta > 0, hi - beta > 0 hold for every estimator
-    (validation: gamma > 0, delta > 0, gamma > delta for hm), so the inequalities keep their direction.
-    """
-    norm, gamma, delta, relative = est[:4]
-    if len(est) > 4:  # precomputed outside the compiled kernels (see _runtime_estimator)
-        return est[4]
-    if relative:
-        gamma, delta = gamma * scale, delta * scale
-    if norm == "mcp":
-        beta = -1.0 / gamma
-        return 1.0, beta, eps, None, 1.0 / (eps - beta), None
-    if norm == "huber":
-        return delta, 0.0, None, 1.0, None, delta
-    if norm == "hm":
-        alpha, beta = delta * gamma / (gamma - delta), -delta / (gamma - delta)
-        return alpha, beta, eps, 1.0, alpha / (eps - beta), delta  # alpha / (1 - beta) = delta
-    raise ValueError(f"unknown estimator {norm!r}")
-
-
-def _broadcast_params(est, fn):
-    """est with its precomputed per-output parameters (6-d, as z) passed through ``fn`` (the broadcast against a
-    kernel's votes); other estimators unchanged."""
-    if est is None or len(est) < 5:
-        return est
-    return est[:4] + (tuple(fn(p) if isinstance(p, torch.Tensor) and p.dim() == 6 else p for p in est[4]),)
-
-
-def _per_output_params(est) -> list:
-    """The precomputed per-output parameter tensors of est (for the compiled kernels' dynamic dimensions)."""
-    return [] if est is None or len(est) < 5 else [p for p in est[4] if isinstance(p, torch.Tensor) and p.dim() == 6]
-
-
-def _with_relative_params(est, scale, eps: float):
-    """A relative estimator with its per-output parameters computed now, outside the compiled kernels: inside a
-    gather (the input gradient) every vote reads other outputs' values, so Inductor recomputed their divisions
-    per vote (measured: HM relative's input-gradient kernel 2x the absolute one's)."""
-    if est is None or not est[3] or not scale or len(est) > 4:
-        return est
-    return est + (estimator_params(est, scale[0], eps),)
-
-
-def _clamp_masks(a, params):
-    """(a >= a_lo, a <= a_hi): the votes whose weight is clamped at lo / at hi (None where no such clamp)."""
-    _, _, _, _, a_lo, a_hi = params
-    return (None if a_lo is None else a >= a_lo), (None if a_hi is None else a <= a_hi)
-
-
-def _clamped(values, masks, params):
-    """values where no clamp is active, else the clamps' per-vote replacement (``params``' lo / hi, or the pair
-    of tensors given in their place)."""
-    at_lo, at_hi = masks
-    lo, hi = params
-    if at_lo is not None:
-        values = torch.where(at_lo, lo, values)
-    if at_hi is not None:
-        values = torch.where(at_hi, hi, values)
-    return values
-
-
-def weights(abs_r, eps: float, params, with_slope: bool = True):
-    """(w, -dw/d|r|) at |r| = abs_r (the slope None unless asked): L1 (params None) is 1/(|r| + eps) and its
-    square; the clamped weightings have zero derivative where the clamp is active."""
-    a = abs_r + eps
-    u = 1.0 / a
-    if params is None:
-        return u, (u * u if with_slope else None)
-    alpha, beta, lo, hi = params[:4]
-    raw = u if isinstance(alpha, float) and alpha == 1.0 else alpha * u
-    if not (isinstance(beta, float) and beta == 0.0):
-        raw = raw + beta
-    masks = _clamp_masks(a, params)
-    weight = _clamped(raw, masks, (lo, hi))
-    if not with_slope:
-        return weight, None
-    return weight, _clamped(alpha * u * u, masks, (0.0, 0.0))
-
-
-# the sign bit of each float width, as the same-width integer (for _signed_like)
-_SIGN_BIT = {2: (torch.int16, -2**15), 4: (torch.int32, -2**31), 8: (torch.int64, -2**63)}
-
-
-def _signed_like(t, r):
-    """sign(r) * t, as t with its sign bit flipped where r's is set (t and r of one float dtype).
-
-    Two bit operations where ``torch.sign(r) * t`` compiles to two compares, two blends and a multiply: in the
-    compiled kernels the sign was the most expensive part of a vote's statistics (measured: the forward with
-    statistics 2.4x -> 1.5x the inference forward, the input-gradient pass 2.8x -> 1.5x; benchmarks/README.md).
-    The one difference is at an exact tie r = +-0, taken as sign +-1 (a one-sided derivative of |r|) instead of
-    autograd's 0. A tie needs a vote equal to z/D to the last bit; where all of an output's votes tie (an all-zero
-    receptive field, equal votes) the step does not move (delta = 0) and the two conventions agree.
-    """
-    itype, bit = _SIGN_BIT[t.element_size()]
-    return (t.view(itype) ^ (r.view(itype) & bit)).view(t.dtype)
-
-
 def irls_scale(votes, z0, inv_d, eps: float):
     """Per-output scale of the relative estimators: the mean absolute residual of the votes at the LPM start,
     plus eps (so it is never zero), shaped like z0."""
@@ -215,7 +112,7 @@ def irls_forward(x, w, z0, geom, K: int, eps: float, with_s: bool, with_q: bool,
         if with_s:
             ss.append(s)
         if with_q:
-            qs.append((slope * abs_r).sum(_FIELD) + (z - z_next) * inv_d * _signed_like(slope, r).sum(_FIELD))
+            qs.append((slope * abs_r).sum(_FIELD) + (z - z_next) * inv_d * signed_like(slope, r).sum(_FIELD))
         z = z_next
         zs.append(z)
     return zs, ss, qs, scales
@@ -240,12 +137,12 @@ def _vote_gradient(votes, z_prev, first, cdelta, eps: float, detach: bool, est=N
 
     ``z_prev[k] = z_{k-1}/D``, ``cdelta[k] = c_k delta_k`` and ``first[k]`` = eps c_k (see
     :func:`_step_factors`) for the steps k = 1..K, so that an L1 step costs per vote one compare-
-    free sign (:func:`_signed_like`), one subtraction and one division: (eps c - sign(r) c delta) / (|r| + eps)^2.
+    free sign (:func:`signed_like`), one subtraction and one division: (eps c - sign(r) c delta) / (|r| + eps)^2.
     ``detach``: the weights w_d are constants and only the last step passes gradient, dz_K/dy_d = c_K w_d; the
-    lists then hold that step alone (``first`` = c_K). ``sign_bits``: the sign as :func:`_signed_like` (the
+    lists then hold that step alone (``first`` = c_K). ``sign_bits``: the sign as :func:`signed_like` (the
     input-gradient pass) or as ``torch.sign`` (the weight-gradient pass, where the bit form measured 6-10% slower).
     """
-    signed = _signed_like if sign_bits else (lambda t, r: torch.sign(r) * t)
+    signed = signed_like if sign_bits else (lambda t, r: torch.sign(r) * t)
     params = None if est is None else estimator_params(est, scale, eps)
     if detach:
         if params is None:
@@ -266,7 +163,7 @@ def _vote_gradient(votes, z_prev, first, cdelta, eps: float, detach: bool, est=N
                 term = alpha * term
             if not (isinstance(beta, float) and beta == 0.0):
                 term = term + c * (beta / eps)
-            term = _clamped(term, _clamp_masks(a, params),
+            term = clamped(term, clamp_masks(a, params),
                             (None if lo is None else c * (lo / eps), None if hi is None else c * (hi / eps)))
         grad = term if grad is None else grad + term
     return grad
@@ -320,7 +217,7 @@ def irls_grad_x(xp, w, z_prev, coef, cdelta, scale, geom, eps: float, detach: bo
     first, cdelta = (coef, cdelta) if detach else _step_factors(coef, cdelta, eps, est)
     stats = ([around(t) for t in z_prev], [around(t) for t in first], [around(t) for t in cdelta])
     scale = around(scale[0]) if scale else None
-    est = _broadcast_params(est, around)
+    est = broadcast_params(est, around)
     flipped = w.flip(3, 4)
     step = Cg // block
     parts = []
@@ -342,7 +239,7 @@ def irls_grad_w_per_block(x, w, z_prev, coef, cdelta, scale, geom, eps: float, d
     fields = receptive_fields(x, geom, z_prev[0].shape[1], z_prev[0].shape[2])
     votes = fields * w[None, None, None, :, :, :, :, :, None]
     first, cdelta = (coef, cdelta) if detach else _step_factors(coef, cdelta, eps, est)
-    est = _broadcast_params(est, _per_output)
+    est = broadcast_params(est, _per_output)
     grad = _vote_gradient(votes, [_per_output(t) for t in z_prev], [_per_output(t) for t in first],
                           [_per_output(t) for t in cdelta], eps, detach, est,
                           _per_output(scale[0]) if scale else None, sign_bits=False)
@@ -524,33 +421,11 @@ def _vote_steps(w, z_shape, steps):
     return N * Ho * Wo * L * G * Og * w.shape[2] * w.shape[3] * w.shape[4] * max(steps, 1)
 
 
-def _runtime_estimator(est, like: torch.Tensor, eps: float):
-    """(est with gamma and delta as 0-d tensors, its static part for the compiled kernels' key): the kernels are
-    compiled once per estimator kind, not once per parameter value (a parameter sweep would recompile each).
-
-    The absolute form also carries its :func:`estimator_params`, computed here once: computed inside a kernel
-    from gamma and delta, Inductor inlined their divisions into the loop over the votes (measured: HM's inference
-    forward cost 2x L1's). The structural constants (mcp's alpha = 1, huber's beta = 0, lo = eps, hi = 1) stay
-    Python floats, so the kernels skip them; the others become 0-d tensors."""
-    if est is None:
-        return None, None
-    if isinstance(est[1], torch.Tensor):  # already a runtime estimator
-        return est, (est[0], est[3])
-    norm, gamma, delta, relative = est
-    runtime = (norm, like.new_tensor(gamma), like.new_tensor(delta), relative)
-    if not relative:
-        alpha, beta, lo, hi, a_lo, a_hi = estimator_params(est, None, eps)
-        as_tensor = lambda v, structural: v if v is None or v == structural else like.new_tensor(v)  # noqa: E731
-        runtime += ((as_tensor(alpha, 1.0 if norm == "mcp" else None), as_tensor(beta, 0.0 if norm == "huber" else None),
-                     lo, hi, as_tensor(a_lo, None), as_tensor(a_hi, None)),)
-    return runtime, (norm, relative)
-
-
 def run_forward(x, w, z0, geom, K: int, eps: float, with_s: bool, with_q: bool, budget_bytes: int, est=None):
     """irls_forward on the chosen backend. Raises CompileFailed if compilation fails (the caller reruns)."""
     x, w, z0 = _plain(x, w, z0)
     if will_compile(x.device, _vote_steps(w, z0.shape, K)):
-        est, kind = _runtime_estimator(est, z0, eps)
+        est, kind = runtime_estimator(est, z0, eps)
         return _call_compiled(irls_forward, ("forward", geom, K, eps, with_s, with_q, kind),
                               (x, w, z0, geom, K, eps, with_s, with_q, est),
                               [((x,), _X_DYN), ((w,), _W_DYN), ((z0,), _Z_DYN)])
@@ -580,8 +455,8 @@ def run_backward(x, w, stats, geom, eps: float, detach: bool, need_x: bool, need
 def _compiled_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes, est, crop):
     # one kernel per gradient: a vote gradient feeding two reductions would be materialised (vote-sized)
     steps = len(stats[0])
-    est, kind = _runtime_estimator(est, x, eps)
-    est = _with_relative_params(est, stats[3], eps)
+    est, kind = runtime_estimator(est, x, eps)
+    est = with_relative_params(est, stats[3], eps)
     grad_x = grad_w = None
     if need_x:
         xp = positions_first(x, crop)  # one input-sized copy, outside the kernel: it fixes the kernel's loop order
@@ -589,7 +464,7 @@ def _compiled_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_by
         grad_x = _call_compiled(irls_grad_x, ("grad_x", geom, steps, eps, detach, kind, block, tuple(crop)),
                                 (xp, w, *stats, geom, eps, detach, est, block, tuple(crop)),
                                 [((xp,), _XP_DYN), ((w,), _W_DYN),
-                                 ([t for s in stats for t in s] + _per_output_params(est), _Z_DYN)])
+                                 ([t for s in stats for t in s] + per_output_params(est), _Z_DYN)])
         if crop != (0, 0):  # the border outside the kernel: padding a reduction's output inside it failed to compile
             full = x.new_zeros(x.shape)
             full[:, :, :, crop[0]:x.shape[3] - crop[0], crop[1]:x.shape[4] - crop[1]] = grad_x
@@ -601,9 +476,9 @@ def _compiled_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_by
         for n0 in range(0, x.shape[0], n_chunk):
             xs = x[n0:n0 + n_chunk]
             part = tuple([t[n0:n0 + n_chunk] for t in s] for s in stats)
-            est_part = _broadcast_params(est, lambda t: t[n0:n0 + n_chunk])  # noqa: B023 - used at once
+            est_part = broadcast_params(est, lambda t: t[n0:n0 + n_chunk])  # noqa: B023 - used at once
             grad_w += _call_compiled(irls_grad_w_per_block, ("grad_w", geom, steps, eps, detach, kind),
                                      (xs, w, *part, geom, eps, detach, est_part),
                                      [((xs,), _X_DYN), ((w,), _W_DYN),
-                                      ([t for s in part for t in s] + _per_output_params(est_part), _Z_DYN)]).sum(0)
+                                      ([t for s in part for t in s] + per_output_params(est_part), _Z_DYN)]).sum(0)
     return grad_x, grad_w

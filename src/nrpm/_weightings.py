@@ -1,0 +1,139 @@
+"""The robust weightings of the IRLS (L1 and the official code's MCP, Huber, HM), as the compiled and eager
+kernels of :mod:`nrpm._kernels` evaluate them per vote: their parameters, the clamps as thresholds, the weight and
+its derivative, and the sign trick of the statistics. Kept apart from the kernels' layouts and backends."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["estimator_params", "broadcast_params", "per_output_params", "with_relative_params", "clamp_masks",
+           "clamped", "weights", "signed_like", "runtime_estimator"]
+
+
+def estimator_params(est, scale, eps: float):
+    """(alpha, beta, lo, hi, a_lo, a_hi) of a weighting ``w = clamp(alpha / a + beta, lo, hi)``, a = |r| + eps.
+
+    ``est = (norm, gamma, delta, relative)`` (static); the weightings of the official code, each the same form:
+    mcp ``max(u - 1/gamma, eps)``, huber ``min(delta u, 1)``, hm ``clamp(delta/(gamma - delta) (gamma u - 1),
+    eps, 1)`` with ``u = 1/(|r| + eps)``. ``relative``: gamma and delta are in units of ``scale`` (per output,
+    broadcast against the votes), the mean absolute residual at the LPM start (see :func:`irls_scale`).
+
+    ``a_lo`` / ``a_hi``: where the clamps start, as thresholds on a (w = lo where a >= a_lo, w = hi where
+    a <= a_hi; None: no such clamp). Why thresholds: they are per output, so a vote pays one compare per clamp
+    instead of clamping its raw weight (Inductor's NaN-propagating min/max) and comparing it again for the
+    derivative; see :func:`weights`. alpha > 0 and lo - beta > 0, hi - beta > 0 hold for every estimator
+    (validation: gamma > 0, delta > 0, gamma > delta for hm), so the inequalities keep their direction.
+    """
+    norm, gamma, delta, relative = est[:4]
+    if len(est) > 4:  # precomputed outside the compiled kernels (see runtime_estimator)
+        return est[4]
+    if relative:
+        gamma, delta = gamma * scale, delta * scale
+    if norm == "mcp":
+        beta = -1.0 / gamma
+        return 1.0, beta, eps, None, 1.0 / (eps - beta), None
+    if norm == "huber":
+        return delta, 0.0, None, 1.0, None, delta
+    if norm == "hm":
+        alpha, beta = delta * gamma / (gamma - delta), -delta / (gamma - delta)
+        return alpha, beta, eps, 1.0, alpha / (eps - beta), delta  # alpha / (1 - beta) = delta
+    raise ValueError(f"unknown estimator {norm!r}")
+
+
+def broadcast_params(est, fn):
+    """est with its precomputed per-output parameters (6-d, as z) passed through ``fn`` (the broadcast against a
+    kernel's votes); other estimators unchanged."""
+    if est is None or len(est) < 5:
+        return est
+    return est[:4] + (tuple(fn(p) if isinstance(p, torch.Tensor) and p.dim() == 6 else p for p in est[4]),)
+
+
+def per_output_params(est) -> list:
+    """The precomputed per-output parameter tensors of est (for the compiled kernels' dynamic dimensions)."""
+    return [] if est is None or len(est) < 5 else [p for p in est[4] if isinstance(p, torch.Tensor) and p.dim() == 6]
+
+
+def with_relative_params(est, scale, eps: float):
+    """A relative estimator with its per-output parameters computed now, outside the compiled kernels: inside a
+    gather (the input gradient) every vote reads other outputs' values, so Inductor recomputed their divisions
+    per vote (measured: HM relative's input-gradient kernel 2x the absolute one's)."""
+    if est is None or not est[3] or not scale or len(est) > 4:
+        return est
+    return est + (estimator_params(est, scale[0], eps),)
+
+
+def clamp_masks(a, params):
+    """(a >= a_lo, a <= a_hi): the votes whose weight is clamped at lo / at hi (None where no such clamp)."""
+    _, _, _, _, a_lo, a_hi = params
+    return (None if a_lo is None else a >= a_lo), (None if a_hi is None else a <= a_hi)
+
+
+def clamped(values, masks, params):
+    """values where no clamp is active, else the clamps' per-vote replacement (``params``' lo / hi, or the pair
+    of tensors given in their place)."""
+    at_lo, at_hi = masks
+    lo, hi = params
+    if at_lo is not None:
+        values = torch.where(at_lo, lo, values)
+    if at_hi is not None:
+        values = torch.where(at_hi, hi, values)
+    return values
+
+
+def weights(abs_r, eps: float, params, with_slope: bool = True):
+    """(w, -dw/d|r|) at |r| = abs_r (the slope None unless asked): L1 (params None) is 1/(|r| + eps) and its
+    square; the clamped weightings have zero derivative where the clamp is active."""
+    a = abs_r + eps
+    u = 1.0 / a
+    if params is None:
+        return u, (u * u if with_slope else None)
+    alpha, beta, lo, hi = params[:4]
+    raw = u if isinstance(alpha, float) and alpha == 1.0 else alpha * u
+    if not (isinstance(beta, float) and beta == 0.0):
+        raw = raw + beta
+    masks = clamp_masks(a, params)
+    weight = clamped(raw, masks, (lo, hi))
+    if not with_slope:
+        return weight, None
+    return weight, clamped(alpha * u * u, masks, (0.0, 0.0))
+
+
+# the sign bit of each float width, as the same-width integer (for signed_like)
+_SIGN_BIT = {2: (torch.int16, -2**15), 4: (torch.int32, -2**31), 8: (torch.int64, -2**63)}
+
+
+def signed_like(t, r):
+    """sign(r) * t, as t with its sign bit flipped where r's is set (t and r of one float dtype).
+
+    Two bit operations where ``torch.sign(r) * t`` compiles to two compares, two blends and a multiply: in the
+    compiled kernels the sign was the most expensive part of a vote's statistics (measured: the forward with
+    statistics 2.4x -> 1.5x the inference forward, the input-gradient pass 2.8x -> 1.5x; benchmarks/README.md).
+    The one difference is at an exact tie r = +-0, taken as sign +-1 (a one-sided derivative of |r|) instead of
+    autograd's 0. A tie needs a vote equal to z/D to the last bit; where all of an output's votes tie (an all-zero
+    receptive field, equal votes) the step does not move (delta = 0) and the two conventions agree.
+    """
+    itype, bit = _SIGN_BIT[t.element_size()]
+    return (t.view(itype) ^ (r.view(itype) & bit)).view(t.dtype)
+
+
+def runtime_estimator(est, like: torch.Tensor, eps: float):
+    """(est with gamma and delta as 0-d tensors, its static part for the compiled kernels' key): the kernels are
+    compiled once per estimator kind, not once per parameter value (a parameter sweep would recompile each).
+
+    The absolute form also carries its :func:`estimator_params`, computed here once: computed inside a kernel
+    from gamma and delta, Inductor inlined their divisions into the loop over the votes (measured: HM's inference
+    forward cost 2x L1's). The structural constants (mcp's alpha = 1, huber's beta = 0, lo = eps, hi = 1) stay
+    Python floats, so the kernels skip them; the others become 0-d tensors."""
+    if est is None:
+        return None, None
+    if isinstance(est[1], torch.Tensor):  # already a runtime estimator
+        return est, (est[0], est[3])
+    norm, gamma, delta, relative = est
+    runtime = (norm, like.new_tensor(gamma), like.new_tensor(delta), relative)
+    if not relative:
+        alpha, beta, lo, hi, a_lo, a_hi = estimator_params(est, None, eps)
+        as_tensor = lambda v, structural: v if v is None or v == structural else like.new_tensor(v)  # noqa: E731
+        runtime += ((as_tensor(alpha, 1.0 if norm == "mcp" else None),
+                     as_tensor(beta, 0.0 if norm == "huber" else None), lo, hi, as_tensor(a_lo, None),
+                     as_tensor(a_hi, None)),)
+    return runtime, (norm, relative)
