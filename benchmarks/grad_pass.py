@@ -44,6 +44,19 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def steps_on(x):
+    """(forward + input gradient, inference forward) of a model on x."""
+    def fwdgx(model):
+        xg = x.detach().requires_grad_()
+        torch.autograd.grad(model(xg).sum(), xg)
+
+    def infer(model):
+        with torch.no_grad():
+            model(x)
+
+    return fwdgx, infer
+
+
 def core_inputs(layer, x):
     """The kernels' layout of the layer's problem: (xb, w, z0b, geom) as _conv_direct builds them."""
     w = layer.weight.detach()
@@ -100,13 +113,7 @@ def main(argv=None) -> int:
         xb, w, z0b, geom = core_inputs(layer, x)
         stats = backward_stats(xb, w, z0b, geom, K, eps, est_rt)
 
-        def fwdgx(model):
-            xg = x.detach().requires_grad_()
-            torch.autograd.grad(model(xg).sum(), xg)
-
-        def infer(model):
-            with torch.no_grad():
-                model(x)
+        fwdgx, infer = steps_on(x)
 
         parts = {
             "plain fwd": lambda: infer(plain),
@@ -152,13 +159,7 @@ def run_model(args) -> int:
         q.requires_grad_(False)
     x = torch.rand(args.batch, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
-    def fwdgx(model):
-        xg = x.detach().requires_grad_()
-        torch.autograd.grad(model(xg).sum(), xg)
-
-    def infer(model):
-        with torch.no_grad():
-            model(x)
+    fwdgx, infer = steps_on(x)
 
     import copy
 
