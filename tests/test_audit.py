@@ -569,3 +569,13 @@ def test_every_audit_attack_has_its_own_colour_in_its_family():
     assert all(attack_family(k) == "adaptive" for k in AU.SMOOTHINGS)
     colours = [style["color"] for style in AU.curve_styles(keys).values()]
     assert len(set(colours)) == len(colours)
+
+
+def test_the_cache_fingerprint_reads_lam_as_the_float32_the_layer_computes_with():
+    """A fixed lam (a Python float, 0.8) and the same lam stored in float32 (0.80000001, as in caches written
+    before lam had a Python copy) must fingerprint alike, or a re-audit refuses its own cache."""
+    from nrpm.audit.runner import _layer_info
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    nrpm.reprogram(model, nrpm.ReprogramConfig(lam=0.8, K=1))
+    assert _layer_info(model)["0"]["lam"] == round(float(torch.tensor(0.8, dtype=torch.float32)), 8) == 0.80000001

@@ -129,7 +129,10 @@ class AuditConfig:
 
 
 def _layer_info(model) -> dict:
-    return {n: {"lam": round(m.lam_value(), 8), "K": m.K, "eps": m.eps, "learnable": m.learnable_lam}
+    # lam as the float32 the layer computes with: a fixed lam is held as a Python float (0.8) and a stored one as
+    # a float32 tensor (0.80000001); the same model must give the same cache fingerprint either way
+    return {n: {"lam": round(float(torch.tensor(m.lam_value(), dtype=torch.float32)), 8), "K": m.K, "eps": m.eps,
+                "learnable": m.learnable_lam}
             for n, m in robust_layers(model).items()}
 
 
