@@ -40,17 +40,22 @@ def estimator_params(est, scale, eps: float):
     raise ValueError(f"unknown estimator {norm!r}")
 
 
+def _per_output(p) -> bool:
+    """A precomputed parameter that varies per output (6-d, as z), not a scalar or a 0-d tensor."""
+    return isinstance(p, torch.Tensor) and p.dim() == 6
+
+
 def broadcast_params(est, fn):
-    """est with its precomputed per-output parameters (6-d, as z) passed through ``fn`` (the broadcast against a
-    kernel's votes); other estimators unchanged."""
+    """est with its precomputed per-output parameters passed through ``fn`` (the broadcast against a kernel's
+    votes); other estimators unchanged."""
     if est is None or len(est) < 5:
         return est
-    return est[:4] + (tuple(fn(p) if isinstance(p, torch.Tensor) and p.dim() == 6 else p for p in est[4]),)
+    return est[:4] + (tuple(fn(p) if _per_output(p) else p for p in est[4]),)
 
 
 def per_output_params(est) -> list:
     """The precomputed per-output parameter tensors of est (for the compiled kernels' dynamic dimensions)."""
-    return [] if est is None or len(est) < 5 else [p for p in est[4] if isinstance(p, torch.Tensor) and p.dim() == 6]
+    return [] if est is None or len(est) < 5 else [p for p in est[4] if _per_output(p)]
 
 
 def with_relative_params(est, scale, eps: float):
@@ -122,8 +127,9 @@ def runtime_estimator(est, like: torch.Tensor, eps: float):
 
     The absolute form also carries its :func:`estimator_params`, computed here once: computed inside a kernel
     from gamma and delta, Inductor inlined their divisions into the loop over the votes (measured: HM's inference
-    forward cost 2x L1's). The structural constants (mcp's alpha = 1, huber's beta = 0, lo = eps, hi = 1) stay
-    Python floats, so the kernels skip them; the others become 0-d tensors."""
+    forward cost 2x L1's). Computed from the 0-d gamma and delta, the parameters that depend on them are 0-d
+    tensors and the structural constants (mcp's alpha = 1, huber's beta = 0, lo = eps, hi = 1) stay Python
+    floats, which the kernels skip."""
     if est is None:
         return None, None
     if isinstance(est[1], torch.Tensor):  # already a runtime estimator
@@ -131,9 +137,5 @@ def runtime_estimator(est, like: torch.Tensor, eps: float):
     norm, gamma, delta, relative = est
     runtime = (norm, like.new_tensor(gamma), like.new_tensor(delta), relative)
     if not relative:
-        alpha, beta, lo, hi, a_lo, a_hi = estimator_params(est, None, eps)
-        as_tensor = lambda v, structural: v if v is None or v == structural else like.new_tensor(v)  # noqa: E731
-        runtime += ((as_tensor(alpha, 1.0 if norm == "mcp" else None),
-                     as_tensor(beta, 0.0 if norm == "huber" else None), lo, hi, as_tensor(a_lo, None),
-                     as_tensor(a_hi, None)),)
+        runtime += (estimator_params(runtime, None, eps),)
     return runtime, (norm, relative)
