@@ -71,15 +71,7 @@ def core_inputs(layer, x):
 def backward_stats(xb, w, z0b, geom, K, eps, est):
     """The stats run_backward receives, from a forward with statistics and a random output gradient."""
     zs, ss, qs, scale = _kernels.run_forward(xb, w, z0b, geom, K, eps, True, True, 1 << 28, est)
-    D = w[0, 0].numel()
-    zs = [z0b] + zs
-    g = torch.randn_like(z0b)
-    coef, cdelta = [None] * K, [None] * K
-    for k in range(K, 0, -1):
-        coef[k - 1] = g * D / ss[k - 1]
-        cdelta[k - 1] = coef[k - 1] * (zs[k - 1] - zs[k]) / D
-        g = g * qs[k - 1] / ss[k - 1]
-    return ([z / D for z in zs[:K]], coef, cdelta, scale)
+    return _kernels.step_statistics([z0b] + zs, ss, qs, scale, torch.randn_like(z0b), w[0, 0].numel(), False)[0]
 
 
 def main(argv=None) -> int:

@@ -432,6 +432,27 @@ def run_forward(x, w, z0, geom, K: int, eps: float, with_s: bool, with_q: bool, 
     return _eager_forward(x, w, z0, geom, K, eps, with_s, with_q, budget_bytes, est)
 
 
+def step_statistics(zs, ss, qs, scale, grad_out, D: int, detach: bool):
+    """The chain rule through the K unrolled steps, on output-sized tensors: (stats for run_backward, dL/dz0).
+
+    ``zs = [z0, z1, ..., zK]``; ``ss`` / ``qs`` the forward's per-step statistics (irls_forward with_s / with_q);
+    ``scale`` [] or the relative estimators' per-output scale; D the votes per output. With ``detach`` only the
+    last step's weights are differentiated through and z0 gets no gradient (None).
+    """
+    K = len(ss)
+    coef, cdelta, g = [None] * K, [None] * K, grad_out.contiguous()
+    for k in range(K, 0, -1):
+        coef[k - 1] = g * D / ss[k - 1]
+        if detach:
+            break
+        cdelta[k - 1] = coef[k - 1] * ((zs[k - 1] - zs[k]) / D)  # c_k delta_k: one factor fewer per vote
+        g = g * qs[k - 1] / ss[k - 1]
+    z_prev = [z / D for z in zs[:K]]
+    if detach:
+        return (z_prev[-1:], coef[-1:], [], scale), None
+    return (z_prev, coef, cdelta, scale), g
+
+
 def run_backward(x, w, stats, geom, eps: float, detach: bool, need_x: bool, need_w: bool, budget_bytes: int,
                  est=None, crop=(0, 0)):
     """(dL/dx, dL/dw) of the unrolled IRLS on the chosen backend; None for a gradient not needed.

@@ -158,22 +158,13 @@ class _RobustCore(torch.autograd.Function):
         x, weight, z0, *rest = ctx.saved_tensors
         scale, rest = rest[:ctx.n_scale], rest[ctx.n_scale:]
         zs, ss, qs = [z0] + rest[:K], rest[K:2 * K], rest[2 * K:]
-        D = weight[0, 0].numel()
-        coef, cdelta, g = [None] * K, [None] * K, grad_out.contiguous()
-        for k in range(K, 0, -1):  # chain rule through the steps, on output-sized tensors (cheap)
-            coef[k - 1] = g * D / ss[k - 1]
-            if detach:
-                break
-            cdelta[k - 1] = coef[k - 1] * ((zs[k - 1] - zs[k]) / D)  # c_k delta_k: one factor fewer per vote
-            g = g * qs[k - 1] / ss[k - 1]
-        z_prev = [z / D for z in zs[:K]]
-        stats = (z_prev[-1:], coef[-1:], [], scale) if detach else (z_prev, coef, cdelta, scale)
+        stats, grad_z0 = _kernels.step_statistics(zs, ss, qs, scale, grad_out, weight[0, 0].numel(), detach)
         need_x, need_w, need_z0 = ctx.needs_input_grad[:3]
         grad_x = grad_w = None
         if need_x or need_w:
             grad_x, grad_w = _kernels.run_backward(x, weight, stats, ctx.geom, ctx.eps, detach, need_x, need_w,
                                                    _memory_budget_bytes, ctx.est, ctx.crop)
-        grad_z0 = g if need_z0 and not detach else None
+        grad_z0 = grad_z0 if need_z0 else None
         return grad_x, grad_w, grad_z0, None, None, None, None, None, None
 
 
