@@ -11,7 +11,6 @@ Writes <out>.json and <out>.md. Without CUDA it writes nothing and exits 0 with 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import Case, build_plain, build_robust, make_input, machine_info, step, timed  # noqa: E402
+from run import Case, build_plain, build_robust, make_input, machine_info, save_report, step, timed  # noqa: E402
 
 CASES = {
     "resnet18_narrow": Case("resnet18_narrow", "resnet18_narrow", 128, (3, 32, 32)),
@@ -75,11 +74,7 @@ def main(argv=None) -> int:
                 rows.append(time_pair(CASES[name], K, mode, args.repeats, device))
                 print(rows[-1], flush=True)
     report = {"device": torch.cuda.get_device_name(device), "machine": machine_info(str(device)), "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    save_report(args.out, report, markdown)
     return 0
 
 

@@ -11,9 +11,6 @@ their kernels; the median is reported with its ratio to L1. Writes <out>.json an
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +21,9 @@ import torch
 import nrpm
 from nrpm import functional as RF
 from nrpm.models import create_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import machine_info, save_report  # noqa: E402  (benchmarks/run.py)
 
 ESTIMATORS = {
     "l1": dict(norm="l1"),
@@ -79,10 +79,7 @@ def run(args) -> dict:
                          "times_ms": [round(1000 * t, 2) for t in ts]})
     return {"case": f"lenet, batch {args.batch}, K={args.K}, lam 0.5, backend {args.backend}",
             "estimators": {k: ESTIMATORS[k] for k in models}, "rows": rows,
-            "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")},
-                        "loadavg": os.getloadavg()}}
+            "machine": machine_info("cpu")}
 
 
 def markdown(report: dict) -> str:
@@ -108,11 +105,7 @@ def main(argv=None) -> int:
     p.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=list(ESTIMATORS))
     args = p.parse_args(argv)
     report = run(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    save_report(args.out, report, markdown)
     return 0
 
 

@@ -424,6 +424,15 @@ def wait_for_idle(max_seconds: float, log, threshold: float = 0.7) -> list[float
     return list(os.getloadavg())
 
 
+def save_report(out, report: dict, markdown) -> None:
+    """``out`` (JSON) and its .md twin rendered by ``markdown(report)``; the markdown is printed too."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+
+
 def machine_info(device) -> dict:
     cpu = platform.processor()
     with contextlib.suppress(OSError):

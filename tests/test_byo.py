@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 import nrpm.functional as RF
-from nrpm import cli
 from nrpm import evaluation as E
 from nrpm.audit import AuditReport
 from nrpm.cli.audit import robustbench_entry
 from nrpm.models import NormalizedModel, resolve_model_spec
 from nrpm.reprogram import robust_layers
+
+from cli_helpers import run, assert_usage_error
 
 FACTORIES = '''
 import torch
@@ -68,22 +69,6 @@ def tiny_data(tmp_path) -> Path:
     path = tmp_path / "tiny.pt"
     torch.save({"x": torch.rand(8, 3, 4, 4, generator=generator), "y": torch.arange(8) % 4}, path)
     return path
-
-
-def run(argv, capsys):
-    try:
-        code = cli.main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_usage_error(code, err, command, *fragments):
-    assert code == 2, err
-    assert err.startswith(f"nrpm {command}: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 def eval_argv(model, data, out, *extra):

@@ -10,9 +10,10 @@ from torch import nn
 
 import nrpm
 import nrpm.functional as RF
-from nrpm import cli
 from nrpm.models import NormalizedModel
 from nrpm.train import load_trained
+
+from cli_helpers import run
 
 FACTORY = '''
 import torch
@@ -39,15 +40,6 @@ def in_tmp_path_with_eager_kernels(tmp_path, monkeypatch):
     RF.set_backend("eager")
     yield
     RF.set_backend(previous)
-
-
-def run(argv, capsys):
-    try:
-        code = cli.main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def train_plain(capsys, out="plain"):

@@ -17,25 +17,9 @@ import nrpm
 import nrpm.attacks as A
 from nrpm import cli
 
+from cli_helpers import run, assert_usage_error
+
 CLI_DIR = Path(cli.__file__).parent
-
-
-def run(argv, capsys):
-    """(exit status, stdout, stderr) of ``nrpm argv``, whether argparse or the command ends it."""
-    try:
-        code = cli.main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_usage_error(code, err, command, *fragments):
-    assert code == 2, err
-    assert err.startswith(f"nrpm {command}: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 # ------------------------------------------------------------------------------------------ package layout

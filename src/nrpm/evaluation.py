@@ -448,15 +448,10 @@ def _is_cell(cell) -> bool:
 
 def _previous_cells(path: Path, key: dict) -> dict:
     """The finished cells in ``path`` (results.json) of a run with the same cell key; {} when there is none."""
-    if not path.exists():
-        return {}
     fix = "use another --out, or --overwrite to start again"
-    try:
-        previous = reports.read_json(path)
-    except (ValueError, UnicodeDecodeError) as error:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"{path} is not valid JSON ({error}): {fix}") from None
-    if not isinstance(previous, dict) or previous.get("format") != RESULTS_FORMAT:
-        raise ValueError(f"{path} is not an nrpm eval results file (format {RESULTS_FORMAT!r}): {fix}")
+    previous = reports.read_results_file(path, RESULTS_FORMAT, "an nrpm eval results file", fix)
+    if previous is None:
+        return {}
     if previous.get("cell_key") != key:
         raise ValueError(f"{path} holds results of other settings; resume needs the same model, checkpoint, "
                          f"reprogramming, K, eps, layers, attack, samples and seed. Use another --out or --overwrite.")

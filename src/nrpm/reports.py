@@ -29,6 +29,22 @@ def read_json(path):
         return json.load(f)
 
 
+def read_results_file(path: Path, fmt: str, what: str, fix: str):
+    """The JSON object in results file ``path`` of format ``fmt``, or None when there is no file.
+
+    Unreadable JSON or another format raises one ValueError naming the file, ``what`` it should be and the ``fix``.
+    """
+    if not path.exists():
+        return None
+    try:
+        previous = read_json(path)
+    except (ValueError, UnicodeDecodeError) as error:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is not valid JSON ({error}): {fix}") from None
+    if not isinstance(previous, dict) or previous.get("format") != fmt:
+        raise ValueError(f"{path} is not {what} (format {fmt!r}): {fix}")
+    return previous
+
+
 def jsonable(obj):
     """A copy of ``obj`` that json can write: containers kept, anything else exotic as its repr."""
     if isinstance(obj, dict):

@@ -19,6 +19,8 @@ from nrpm import cli
 from nrpm import data as D
 from nrpm import evaluation as E
 
+from cli_helpers import run
+
 STORED_K, STORED_EPS = 2, 1e-2
 N = 20
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
@@ -44,15 +46,6 @@ def runs(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     return {2: root / "p2", 3: root / "p3"}
-
-
-def run(argv, capsys):
-    try:
-        code = cli.main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def eval_argv(out, *extra):

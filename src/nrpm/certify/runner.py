@@ -111,14 +111,9 @@ def _is_sample(sample) -> bool:
 
 def _read_previous(path: Path, key: dict) -> dict:
     """{cell name: {lam, sigma, samples: {index: sample}}} of a results.json with this key; {} without a file."""
-    if not path.exists():
+    previous = reports.read_results_file(path, RESULTS_FORMAT, "an nrpm certify results file", FIX)
+    if previous is None:
         return {}
-    try:
-        previous = reports.read_json(path)
-    except (ValueError, UnicodeDecodeError) as error:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"{path} is not valid JSON ({error}): {FIX}") from None
-    if not isinstance(previous, dict) or previous.get("format") != RESULTS_FORMAT:
-        raise ValueError(f"{path} is not an nrpm certify results file (format {RESULTS_FORMAT!r}): {FIX}")
     if previous.get("key") != key:
         diff = "; ".join(_differences(previous.get("key") or {}, key))
         raise ValueError(f"{path} holds results of other settings ({diff}): resuming needs the same model, "
