@@ -155,16 +155,14 @@ def _vote_gradient(votes, z_prev, first, cdelta, eps: float, detach: bool, est=N
         a = abs_r + eps
         term = (c - signed(cd, r)) / (a * a)
         if params is not None:
-            # unclamped, w = alpha u + beta and -w' = alpha u^2, so with u |r| = 1 - eps u the bracket
-            # c w - (-w')(c |r| + sign(r) c delta) is c beta + alpha u^2 (eps c - sign(r) c delta): the L1 term
-            # scaled and shifted (c = first / eps); clamped, it is c lo or c hi (w' = 0 there)
-            alpha, beta, lo, hi = params[:4]
-            if not (isinstance(alpha, float) and alpha == 1.0):
-                term = alpha * term
-            if not (isinstance(beta, float) and beta == 0.0):
-                term = term + c * (beta / eps)
+            # unclamped, w = u + beta and -w' = u^2, so with u |r| = 1 - eps u the bracket
+            # c w - (-w')(c |r| + sign(r) c delta) is c beta + u^2 (eps c - sign(r) c delta): the L1 term
+            # shifted (c = first / eps); clamped, it is c lo or c hi (w' = 0 there)
+            _, lo, hi, _, _, beta_e, lo_e, hi_e = params
+            if not (isinstance(beta_e, float) and beta_e == 0.0):
+                term = term + c * beta_e
             term = clamped(term, clamp_masks(a, params),
-                            (None if lo is None else c * (lo / eps), None if hi is None else c * (hi / eps)))
+                           (None if lo is None else c * lo_e, None if hi is None else c * hi_e))
         grad = term if grad is None else grad + term
     return grad
 

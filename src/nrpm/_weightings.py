@@ -11,32 +11,40 @@ __all__ = ["estimator_params", "broadcast_params", "per_output_params", "with_re
 
 
 def estimator_params(est, scale, eps: float):
-    """(alpha, beta, lo, hi, a_lo, a_hi) of a weighting ``w = clamp(alpha / a + beta, lo, hi)``, a = |r| + eps.
+    """(beta, lo, hi, a_lo, a_hi, beta_e, lo_e, hi_e) of a weighting ``w = clamp(u + beta, lo, hi)``, u = 1/a,
+    a = |r| + eps; the weighting of the official code divided by its factor alpha (below).
 
-    ``est = (norm, gamma, delta, relative)`` (static); the weightings of the official code, each the same form:
-    mcp ``max(u - 1/gamma, eps)``, huber ``min(delta u, 1)``, hm ``clamp(delta/(gamma - delta) (gamma u - 1),
-    eps, 1)`` with ``u = 1/(|r| + eps)``. ``relative``: gamma and delta are in units of ``scale`` (per output,
-    broadcast against the votes), the mean absolute residual at the LPM start (see :func:`irls_scale`).
+    ``est = (norm, gamma, delta, relative)`` (static); the weightings of the official code, each of the form
+    clamp(alpha u + beta, lo, hi): mcp ``max(u - 1/gamma, eps)``, huber ``min(delta u, 1)``, hm
+    ``clamp(delta/(gamma - delta) (gamma u - 1), eps, 1)``. ``relative``: gamma and delta are in units of
+    ``scale`` (per output, broadcast against the votes), the mean absolute residual at the LPM start (see
+    :func:`irls_scale`). Why divided by alpha: the step z = D sum(w y) / sum(w) does not change when an output's
+    weights are all scaled by one positive factor, nor does its gradient (the backward's statistics scale with w
+    and cancel), so w / alpha is the same estimator with one multiply fewer per vote in every kernel.
 
     ``a_lo`` / ``a_hi``: where the clamps start, as thresholds on a (w = lo where a >= a_lo, w = hi where
     a <= a_hi; None: no such clamp). Why thresholds: they are per output, so a vote pays one compare per clamp
     instead of clamping its raw weight (Inductor's NaN-propagating min/max) and comparing it again for the
-    derivative; see :func:`weights`. alpha > 0 and lo - beta > 0, hi - beta > 0 hold for every estimator
-    (validation: gamma > 0, delta > 0, gamma > delta for hm), so the inequalities keep their direction.
+    derivative; see :func:`weights`. ``beta_e, lo_e, hi_e`` are beta, lo, hi over eps, for the gradient term
+    (computed here, not per vote). lo - beta > 0 and hi - beta > 0 hold for every estimator (validation: gamma > 0,
+    delta > 0, gamma > delta for hm), so the inequalities keep their direction. Structural constants (huber's
+    beta = 0, mcp's lo = eps) stay Python floats, which the kernels skip or fold.
     """
     norm, gamma, delta, relative = est[:4]
     if len(est) > 4:  # precomputed outside the compiled kernels (see runtime_estimator)
         return est[4]
     if relative:
         gamma, delta = gamma * scale, delta * scale
-    if norm == "mcp":
+    if norm == "mcp":  # alpha = 1
         beta = -1.0 / gamma
-        return 1.0, beta, eps, None, 1.0 / (eps - beta), None
-    if norm == "huber":
-        return delta, 0.0, None, 1.0, None, delta
-    if norm == "hm":
-        alpha, beta = delta * gamma / (gamma - delta), -delta / (gamma - delta)
-        return alpha, beta, eps, 1.0, alpha / (eps - beta), delta  # alpha / (1 - beta) = delta
+        return beta, eps, None, 1.0 / (eps - beta), None, beta / eps, 1.0, None
+    if norm == "huber":  # alpha = delta
+        hi = 1.0 / delta
+        return 0.0, None, hi, None, delta, 0.0, None, hi / eps
+    if norm == "hm":  # alpha = delta gamma / (gamma - delta)
+        beta, hi = -1.0 / gamma, (gamma - delta) / (delta * gamma)
+        lo = eps * hi
+        return beta, lo, hi, 1.0 / (lo - beta), delta, beta / eps, hi, hi / eps  # lo / eps = hi
     raise ValueError(f"unknown estimator {norm!r}")
 
 
@@ -69,7 +77,7 @@ def with_relative_params(est, scale, eps: float):
 
 def clamp_masks(a, params):
     """(a >= a_lo, a <= a_hi): the votes whose weight is clamped at lo / at hi (None where no such clamp)."""
-    _, _, _, _, a_lo, a_hi = params
+    a_lo, a_hi = params[3:5]
     return (None if a_lo is None else a >= a_lo), (None if a_hi is None else a <= a_hi)
 
 
@@ -87,20 +95,19 @@ def clamped(values, masks, params):
 
 def weights(abs_r, eps: float, params, with_slope: bool = True):
     """(w, -dw/d|r|) at |r| = abs_r (the slope None unless asked): L1 (params None) is 1/(|r| + eps) and its
-    square; the clamped weightings have zero derivative where the clamp is active."""
+    square; the clamped weightings are u + beta between their clamps, where -w' = u^2 as for L1, and have zero
+    derivative where a clamp is active."""
     a = abs_r + eps
     u = 1.0 / a
     if params is None:
         return u, (u * u if with_slope else None)
-    alpha, beta, lo, hi = params[:4]
-    raw = u if isinstance(alpha, float) and alpha == 1.0 else alpha * u
-    if not (isinstance(beta, float) and beta == 0.0):
-        raw = raw + beta
+    beta, lo, hi = params[:3]
+    raw = u if isinstance(beta, float) and beta == 0.0 else u + beta
     masks = clamp_masks(a, params)
     weight = clamped(raw, masks, (lo, hi))
     if not with_slope:
         return weight, None
-    return weight, clamped(alpha * u * u, masks, (0.0, 0.0))
+    return weight, clamped(u * u, masks, (0.0, 0.0))
 
 
 # the sign bit of each float width, as the same-width integer (for signed_like)
@@ -128,7 +135,7 @@ def runtime_estimator(est, like: torch.Tensor, eps: float):
     The absolute form also carries its :func:`estimator_params`, computed here once: computed inside a kernel
     from gamma and delta, Inductor inlined their divisions into the loop over the votes (measured: HM's inference
     forward cost 2x L1's). Computed from the 0-d gamma and delta, the parameters that depend on them are 0-d
-    tensors and the structural constants (mcp's alpha = 1, huber's beta = 0, lo = eps, hi = 1) stay Python
+    tensors and the structural constants (huber's beta = 0, mcp's lo = eps) stay Python
     floats, which the kernels skip."""
     if est is None:
         return None, None
