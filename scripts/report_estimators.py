@@ -13,13 +13,17 @@ def _pct(cell) -> str:
     return "…" if cell is None else f"{100 * cell['accuracy']:.1f}"
 
 
+def _worst(data: dict, model: str, budgets) -> str:
+    wc = {round(w["budget"], 9): w["accuracy"] for w in data["worst_case"].get(model, [])}
+    return " / ".join(f"{100 * wc[round(b, 9)]:.0f}" if round(b, 9) in wc else "…" for b in budgets)
+
+
 def _audit_row(folder: Path, budgets, unit) -> tuple[str, str]:
     path = folder / "audit.json"
     if not path.exists():
         return "not run", ""
     data = json.loads(path.read_text())
-    wc = {round(w["budget"], 9): w["accuracy"] for w in data["worst_case"].get("nrpm", [])}
-    worst = " / ".join(f"{100 * wc[round(b, 9)]:.0f}" if round(b, 9) in wc else "…" for b in budgets)
+    worst = _worst(data, "nrpm", budgets)
     failed = [str(c["id"]) for c in data["checks"] if c["verdict"] == "fail"]
     verdict = data["verdict"].upper() + (f" (checks {', '.join(failed)})" if failed else "")
     return worst, verdict
@@ -38,6 +42,11 @@ def _model_section(folder: Path, proto: dict, config_label) -> list[str]:
              "(quick protocol). Accuracy in %. Rows in bold are the configurations chosen on held-out data.", "",
              "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     chosen_labels = {c["label"] for c in chosen.values()}
+    audits = [_audit_folder(folder, label) for label in sorted(chosen_labels)]
+    audits = [a / "audit.json" for a in audits if (a / "audit.json").exists()]
+    if chosen:
+        drop = json.loads((folder / "chosen.json").read_text())["max_clean_drop_points"]
+        lines[2] += f" Chosen: the best held-out PGD within {drop:g} points of the plain model's held-out clean accuracy."
     labels = sorted({k.split("|")[1] for k in cells if k.startswith("val|")},
                     key=lambda s: (s != "plain", s not in chosen_labels, s))
     for label in labels:
@@ -45,11 +54,20 @@ def _model_section(folder: Path, proto: dict, config_label) -> list[str]:
                _pct(cells.get(f"val|{label}|clean")), _pct(cells.get(f"val|{label}|pgd|{sel:.6g}"))]
         row += [_pct(cells.get(f"test|{label}|clean"))] + [_pct(cells.get(f"test|{label}|pgd|{b:.6g}"))
                                                             for b in budgets]
-        audit = folder / ("audit_" + label.replace(" ", "_").replace("(", "_").replace(")", "").replace(",", "_")
-                          .replace("=", ""))
-        row += list(_audit_row(audit, budgets, unit)) if label in chosen_labels else ["", ""]
+        if label in chosen_labels:
+            row += list(_audit_row(_audit_folder(folder, label), budgets, unit))
+        elif label == "plain" and audits:  # every audit attacks the plain model too, on the same images
+            row += [_worst(json.loads(audits[0].read_text()), "plain", budgets) + " (in every audit)", ""]
+        else:
+            row += ["", ""]
         lines.append("| " + " | ".join(row) + " |")
     return lines + [""]
+
+
+def _audit_folder(folder: Path, label: str) -> Path:
+    """The audit folder of a configuration (named as scripts/estimator_study.py run_quick_audit names it)."""
+    return folder / ("audit_" + label.replace(" ", "_").replace("(", "_").replace(")", "").replace(",", "_")
+                     .replace("=", ""))
 
 
 def write_report(out: Path, protocols: dict, config_label) -> None:
