@@ -11,7 +11,8 @@ over all attacks is the number to quote. Cells are keyed by configuration and bu
 --val-n / --test-n only with a fresh results folder.
 
     .venv/bin/python scripts/estimator_study.py run mnist      # mlp3 and LeNet (resumable)
-    .venv/bin/python scripts/estimator_study.py run cifar      # narrow ResNet-18 (smaller grid, resumable)
+    .venv/bin/python scripts/estimator_study.py run cifar --max-clean-drop 15   # narrow ResNet-18 (smaller grid;
+        # every NRPM setting costs 10-16 held-out clean points there, so the default 5 would choose nothing)
     .venv/bin/python scripts/estimator_study.py report         # results/estimators/README tables
 
 Every measured cell is stored in results/estimators/<model>/cells.json right after it finishes (atomically), so an
