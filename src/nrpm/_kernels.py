@@ -437,7 +437,7 @@ def step_statistics(zs, ss, qs, scale, grad_out, D: int, detach: bool):
     ``scale`` [] or the relative estimators' per-output scale; D the votes per output. With ``detach`` only the
     last step's weights are differentiated through and z0 gets no gradient (None).
     """
-    K = len(ss)
+    K = len(zs) - 1
     coef, cdelta, g = [None] * K, [None] * K, grad_out.contiguous()
     for k in range(K, 0, -1):
         coef[k - 1] = g * D / ss[k - 1]
