@@ -22,6 +22,17 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a module of tiny models (``pytestmark = pytest.mark.usefixtures("single_thread")``):
+    a second OpenMP thread only adds waiting there, and on a loaded 2-core machine thread contention slowed the
+    pyautoattack loops ~50x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def shared_dir():
     if not SHARED.is_dir():

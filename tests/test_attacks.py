@@ -46,14 +46,7 @@ def _synthetic_data(generator, prototypes, n):
     return (prototypes[labels] + noise).clamp(0.0, 1.0), labels
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """These models are tiny: one intra-op thread is faster and, on a loaded
-    machine, avoids thread contention that can slow the pyautoattack loops ~50x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models (conftest.py)
 
 
 @pytest.fixture(scope="module")

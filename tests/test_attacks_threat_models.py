@@ -25,13 +25,7 @@ N_FEATURES = 36
 TOLERANCE = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models: one intra-op thread is faster and avoids contention on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models (conftest.py)
 
 
 def _train(model, x, y, steps):

@@ -22,13 +22,7 @@ N_CLASSES, D = 5, 36
 BUDGETS = [0.15, 0.25]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models: one thread is faster and avoids contention on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models (conftest.py)
 
 
 def _data(n, seed):

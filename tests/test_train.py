@@ -19,13 +19,7 @@ from nrpm.cli.train import add_train_parsers
 from nrpm.models import load_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: a second OpenMP thread only adds waiting, and on a busy 2-core machine a lot of it
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models (conftest.py)
 
 
 class TinyMLP(nn.Module):

@@ -110,12 +110,17 @@ def nonneg_float(text: str) -> float:
     return value
 
 
+def _float_or_nan(text: str) -> float:
+    """float(text), NaN for text that is not a number (which every range check then refuses, with its own message)."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def budget(text: str) -> float:
     """An attack budget in --budget-unit: a finite number >= 0 (NaN and inf are refused; 0 = clean)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _float_or_nan(text)
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"budgets must be >= 0 and finite, got {text!r}")
     return value
@@ -123,10 +128,7 @@ def budget(text: str) -> float:
 
 def lam_number(text: str) -> float:
     """lam: a number in [0, 1] (NaN refused)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _float_or_nan(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"lam values must lie in [0, 1] (1 = the original model), got {text!r}")
     return value
