@@ -34,6 +34,7 @@ from nrpm import attacks as A
 from nrpm import data as D
 from nrpm.models import default_robust_layers, load_pretrained
 from nrpm.reports import write_json
+from report_estimators import audit_folder  # scripts/report_estimators.py (this script's folder is on sys.path)
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "estimators"
 
@@ -164,8 +165,7 @@ def test_and_audit(model_name: str, proto: dict, cells: Cells, chosen: dict, aud
 def run_quick_audit(model_name, proto, model, label, dataset):
     from nrpm.audit import run_audit
 
-    folder = OUT / model_name / ("audit_" + label.replace(" ", "_").replace("(", "_").replace(")", "")
-                                 .replace(",", "_").replace("=", ""))
+    folder = audit_folder(OUT / model_name, label)
     if (folder / "audit.json").exists():
         return
     x, y = D.subset(*D.load_dataset(dataset, train=False), proto["audit_n"])
@@ -187,7 +187,7 @@ def run(group: str, max_drop: float, audit: bool) -> None:
 
 
 def report() -> None:
-    from report_estimators import write_report  # noqa: E402  (scripts/report_estimators.py)
+    from report_estimators import write_report
 
     write_report(OUT, PROTOCOLS, config_label)
 
@@ -211,5 +211,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.exit(main())

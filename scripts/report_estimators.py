@@ -31,7 +31,8 @@ def _audit_row(folder: Path, budgets, unit) -> tuple[str, str]:
 
 def _model_section(folder: Path, proto: dict, config_label) -> list[str]:
     cells = json.loads((folder / "cells.json").read_text())["cells"]
-    chosen = json.loads((folder / "chosen.json").read_text())["chosen"] if (folder / "chosen.json").exists() else {}
+    selection = json.loads((folder / "chosen.json").read_text()) if (folder / "chosen.json").exists() else {}
+    chosen = selection.get("chosen", {})
     unit, budgets, sel = proto["unit"], proto["budgets"], proto["select"]
     head = (["configuration", "held-out clean", f"held-out PGD {format_budget(sel, unit)}", "test clean"]
             + [f"test PGD {format_budget(b, unit)}" for b in budgets]
@@ -42,11 +43,12 @@ def _model_section(folder: Path, proto: dict, config_label) -> list[str]:
              "(quick protocol). Accuracy in %. Rows in bold are the configurations chosen on held-out data.", "",
              "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     chosen_labels = {c["label"] for c in chosen.values()}
-    audits = [_audit_folder(folder, label) for label in sorted(chosen_labels)]
-    audits = [a / "audit.json" for a in audits if (a / "audit.json").exists()]
+    # every audit attacks the plain model too, on the same images: the first finished one gives its row
+    plain_audit = next((path for path in (audit_folder(folder, label) / "audit.json" for label in sorted(chosen_labels))
+                        if path.exists()), None)
     if chosen:
-        drop = json.loads((folder / "chosen.json").read_text())["max_clean_drop_points"]
-        lines[2] += f" Chosen: the best held-out PGD within {drop:g} points of the plain model's held-out clean accuracy."
+        lines[2] += (f" Chosen: the best held-out PGD within {selection['max_clean_drop_points']:g} points of the"
+                     " plain model's held-out clean accuracy.")
     labels = sorted({k.split("|")[1] for k in cells if k.startswith("val|")},
                     key=lambda s: (s != "plain", s not in chosen_labels, s))
     for label in labels:
@@ -55,17 +57,17 @@ def _model_section(folder: Path, proto: dict, config_label) -> list[str]:
         row += [_pct(cells.get(f"test|{label}|clean"))] + [_pct(cells.get(f"test|{label}|pgd|{b:.6g}"))
                                                             for b in budgets]
         if label in chosen_labels:
-            row += list(_audit_row(_audit_folder(folder, label), budgets, unit))
-        elif label == "plain" and audits:  # every audit attacks the plain model too, on the same images
-            row += [_worst(json.loads(audits[0].read_text()), "plain", budgets) + " (in every audit)", ""]
+            row += list(_audit_row(audit_folder(folder, label), budgets, unit))
+        elif label == "plain" and plain_audit is not None:
+            row += [_worst(json.loads(plain_audit.read_text()), "plain", budgets) + " (in every audit)", ""]
         else:
             row += ["", ""]
         lines.append("| " + " | ".join(row) + " |")
     return lines + [""]
 
 
-def _audit_folder(folder: Path, label: str) -> Path:
-    """The audit folder of a configuration (named as scripts/estimator_study.py run_quick_audit names it)."""
+def audit_folder(folder: Path, label: str) -> Path:
+    """The audit folder of a configuration in a model's results folder (scripts/estimator_study.py writes it)."""
     return folder / ("audit_" + label.replace(" ", "_").replace("(", "_").replace(")", "").replace(",", "_")
                      .replace("=", ""))
 
