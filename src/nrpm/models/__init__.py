@@ -13,6 +13,7 @@ from .mnist import MLP2, MLP3, LeNet, LinearClassifier
 from .registry import (ModelEntry, PretrainedFile, create_model, default_robust_layers, list_models, model_entry,
                        register_model)
 from .resnet import BasicBlock, ResNet, resnet
+from .vit import VisionTransformer, vit_tiny_cifar
 
 __all__ = [
     "register_model",
@@ -41,4 +42,6 @@ __all__ = [
     "BasicBlock",
     "ResNet",
     "resnet",
+    "VisionTransformer",
+    "vit_tiny_cifar",
 ]
