@@ -16,9 +16,11 @@ from torch import nn
 
 import nrpm
 import nrpm.functional as RF
-from nrpm.certify import ABSTAIN, certify, lower_confidence_bound, predict, run_certify, sample_generator
+from nrpm.certify import (ABSTAIN, CertifySettings, certify, lower_confidence_bound, predict, run_certify,
+                          sample_generator)
 from nrpm.cli.args import Parser
 from nrpm.cli.certify import add_certify_parser, cmd_certify
+from nrpm.runs import RunContext
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -57,10 +59,18 @@ def tiny_data(count: int = 5):
 
 def small_run(out, **overrides):
     x, y = tiny_data()
-    options = dict(lams=[1.0, 0.5], sigmas=[0.25], n0=10, n=50, alpha=0.01, batch_size=20, seed=3, out_dir=out,
-                   progress=False, log=lambda message: None)
-    options.update(overrides)
-    return run_certify(tiny_reprogrammed_model(), x, y, **options)
+    on_sample = overrides.pop("on_sample", None)
+    return run_certify(tiny_reprogrammed_model(), x, y, *settings_and_context(out, **overrides), on_sample=on_sample)
+
+
+def settings_and_context(out=None, **overrides):
+    """CertifySettings and a quiet RunContext from keyword arguments (the run's defaults for this file)."""
+    run_fields = {"overwrite", "progress", "log"}
+    options = dict(lams=[1.0, 0.5], sigmas=[0.25], n0=10, n=50, alpha=0.01, batch_size=20, seed=3)
+    options.update({k: v for k, v in overrides.items() if k not in run_fields})
+    run = dict(progress=False, log=lambda message: None)
+    run.update({k: v for k, v in overrides.items() if k in run_fields})
+    return CertifySettings(**options), RunContext(Path(out) if out is not None else None, "certify", **run)
 
 
 # ------------------------------------------------------------------------------------------ the bound
@@ -89,8 +99,8 @@ def test_a_constant_model_certifies_its_class_with_the_largest_radius():
 
 def test_the_runner_marks_a_certified_wrong_class_as_not_correct():
     x, y = torch.zeros(2, 1, 2, 2), torch.tensor([0, 1])
-    result = run_certify(Constant(0), x, y, lams=[1.0], sigmas=[0.25], n0=5, n=100, alpha=0.001, batch_size=50,
-                         seed=0, progress=False, log=lambda message: None)
+    result = run_certify(Constant(0), x, y, *settings_and_context(lams=[1.0], sigmas=[0.25], n0=5, n=100,
+                                                                  alpha=0.001, batch_size=50, seed=0))
     right, wrong = result["cells"]["lam=1|sigma=0.25"]["samples"]
     expected = 0.25 * stats.norm.ppf(0.001 ** (1 / 100))
     assert (right["prediction"], right["correct"], right["radius"]) == (0, True, pytest.approx(expected))
@@ -223,7 +233,7 @@ def test_bad_certify_input_and_lam_on_a_plain_model_raise():
     with pytest.raises(ValueError, match="alpha"):
         predict(Constant(), x, 0.25, 10, 0.0)
     with pytest.raises(ValueError, match="no robust layers"):
-        run_certify(Constant(), x.unsqueeze(0), torch.tensor([0]), lams=[0.5], progress=False)
+        run_certify(Constant(), x.unsqueeze(0), torch.tensor([0]), CertifySettings(lams=[0.5]))
 
 
 # ------------------------------------------------------------------------------------------ the command

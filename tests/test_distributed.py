@@ -25,7 +25,8 @@ WORKER = textwrap.dedent('''
 
     import nrpm.attacks as A
     from nrpm import distributed as dist
-    from nrpm.train import TrainConfig, run_training
+    from nrpm.runs import RunContext
+    from nrpm.train import TrainConfig, TrainOptions, run_training
 
 
     class Tiny(nn.Module):
@@ -54,8 +55,9 @@ WORKER = textwrap.dedent('''
 
     def train(out):
         torch.manual_seed(1)
-        return run_training(config(), out, model=Tiny(), data=data(), device="cpu", progress=False,
-                            log=lambda m: print(m, flush=True))
+        return run_training(config(), RunContext(Path(out), "train", progress=False,
+                                                 log=lambda m: print(m, flush=True)),
+                            model=Tiny(), data=data(), options=TrainOptions(device="cpu"))
 
 
     def eval_counts():

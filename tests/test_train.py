@@ -6,6 +6,7 @@ uses the paper's MNIST MLP on a few real images.
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 import nrpm
 import nrpm.attacks as A
 from nrpm import train as T
+from nrpm.runs import RunContext
 from nrpm.train import loop
 from nrpm.cli.train import add_train_parsers
 from nrpm.models import load_checkpoint
@@ -69,10 +71,13 @@ def cfg(**kw):
 
 
 def run(config, out, cls=TinyMLP, **kw):
-    kw.setdefault("progress", False)
-    kw.setdefault("log", lambda m: None)
-    return T.run_training(config, out, model=kw.pop("model", None) or make_model(cls), data=kw.pop("data", None)
-                          or make_data(), **kw)
+    """run_training with a quiet RunContext; ``overwrite`` goes to the context, the rest to TrainOptions."""
+    ctx = RunContext(Path(out), "train", overwrite=kw.pop("overwrite", False), progress=False, log=lambda m: None)
+    model, data, test_data = kw.pop("model", None) or make_model(cls), kw.pop("data", None) or make_data(), \
+        kw.pop("test_data", None)
+    if "test" in kw:
+        kw["tests"] = kw.pop("test")
+    return T.run_training(config, ctx, model=model, data=data, test_data=test_data, options=T.TrainOptions(**kw))
 
 
 def final_state(out):
@@ -363,7 +368,7 @@ def test_paradigm2_without_robust_layers_fails_before_any_work(tmp_path):
 
 def test_resume_from_another_config_or_model_is_refused(tmp_path):
     run(cfg(epochs=1), tmp_path)
-    with pytest.raises(ValueError, match=r"other settings.*K: 2 in the file, 3 now"):
+    with pytest.raises(ValueError, match=r"other settings.*K: 2 on file, 3 now"):
         run(cfg(epochs=1, K=3), tmp_path, resume=True)
     with pytest.raises(ValueError, match="does not fit the model"):
         run(cfg(epochs=1), tmp_path, resume=True, cls=TinyConvBN)
@@ -441,7 +446,7 @@ def test_a_constant_schedule_run_can_be_extended_a_cosine_one_cannot(tmp_path):
     run(cfg(epochs=1, schedule="constant"), tmp_path / "const")
     assert run(cfg(epochs=2, schedule="constant"), tmp_path / "const", resume=True)["epochs_done"] == 2
     run(cfg(epochs=1), tmp_path / "cos")
-    with pytest.raises(ValueError, match="epochs: 1 in the file, 2 now"):
+    with pytest.raises(ValueError, match="epochs: 1 on file, 2 now"):
         run(cfg(epochs=2), tmp_path / "cos", resume=True)
 
 

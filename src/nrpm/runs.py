@@ -88,6 +88,17 @@ class RunContext:
     def with_out(self, out) -> "RunContext":
         return replace(self, out=Path(out) if out is not None else None)
 
+    def joined(self) -> "RunContext":
+        """This context with the rank and world size of the process group joined since it was made (a run joins
+        torchrun's group itself, after its caller built the context): non-main ranks go quiet."""
+        from . import distributed as dist
+
+        rank = dist.get_rank()
+        if rank == self.rank and dist.get_world_size() == self.world_size:
+            return self
+        return replace(self, rank=rank, world_size=dist.get_world_size(), progress=self.progress and rank == 0,
+                       log=self.log if rank == 0 else _quiet)
+
 
 def _quiet(*_) -> None:
     """The log of a non-main rank: its lines would repeat the main rank's."""

@@ -29,6 +29,7 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """{2: folder of a paradigm-2 run, 3: of a paradigm-3 run}, both on the paper's mlp3 checkpoint."""
+    from nrpm.runs import RunContext
     from nrpm.train import TrainConfig, run_training
 
     if not SHARED.is_dir():
@@ -42,7 +43,8 @@ def runs(tmp_path_factory):
         for paradigm in (2, 3):
             config = TrainConfig(model="mlp3", paradigm=paradigm, checkpoint="pretrained", lam=0.4, K=STORED_K,
                                  eps=STORED_EPS, epochs=1, batch_size=32, val_size=0, optimizer="adam", lr=0.05)
-            run_training(config, root / f"p{paradigm}", data=data, progress=False, log=lambda message: None)
+            run_training(config, RunContext(root / f"p{paradigm}", "reprogram", progress=False,
+                                            log=lambda message: None), data=data)
     finally:
         torch.set_num_threads(threads)
     return {2: root / "p2", 3: root / "p3"}

@@ -8,9 +8,9 @@ Gaussian noise is added to inputs in [0, 1] and not clipped, as in Cohen et al.
 """
 
 from .outputs import certified_accuracy, radius_grid
-from .runner import NOISE, RESULTS_FORMAT, max_certifiable_radius, run_certify, sample_generator
+from .runner import NOISE, RESULTS_FORMAT, CertifySettings, max_certifiable_radius, run_certify, sample_generator
 from .smoothing import ABSTAIN, Certificate, certify, lower_confidence_bound, predict, sample_counts
 
 __all__ = ["ABSTAIN", "Certificate", "predict", "certify", "lower_confidence_bound", "sample_counts",
-           "run_certify", "sample_generator", "max_certifiable_radius", "certified_accuracy", "radius_grid",
+           "run_certify", "CertifySettings", "sample_generator", "max_certifiable_radius", "certified_accuracy", "radius_grid",
            "RESULTS_FORMAT", "NOISE"]

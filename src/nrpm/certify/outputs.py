@@ -125,9 +125,9 @@ def plot_certified(path, cells: dict[str, dict], max_radius: float, *, title: st
 
 
 def write_outputs(out: Path, results: dict, max_radius: float, *, title: str, note: str = "") -> str:
-    """results.json as given, and table.md, results.csv and certified.png from its cells; returns the table."""
+    """table.md, results.csv and certified.png from the cells of ``results`` (results.json itself is the run's
+    results file, written by :class:`nrpm.runs.ResultsFile`); returns the table."""
     out = Path(out)
-    reports.write_json(out / "results.json", results)
     cells = {name: cell for name, cell in results["cells"].items() if cell["samples"]}
     radii = radius_grid(max_radius)
     table = certify_markdown(cells, radii)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -28,21 +29,20 @@ from scipy import stats
 from torch import nn
 
 from .. import reports
-from .._io import output_dir_lock
 from ..attacks import eval_frozen
 from ..evaluation import TRAINED
 from ..nn import lam_override
 from ..provenance import versions
 from ..reprogram import robust_layers
+from ..runs import START_AGAIN, ResultsFile, RunContext, resumable
 from . import outputs
 from .smoothing import (ABSTAIN, DEFAULT_BATCH_SIZE, certify, check_alpha, check_count, check_sigma,
                         lower_confidence_bound)
 
-__all__ = ["run_certify", "sample_generator", "max_certifiable_radius", "RESULTS_FORMAT", "NOISE"]
+__all__ = ["run_certify", "CertifySettings", "sample_generator", "max_certifiable_radius", "RESULTS_FORMAT", "NOISE"]
 
 RESULTS_FORMAT = "nrpm-certify/1"
 NOISE = "gaussian N(0, sigma^2 I) added to inputs in [0, 1], not clipped (as in Cohen et al. 2019)"
-FIX = "use another --out, or --overwrite to start again"
 
 
 # ------------------------------------------------------------------------------------------ small helpers
@@ -98,30 +98,22 @@ def _lam_applied(model: nn.Module, lam):
 
 
 # ------------------------------------------------------------------------------------------ resuming
-def _differences(previous: dict, key: dict) -> list[str]:
-    names = sorted(set(previous) | set(key))
-    return [f"{k}: {previous.get(k)!r} on file, {key.get(k)!r} now" for k in names if previous.get(k) != key.get(k)]
-
-
 def _is_sample(sample) -> bool:
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     return (isinstance(sample, dict) and isinstance(sample.get("index"), int) and number(sample.get("radius"))
             and isinstance(sample.get("prediction"), int) and isinstance(sample.get("correct"), bool))
 
 
-def _read_previous(path: Path, key: dict) -> dict:
-    """{cell name: {lam, sigma, samples: {index: sample}}} of a results.json with this key; {} without a file."""
-    previous = reports.read_results_file(path, RESULTS_FORMAT, "an nrpm certify results file", FIX)
+def _read_cells(results: ResultsFile) -> dict:
+    """{cell name: {lam, sigma, samples: {index: sample}}} of the run on file; {} without one."""
+    previous = results.previous()
     if previous is None:
         return {}
-    if previous.get("key") != key:
-        diff = "; ".join(_differences(previous.get("key") or {}, key))
-        raise ValueError(f"{path} holds results of other settings ({diff}): resuming needs the same model, "
-                         f"n0, n, alpha and seed; {FIX}")
     cells = previous.get("cells")
     if not isinstance(cells, dict) or not all(isinstance(c, dict) and isinstance(c.get("samples"), list)
                                               and all(_is_sample(s) for s in c["samples"]) for c in cells.values()):
-        raise ValueError(f"{path} has malformed cells (each needs lam, sigma and a list of samples): {FIX}")
+        raise ValueError(f"{results.path} has malformed cells (each needs lam, sigma and a list of samples): "
+                         f"{START_AGAIN}")
     return {name: {"lam": c["lam"], "sigma": c["sigma"], "samples": {s["index"]: s for s in c["samples"]}}
             for name, c in cells.items()}
 
@@ -160,97 +152,122 @@ def _as_model(model_factory_or_model) -> nn.Module:
     raise ValueError("run_certify wants an nn.Module or a function that returns one")
 
 
-def run_certify(model_factory_or_model, x: torch.Tensor, y: torch.Tensor, *, lams: Sequence[float | str] = (1.0,),
-                sigmas: Sequence[float] = (0.25, 0.5), n0: int = 100, n: int = 1000, alpha: float = 0.001,
-                batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, out_dir: str | Path | None = None,
-                progress: bool = True, log: Callable[[str], None] = print, overwrite: bool = False,
-                describe: dict | None = None, info: dict | None = None, title: str = "randomized smoothing",
-                save_every_s: float = 5.0, on_sample: Callable[[dict], None] | None = None) -> dict:
-    """Certify every sample of (x, y) (inputs in [0, 1]) for every (lam, sigma); returns the results.
+@dataclass(frozen=True)
+class CertifySettings:
+    """What a certify run does. ``lams``: numbers in [0, 1] applied to every robust layer with
+    :func:`nrpm.lam_override` (1 = the original model), or ``"trained"`` (each layer's own lam); ``sigmas`` the
+    noise levels; ``n0`` / ``n`` / ``alpha`` CERTIFY's selection and estimation counts and failure probability;
+    ``seed`` the noise seed (per sample: see :func:`sample_generator`). ``describe``: what defines the model
+    (name, checkpoint contents, K, ...), part of the identity a resumed run must match; ``info``: recorded only.
+    ``save_every_s``: results.json is rewritten at most this often while samples finish."""
 
-    ``lams``: numbers in [0, 1] applied to every robust layer with :func:`nrpm.lam_override` (1 = the original
-    model), or ``"trained"`` (each layer's own lam). ``describe``: what defines the model (name, checkpoint,
-    K, ...), part of the key a resumed run must match; ``info``: recorded only. ``on_sample(sample)`` is called
-    after each new sample is recorded (e.g. to stop a test run). With ``out_dir`` the run resumes from and writes
-    results.json, table.md, results.csv and certified.png (see the module docstring); ``overwrite`` ignores an
-    earlier results.json there.
+    lams: Sequence = (1.0,)
+    sigmas: Sequence[float] = (0.25, 0.5)
+    n0: int = 100
+    n: int = 1000
+    alpha: float = 0.001
+    batch_size: int = DEFAULT_BATCH_SIZE
+    seed: int = 0
+    describe: dict | None = None
+    info: dict | None = None
+    title: str = "randomized smoothing"
+    save_every_s: float = 5.0
+
+    def checked(self, model: nn.Module) -> "CertifySettings":
+        """These settings validated (ValueError naming the value), lams and sigmas without repeats."""
+        if not self.sigmas:
+            raise ValueError("sigmas must name at least one noise level sigma > 0")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        return replace(self, lams=_check_lams(self.lams, model),
+                       sigmas=[check_sigma(s) for s in _unique(self.sigmas)], n0=check_count(self.n0, "n0"),
+                       n=check_count(self.n, "n"), alpha=check_alpha(self.alpha),
+                       batch_size=check_count(self.batch_size, "batch_size"))
+
+    def identity(self) -> dict:
+        """What determines the certificates besides the samples (checked on resume)."""
+        return reports.jsonable({"n0": self.n0, "n": self.n, "alpha": self.alpha, "seed": self.seed,
+                                 "noise": NOISE, **(self.describe or {})})
+
+    def options(self) -> dict:
+        return dict(n0=self.n0, n=self.n, alpha=self.alpha, batch_size=self.batch_size, seed=self.seed)
+
+
+def run_certify(model_factory_or_model, x: torch.Tensor, y: torch.Tensor, settings: CertifySettings | None = None,
+                ctx: RunContext | None = None, *, on_sample: Callable[[dict], None] | None = None) -> dict:
+    """Certify every sample of (x, y) (inputs in [0, 1]) for every (lam, sigma) of ``settings``; returns the results.
+
+    ``ctx`` (:class:`nrpm.runs.RunContext`) says where results go: with an output folder the run resumes from and
+    writes results.json, table.md, results.csv and certified.png (see the module docstring); ``ctx.overwrite``
+    ignores an earlier results.json there. ``on_sample(sample)`` is called after each new sample is recorded
+    (e.g. to stop a test run).
     """
     model = _as_model(model_factory_or_model)
     _check_data(x, y)
-    lams = _check_lams(lams, model)
-    if not sigmas:
-        raise ValueError("sigmas must name at least one noise level sigma > 0")
-    sigmas = [check_sigma(s) for s in _unique(sigmas)]
-    n0, n, alpha = check_count(n0, "n0"), check_count(n, "n"), check_alpha(alpha)
-    batch_size = check_count(batch_size, "batch_size")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    key = reports.jsonable({"n0": n0, "n": n, "alpha": alpha, "seed": seed, "noise": NOISE, **(describe or {})})
-    device = _device_of(model)
-    out = Path(out_dir) if out_dir is not None else None
-    with output_dir_lock(out, "certify", enabled=out is not None):
-        previous = {} if out is None or overwrite else _read_previous(out / "results.json", key)
-        if out is not None:
-            _check_labels(out / "results.json", previous, y)
-        run = _Run(model, x, y, lams, sigmas, dict(n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed),
-                   key, previous, out, log=log, info=info, title=title, save_every_s=save_every_s,
-                   on_sample=on_sample, device=device)
-        return run.execute(progress)
+    settings = (settings or CertifySettings()).checked(model)
+    ctx = ctx or RunContext(command="certify", progress=False)
+    with resumable(ctx, "results.json", fmt=RESULTS_FORMAT, identity=settings.identity(), identity_field="key",
+                   what="an nrpm certify results file", settings_hint="model, n0, n, alpha and seed") as results:
+        previous = _read_cells(results)
+        if ctx.out is not None:
+            _check_labels(results.path, previous, y)
+        run = _Run(model, x, y, settings, previous, results, ctx, on_sample=on_sample, device=_device_of(model))
+        return run.execute()
 
 
 class _Run:
     """One run_certify call: the cells on file (also of lam / sigma values not asked for now), and their saving."""
 
-    def __init__(self, model, x, y, lams, sigmas, options, key, cells, out, *, log, info, title, save_every_s,
-                 on_sample, device):
-        self.model, self.x, self.y, self.lams, self.sigmas = model, x, y, lams, sigmas
-        self.options, self.key, self.cells, self.out, self.device = options, key, cells, out, device
-        self.log, self.info, self.title, self.on_sample = log, info, title, on_sample
-        self.save_every_s = save_every_s
+    def __init__(self, model, x, y, settings: CertifySettings, cells: dict, results: ResultsFile, ctx: RunContext,
+                 *, on_sample, device):
+        self.model, self.x, self.y, self.settings, self.cells = model, x, y, settings, cells
+        self.results, self.ctx, self.on_sample, self.device = results, ctx, on_sample, device
+        self.options = settings.options()
         self.started = self.last_save = time.perf_counter()
         self.unsaved = False
 
     def payload(self) -> dict:
-        settings = {"lams": self.lams, "sigmas": self.sigmas, **self.options, "n_samples": len(self.x),
-                    "noise": NOISE, "device": str(self.device), "radius_norm": "L2"}
+        settings = {"lams": self.settings.lams, "sigmas": self.settings.sigmas, **self.options,
+                    "n_samples": len(self.x), "noise": NOISE, "device": str(self.device), "radius_norm": "L2"}
         cells = {name: {"lam": c["lam"], "sigma": c["sigma"],
                         "samples": [c["samples"][i] for i in sorted(c["samples"])]}
                  for name, c in self.cells.items() if c["samples"]}  # a cell begun and stopped at once: none
         import scipy
 
-        return {"format": RESULTS_FORMAT, "settings": settings, "key": self.key,
-                "versions": versions(scipy=scipy.__version__), "info": reports.jsonable(self.info or {}),
+        return {"format": RESULTS_FORMAT, "settings": settings, "key": self.results.identity,
+                "versions": versions(scipy=scipy.__version__), "info": reports.jsonable(self.settings.info or {}),
                 "cells": cells, "seconds_this_run": round(time.perf_counter() - self.started, 2)}
 
     def max_radius(self) -> float:
-        sigmas = [c["sigma"] for c in self.cells.values()] or self.sigmas
+        sigmas = [c["sigma"] for c in self.cells.values()] or self.settings.sigmas
         return max(max_certifiable_radius(s, self.options["n"], self.options["alpha"]) for s in sigmas)
 
     def save(self, everything: bool) -> str | None:
         """results.json; with ``everything`` also table.md, results.csv and certified.png. Returns the table."""
         self.last_save, self.unsaved = time.perf_counter(), False
-        if self.out is None:
+        if not self.ctx.writes:
             return None
+        payload = self.payload()
+        self.results.write({k: v for k, v in payload.items() if k not in ("format", "key")})
         if not everything:
-            reports.write_json(self.out / "results.json", self.payload())
             return None
         note = (f"Certified accuracy (%) of the smoothed classifier (Cohen et al. 2019) against the L2 radius: "
                 f"n0={self.options['n0']}, n={self.options['n']}, alpha={self.options['alpha']:g}, "
                 f"seed={self.options['seed']}; noise {NOISE}. r=0 is the smoothed classifier's clean accuracy "
                 f"(abstentions count as wrong); 'base clean' is the base model on the un-noised images; "
                 f"'abstain' the abstention rate. Every sample on file; '…' = not evaluated.")
-        return outputs.write_outputs(self.out, self.payload(), self.max_radius(), title=self.title, note=note)
+        return outputs.write_outputs(self.ctx.out, payload, self.max_radius(), title=self.settings.title, note=note)
 
-    def execute(self, progress: bool) -> dict:
+    def execute(self) -> dict:
         from tqdm.auto import tqdm
 
-        plan = [(lam, sigma) for lam in self.lams for sigma in self.sigmas]
+        plan = [(lam, sigma) for lam in self.settings.lams for sigma in self.settings.sigmas]
         wanted = set(range(len(self.x)))
         done = sum(len(self.cells.get(outputs.cell_name(lam, sigma), {"samples": {}})["samples"].keys() & wanted)
                    for lam, sigma in plan)
         if done:
-            self.log(f"resuming: {done} of {len(plan) * len(self.x)} samples found in {self.out / 'results.json'}")
-        bar = tqdm(total=len(plan) * len(self.x), initial=done, disable=not progress, desc="certify",
+            self.ctx.log(f"resuming: {done} of {len(plan) * len(self.x)} samples found in {self.results.path}")
+        bar = tqdm(total=len(plan) * len(self.x), initial=done, disable=not self.ctx.progress, desc="certify",
                    unit="sample")
         try:
             for lam, sigma in plan:
@@ -281,7 +298,7 @@ class _Run:
                                          **self.options)
                 cell["samples"][index] = sample
                 self.unsaved = True
-                if time.perf_counter() - self.last_save >= self.save_every_s:
+                if time.perf_counter() - self.last_save >= self.settings.save_every_s:
                     self.save(everything=False)
                 bar.set_postfix(lam=lam, sigma=f"{sigma:g}", radius=f"{sample['radius']:.2f}")
                 bar.update(1)

@@ -71,7 +71,8 @@ def tests_from_args(args) -> list:
 
 def _run(args, paradigm: int) -> int:
     from .. import distributed as dist
-    from ..train import run_training
+    from ..runs import RunContext
+    from ..train import TrainOptions, run_training
 
     from ..train.sources import training_spec
 
@@ -80,10 +81,11 @@ def _run(args, paradigm: int) -> int:
     training_spec(config)  # no training data (a factory model without --data, a tensors --data): fail now
     tests = tests_from_args(args)
     set_threads(args.threads)
-    summary = run_training(config, args.out, device=args.device, resume=args.resume, overwrite=args.overwrite,
-                           max_minutes=args.max_minutes, progress=not args.no_progress,
-                           tensorboard=args.tensorboard, test=tests,
-                           log=lambda m: print(m, file=sys.stderr, flush=True))
+    ctx = RunContext.create(args.out, "reprogram" if paradigm else "train", overwrite=args.overwrite,
+                            progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr, flush=True))
+    options = TrainOptions(device=args.device, resume=args.resume, max_minutes=args.max_minutes,
+                           tensorboard=args.tensorboard, tests=tests)
+    summary = run_training(config, ctx, options=options)
     if dist.is_main():
         print(json.dumps({k: summary[k] for k in ("epochs_done", "stopped", "train_seconds", "lam", "artifacts")}))
         for label, res in summary["tests"].items():

@@ -52,12 +52,12 @@ sets the latter); two OpenMP threads competing with other jobs for two cores wer
 from .adversarial import adversarial_examples
 from .artifacts import CHECKPOINT_FORMAT, MODEL_FORMAT, load_trained, read_checkpoint
 from .config import TestSettings, TrainConfig
-from .loop import run_training
+from .loop import TrainOptions, run_training
 
 # Package layout: config (TrainConfig, TestSettings), sources (model and data specs, whole data splits),
 # setup (model, data, optimiser, RNG states),
 # adversarial (training attacks), loop (run_training), evaluate (held-out and test accuracy),
 # artifacts (everything read from or written to the output folder).
 
-__all__ = ["TrainConfig", "TestSettings", "run_training", "adversarial_examples", "load_trained",
+__all__ = ["TrainConfig", "TestSettings", "run_training", "TrainOptions", "adversarial_examples", "load_trained",
            "read_checkpoint", "CHECKPOINT_FORMAT", "MODEL_FORMAT"]

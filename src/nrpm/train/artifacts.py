@@ -28,7 +28,7 @@ from .config import TestSettings, TrainConfig
 from .sources import loadable_spec, normalized
 
 __all__ = ["CHECKPOINT_FORMAT", "MODEL_FORMAT", "RUN_FORMAT", "TEST_FORMAT", "CHECKPOINT_NAME", "check_writable",
-           "read_checkpoint", "identity_diff", "write_checkpoint", "artifact_names", "write_artifacts",
+           "read_checkpoint", "write_checkpoint", "artifact_names", "write_artifacts",
            "load_trained", "write_logs", "open_tensorboard", "log_tensorboard", "epoch_line", "write_test_files",
            "write_run_json"]
 
@@ -63,12 +63,6 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an nrpm training checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     return state
-
-
-def identity_diff(saved: dict, now: dict) -> list[str]:
-    """One line per setting in which a checkpoint's run and this run differ (empty: a resume may continue)."""
-    keys = sorted(set(saved) | set(now))
-    return [f"{k}: {saved.get(k)!r} in the file, {now.get(k)!r} now" for k in keys if saved.get(k) != now.get(k)]
 
 
 def write_checkpoint(path: Path, config: TrainConfig, model: nn.Module, *, epoch: int, optimizer, scheduler,

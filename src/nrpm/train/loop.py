@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -20,13 +21,13 @@ from torch import nn
 
 from .. import data as D
 from .. import distributed as dist
-from .._io import output_dir_lock
 from ..models import inner_model
 from ..provenance import versions
 from ..reprogram import robust_layers
+from ..runs import RunContext, differences, run_folder
 from ..validation import check_positive
 from .adversarial import adversarial_examples, validation_attack
-from .artifacts import (CHECKPOINT_NAME, RUN_FORMAT, artifact_names, check_writable, epoch_line, identity_diff,
+from .artifacts import (CHECKPOINT_NAME, RUN_FORMAT, artifact_names, check_writable, epoch_line,
                         log_tensorboard, open_tensorboard, read_checkpoint, write_artifacts, write_checkpoint,
                         write_logs, write_run_json)
 from .config import TestSettings, TrainConfig
@@ -35,42 +36,57 @@ from .sources import load_test_data, test_spec, training_spec
 from .setup import (build_model, is_batchnorm, lam_values, load_train_data, make_optimizer, make_scheduler,
                     rng_state, seed_rank, set_rng_state, set_train_modes)
 
-__all__ = ["run_training"]
+__all__ = ["run_training", "TrainOptions"]
 
 
-def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, model: nn.Module | None = None,
-                 data: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 test_data: tuple[torch.Tensor, torch.Tensor] | None = None, device: str = "auto",
-                 resume: bool | str | os.PathLike | None = None, overwrite: bool = False,
-                 max_minutes: float | None = None, progress: bool = True, tensorboard: bool = False,
-                 test: TestSettings | Sequence[TestSettings] | None = None, log: Callable[[str], None] = print,
-                 step_hook: Callable[[int, int], None] | None = None) -> dict:
-    """Train (or resume) the run ``config`` into ``out_dir``; returns the summary also written to run.json.
+@dataclass(frozen=True)
+class TrainOptions:
+    """How a training run is carried out, besides its config (none of it changes the trained numbers).
 
-    model / data / test_data: a ready model (plain, or reprogrammed with learnable lam) and the training split
-    (x, y) / test split, instead of the registry model and dataset named by ``config``.
-    resume: True (``out_dir/checkpoint.pt``, which must exist), "auto" (that file if it exists, else start), or a
-    checkpoint path; refused when it was written for other settings.
-    Without resume an existing checkpoint in ``out_dir`` is an error unless ``overwrite``.
+    device: "auto", "cpu", "cuda", "cuda:1", ... (under torchrun each rank takes its local GPU).
+    resume: True (the output folder's checkpoint.pt, which must exist), "auto" (that file if it exists, else
+    start), or a checkpoint path; refused when it was written for other settings. Without resume an existing
+    checkpoint in the folder is an error unless the run context says ``overwrite``.
     max_minutes: budget of optimisation time (summed over resumes; per-epoch validation and checkpointing not
     counted); the run stops at the epoch boundary before the first epoch that would end past it.
-    test: evaluation(s) of the final model on the test split, written to ``test_<attack>.json/.md``.
+    tensorboard: also log to TensorBoard (if installed).
+    tests: evaluation(s) of the final model on the test split, written to ``test_<attack>.json/.md``.
     step_hook(epoch, step): called after every optimiser step (for tests and custom monitoring).
-    Under torchrun every rank calls this; only rank 0 prints and writes. Paradigms 2 and 3 warn (UserWarning)
-    when ``config.lam`` is exactly 0 or 1, which the learnable lam (a logit) cannot represent: it starts just
-    inside (0, 1) instead.
     """
+
+    device: str = "auto"
+    resume: bool | str | os.PathLike | None = None
+    max_minutes: float | None = None
+    tensorboard: bool = False
+    tests: Sequence[TestSettings] = ()
+    step_hook: Callable[[int, int], None] | None = None
+
+
+def run_training(config: TrainConfig, ctx: RunContext | str | os.PathLike, *, model: nn.Module | None = None,
+                 data: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 options: TrainOptions | None = None) -> dict:
+    """Train (or resume) the run ``config`` into the run context's folder; returns the summary also written to
+    run.json. ``ctx``: a :class:`nrpm.runs.RunContext` (folder, overwrite, progress, log), or just the folder.
+
+    model / data / test_data: a ready model (plain, or reprogrammed with learnable lam) and the training split
+    (x, y) / test split, instead of the registry model and dataset named by ``config``. ``options``: see
+    :class:`TrainOptions`. Under torchrun every rank calls this; only rank 0 prints and writes. Paradigms 2 and 3
+    warn (UserWarning) when ``config.lam`` is exactly 0 or 1, which the learnable lam (a logit) cannot
+    represent: it starts just inside (0, 1) instead.
+    """
+    options = options or TrainOptions()
+    if not isinstance(ctx, RunContext):
+        ctx = RunContext(Path(ctx), "reprogram" if config.paradigm else "train")
     per_rank = dist.per_rank_batch_size(config.batch_size, dist.env_world_size())  # before joining any group
-    info = dist.init_from_env(device)
-    say = log if info.is_main else _silent
-    if max_minutes is not None:
-        max_minutes = check_positive(max_minutes, "max minutes")
-    tests = [] if test is None else ([test] if isinstance(test, TestSettings) else list(test))
-    out = Path(out_dir)
-    check_writable(out)
-    with output_dir_lock(out, "train", enabled=info.is_main):
-        saved, resume_path = _checkpoint_to_resume(config, out / CHECKPOINT_NAME, resume, overwrite)
-        run = _Run(config, out, info, per_rank, say, progress=progress, step_hook=step_hook)
+    info = dist.init_from_env(options.device)
+    ctx = ctx.joined()
+    max_minutes = None if options.max_minutes is None else check_positive(options.max_minutes, "max minutes")
+    tests = [options.tests] if isinstance(options.tests, TestSettings) else list(options.tests)
+    check_writable(ctx.out)
+    with run_folder(ctx):
+        saved, resume_path = _checkpoint_to_resume(config, ctx.out / CHECKPOINT_NAME, options.resume, ctx.overwrite)
+        run = _Run(config, ctx.out, info, per_rank, ctx.log, progress=ctx.progress, step_hook=options.step_hook)
         run.build(model, data, starting=saved is None)
         run.check_test_data(tests, test_data)
         if saved is not None:
@@ -78,20 +94,16 @@ def run_training(config: TrainConfig, out_dir: str | os.PathLike, *, model: nn.M
         else:
             seed_rank(config.seed, info.rank)
         run.wrap_for_processes()
-        run.open_logs(tensorboard)
+        run.open_logs(options.tensorboard)
         run.announce()
         stopped = run.train(max_minutes)
         run.close_logs()
         summary = run.summary(stopped, max_minutes)
         run.test(tests, test_data, summary)
-        if info.is_main:
-            write_run_json(out, summary)
+        if ctx.writes:
+            write_run_json(ctx.out, summary)
         dist.barrier()
         return summary
-
-
-def _silent(*_) -> None:
-    """The log of ranks other than 0."""
 
 
 def _is_cifar(config: TrainConfig, model: nn.Module, data) -> bool:
@@ -117,7 +129,7 @@ def _checkpoint_to_resume(config: TrainConfig, ckpt_path: Path, resume, overwrit
     if not resume_path.is_file():
         raise FileNotFoundError(f"nothing to resume: {resume_path} does not exist")
     saved = read_checkpoint(resume_path)
-    diff = identity_diff(saved["identity"], config.identity())
+    diff = differences(saved["identity"], config.identity())
     if diff:
         raise ValueError(f"resume file {resume_path} was written for other settings (model or config): "
                          + "; ".join(diff))
