@@ -28,6 +28,7 @@ import torch
 from scipy import stats
 from torch import nn
 
+from .. import distributed as dist
 from .. import reports
 from ..attacks import eval_frozen
 from ..evaluation import TRAINED
@@ -287,21 +288,33 @@ class _Run:
         return self.cells.setdefault(outputs.cell_name(lam, sigma), {"lam": lam, "sigma": sigma, "samples": {}})
 
     def _certify_cell(self, lam, sigma, bar) -> bool:
-        """Certify the cell's samples not on file yet; False when there were none."""
+        """Certify the cell's samples not on file yet; False when there were none.
+
+        Under torchrun the samples go round the ranks, one each per round, and every round's certificates are
+        gathered to all ranks (rank 0 records and saves them): each sample draws its noise from its own generator,
+        so the certificates are those of one process, and a killed run loses at most the round in flight."""
         cell = self._cell(lam, sigma)
         todo = [i for i in range(len(self.x)) if i not in cell["samples"]]
         if not todo:
             return False
+        world, rank = self.ctx.world_size, self.ctx.rank
         with eval_frozen(self.model), _lam_applied(self.model, lam):
-            for index in todo:
-                sample = _certify_sample(self.model, self.x, self.y, index, sigma, device=self.device,
-                                         **self.options)
-                cell["samples"][index] = sample
-                self.unsaved = True
-                if time.perf_counter() - self.last_save >= self.settings.save_every_s:
+            for start in range(0, len(todo), world):
+                batch = todo[start:start + world]
+                mine = None if rank >= len(batch) else _certify_sample(
+                    self.model, self.x, self.y, batch[rank], sigma, device=self.device, **self.options)
+                finished = [s for s in dist.all_gather_object(mine) if s is not None]
+                for sample in finished:
+                    self._record(cell, sample, lam, sigma, bar)
+                if world > 1 or time.perf_counter() - self.last_save >= self.settings.save_every_s:
                     self.save(everything=False)
-                bar.set_postfix(lam=lam, sigma=f"{sigma:g}", radius=f"{sample['radius']:.2f}")
-                bar.update(1)
-                if self.on_sample is not None:
-                    self.on_sample(sample)
+                for sample in finished:  # after the save: a hook that stops the run finds these on file
+                    if self.on_sample is not None:
+                        self.on_sample(sample)
         return True
+
+    def _record(self, cell: dict, sample: dict, lam, sigma, bar) -> None:
+        cell["samples"][sample["index"]] = sample
+        self.unsaved = True
+        bar.set_postfix(lam=lam, sigma=f"{sigma:g}", radius=f"{sample['radius']:.2f}")
+        bar.update(1)

@@ -50,9 +50,10 @@ def add_certify_parser(subparsers) -> None:
     p.add_argument("--sigma", nargs="+", type=positive_float, default=[0.25, 0.5],
                    help="noise levels (standard deviation, in [0, 1] input units)")
     p.add_argument("--n0", type=positive_int, default=100, help="noise samples that select the top class")
-    p.add_argument("--n", type=positive_int, default=1000,
+    p.add_argument("--noise-samples", "--n", dest="n", type=positive_int, default=1000,
                    help="noise samples that bound its probability (the paper's 100000 does not fit a CPU; the "
-                        "largest certifiable radius grows with n)")
+                        "largest certifiable radius grows with n). --n is the short form in one process; under "
+                        "torchrun write --noise-samples (torchrun reads --n as one of its own options)")
     p.add_argument("--alpha", type=probability, default=0.001,
                    help="failure probability of each certificate")
     p.add_argument("--out", default=None, help="output folder (results.json/.csv, table.md, certified.png)")
@@ -68,7 +69,7 @@ def _check_values(args) -> None:
     for sigma in args.sigma:
         check_sigma(sigma)
     check_count(args.n0, "--n0")
-    check_count(args.n, "--n")
+    check_count(args.n, "--noise-samples")
     check_alpha(args.alpha)
     check_count(args.batch_size, "--batch-size")
 
@@ -115,9 +116,10 @@ def _recorded_info(prepared, samples) -> dict:
 
 
 def cmd_certify(args) -> int:
+    from .. import distributed as dist
     from ..certify import CertifySettings, run_certify
+    from ..evaluation import load_eval_data, prepare_model
     from ..runs import RunContext
-    from ..evaluation import load_eval_data, prepare_model, resolve_device
     from ..reprogram import set_lam
 
     _check_values(args)
@@ -127,7 +129,10 @@ def cmd_certify(args) -> int:
         check_output_folder(args.out)
     set_threads(args.threads)
     log = lambda message: print(message, file=sys.stderr)
-    prepared = prepare_model(settings, resolve_device(args.device))
+    device = dist.init_from_env(args.device).device  # torchrun: joins the group, one GPU per local rank
+    if not dist.is_main():
+        log = lambda message: None
+    prepared = prepare_model(settings, device)
     for note in prepared.notes:
         log(f"note: {note}")
     if prepared.reprogramming is not None:
@@ -142,7 +147,12 @@ def cmd_certify(args) -> int:
                                        info=_recorded_info(prepared, samples),
                                        title=f"{args.model}: randomized smoothing, K={K}")
     ctx = RunContext.create(args.out, "certify", overwrite=args.overwrite, progress=not args.no_progress, log=log)
-    result = run_certify(prepared.model, samples.x, samples.y, certify_settings, ctx)
+    try:
+        result = run_certify(prepared.model, samples.x, samples.y, certify_settings, ctx)
+    finally:
+        dist.cleanup()
+    if not ctx.is_main:
+        return 0
     print(result["table"])
     if args.out:
         print(f"\nresults: {Path(args.out) / 'results.json'} (+ results.csv, table.md, certified.png); "
