@@ -16,7 +16,8 @@ from torch import nn
 
 import nrpm
 import nrpm.functional as RF
-from nrpm.certify import (ABSTAIN, CertifySettings, certify, lower_confidence_bound, predict, run_certify,
+from nrpm.certify import (ABSTAIN, CertifySettings, certify, lower_confidence_bound, max_certifiable_radius, predict,
+                          run_certify,
                           sample_generator)
 from nrpm.cli.args import Parser
 from nrpm.cli.certify import add_certify_parser, cmd_certify
@@ -325,3 +326,16 @@ def test_a_factory_model_without_data_is_refused_before_any_work(tmp_path):
     args = certify_parser().parse_args(["certify", "--model", f"{tmp_path / 'nets.py'}:tiny", "--checkpoint", "none"])
     with pytest.raises(UsageError, match="give --data"):
         cmd_certify(args)
+
+
+def test_the_table_states_the_largest_radius_n_noise_samples_can_certify(tmp_path):
+    result = small_run(tmp_path)
+    limit = max_certifiable_radius(0.25, 50, 0.01)
+    assert f"Largest radius n=50 noise samples can certify (alpha 0.01): sigma 0.25: {limit:.2f}" in result["table"]
+    assert f"sigma 0.25: {limit:.2f}" in (tmp_path / "table.md").read_text()
+
+
+def test_certify_seed_help_speaks_of_noise():
+    parser = Parser(prog="nrpm")
+    add_certify_parser(parser.add_subparsers())
+    assert "Gaussian noise" in parser._subparsers._group_actions[0].choices["certify"].format_help()

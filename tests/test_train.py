@@ -72,7 +72,8 @@ def cfg(**kw):
 
 def run(config, out, cls=TinyMLP, **kw):
     """run_training with a quiet RunContext; ``overwrite`` goes to the context, the rest to TrainOptions."""
-    ctx = RunContext(Path(out), "train", overwrite=kw.pop("overwrite", False), progress=False, log=lambda m: None)
+    ctx = RunContext(Path(out), "train", overwrite=kw.pop("overwrite", False), progress=False,
+                     log=kw.pop("log", lambda m: None))
     model, data, test_data = kw.pop("model", None) or make_model(cls), kw.pop("data", None) or make_data(), \
         kw.pop("test_data", None)
     if "test" in kw:
@@ -446,7 +447,7 @@ def test_a_constant_schedule_run_can_be_extended_a_cosine_one_cannot(tmp_path):
     run(cfg(epochs=1, schedule="constant"), tmp_path / "const")
     assert run(cfg(epochs=2, schedule="constant"), tmp_path / "const", resume=True)["epochs_done"] == 2
     run(cfg(epochs=1), tmp_path / "cos")
-    with pytest.raises(ValueError, match="epochs: 1 on file, 2 now"):
+    with pytest.raises(ValueError, match="planned for 1 epochs with a cosine schedule"):
         run(cfg(epochs=2), tmp_path / "cos", resume=True)
 
 
@@ -465,7 +466,31 @@ def test_reprogram_takes_the_robust_estimator_and_lr_gamma_is_the_step_decay():
                        "0.5"])
     config = config_from_args(args, 2)
     assert config.estimator == {"norm": "hm", "gamma": 2.0, "delta": 1.0, "scale": "relative"}
-    assert config.gamma == 0.5
+    assert config.lr_gamma == 0.5
     rp = config.reprogram_config()
     assert (rp.norm, rp.gamma, rp.delta, rp.scale) == ("hm", 2.0, 1.0, "relative")
     assert T.TrainConfig(model="mlp3", paradigm=2).reprogram_config().norm == "l1"
+
+
+# ------------------------------------------------------------------------------------------------ plain words
+def test_run_json_names_the_learning_rate_decay_lr_gamma_and_old_checkpoints_still_resume(tmp_path):
+    config = cfg(epochs=1, schedule="step", milestones=[1], lr_gamma=0.5)
+    summary = run(config, tmp_path)
+    assert summary["config"]["lr_gamma"] == 0.5 and "gamma" not in summary["config"]
+    assert T.read_checkpoint(tmp_path / "checkpoint.pt")["identity"]["gamma"] == 0.5  # the key resumes compare
+    assert T.TrainConfig.from_dict({**config.to_dict(), "gamma": 0.25, "lr_gamma": 0.25}).lr_gamma == 0.25
+    old = {k: v for k, v in config.to_dict().items() if k != "lr_gamma"}
+    assert T.TrainConfig.from_dict({**old, "gamma": 0.25}).lr_gamma == 0.25
+
+
+def test_the_header_counts_the_images_an_epoch_trains_on_and_adversarial_accuracy_says_so(tmp_path):
+    lines = []
+    run(cfg(epochs=1, train_subset=40), tmp_path, log=lines.append)
+    assert "a fresh random 40 of" in lines[0] and "training images per epoch" in lines[0]
+    assert any("train acc on fgsm examples" in line for line in lines)
+
+
+def test_extending_a_cosine_run_says_why_it_cannot(tmp_path):
+    run(cfg(epochs=1), tmp_path)
+    with pytest.raises(ValueError, match="cosine schedule.*cannot be continued to 2 exactly.*constant or step"):
+        run(cfg(epochs=2), tmp_path, resume=True)

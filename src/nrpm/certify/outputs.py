@@ -124,14 +124,15 @@ def plot_certified(path, cells: dict[str, dict], max_radius: float, *, title: st
         plt.close(fig)
 
 
-def write_outputs(out: Path, results: dict, max_radius: float, *, title: str, note: str = "") -> str:
+def write_outputs(out: Path, results: dict, max_radius: float, *, title: str, note: str = "", footer: str = ""
+                  ) -> str:
     """table.md, results.csv and certified.png from the cells of ``results`` (results.json itself is the run's
     results file, written by :class:`nrpm.runs.ResultsFile`); returns the table."""
     out = Path(out)
     cells = {name: cell for name, cell in results["cells"].items() if cell["samples"]}
     radii = radius_grid(max_radius)
     table = certify_markdown(cells, radii)
-    reports.atomic_write_text(out / "table.md", f"# {title}\n\n{note}\n\n{table}\n")
+    reports.atomic_write_text(out / "table.md", f"# {title}\n\n{note}\n\n{table}\n" + (f"\n{footer}\n" if footer else ""))
     write_certify_csv(out / "results.csv", cells, radii)
     if cells:
         plot_certified(out / "certified.png", cells, radii[-1], title=title)

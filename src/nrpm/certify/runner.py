@@ -257,7 +257,8 @@ class _Run:
                 f"seed={self.options['seed']}; noise {NOISE}. r=0 is the smoothed classifier's clean accuracy "
                 f"(abstentions count as wrong); 'base clean' is the base model on the un-noised images; "
                 f"'abstain' the abstention rate. Every sample on file; '…' = not evaluated.")
-        return outputs.write_outputs(self.ctx.out, payload, self.max_radius(), title=self.settings.title, note=note)
+        return outputs.write_outputs(self.ctx.out, payload, self.max_radius(), title=self.settings.title, note=note,
+                                     footer=self.radius_limits())
 
     def execute(self) -> dict:
         from tqdm.auto import tqdm
@@ -282,7 +283,16 @@ class _Run:
         result = self.payload()
         result["table"] = table if table is not None else outputs.certify_markdown(
             {k: c for k, c in result["cells"].items() if c["samples"]}, outputs.radius_grid(self.max_radius()))
+        result["table"] += "\n\n" + self.radius_limits()
         return result
+
+    def radius_limits(self) -> str:
+        """The largest radius each sigma can certify with n noise samples: larger radii are 0 by construction."""
+        sigmas = sorted({c["sigma"] for c in self.cells.values()} or set(self.settings.sigmas))
+        limits = ", ".join(f"sigma {s:g}: {max_certifiable_radius(s, self.options['n'], self.options['alpha']):.2f}"
+                           for s in sigmas)
+        return (f"Largest radius n={self.options['n']} noise samples can certify (alpha "
+                f"{self.options['alpha']:g}): {limits}; past it every certified accuracy is 0 by construction.")
 
     def _cell(self, lam, sigma) -> dict:
         return self.cells.setdefault(outputs.cell_name(lam, sigma), {"lam": lam, "sigma": sigma, "samples": {}})

@@ -259,7 +259,8 @@ def add_data_spec_args(p) -> None:
                         "(default: the model's input size, else 32)")
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, *, seed_help: str = "seed of the attacks' random starts, drawn per "
+                   "sample") -> None:
     """The model, its weights and reprogramming, the samples and the device: shared by eval, audit and certify
     (:func:`model_settings` turns them into EvalSettings fields).
 
@@ -293,7 +294,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="test: first N test images; val: last N training images (to choose lam without the test "
                         "set); tensors: the first / last N of the file; imagefolder: of test/ / train/")
     p.add_argument("--batch-size", type=positive_int, default=250, help="images per forward/attack batch")
-    p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
     p.add_argument("--device", type=device_spec, default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_threads_arg(p)

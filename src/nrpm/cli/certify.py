@@ -41,7 +41,7 @@ def add_certify_parser(subparsers) -> None:
                     "Kolter 2019: CERTIFY with n0 selection and n estimation samples), for every (lam, sigma). "
                     "Noise is added to inputs in [0, 1] and not clipped. With --out the results are saved as "
                     "samples finish and a rerun resumes.")
-    add_model_args(p)
+    add_model_args(p, seed_help="seed of the Gaussian noise, drawn per sample from (seed, sample index)")
     p.set_defaults(n_samples=DEFAULT_N_SAMPLES)
     p.add_argument("--lam", nargs="+", type=lam_or_trained, default=None,
                    help=f"lam rows: numbers in [0, 1] (1 = original model) set every robust layer to that value; "

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from .args import (HelpFormatter, add_download_arg, budget, download_if_asked, in_input_units, lam_number, nonneg_int,
-                   positive_float, positive_int)
+from .args import (HelpFormatter, add_download_arg, add_threads_arg, budget, download_if_asked, in_input_units,
+                   lam_number, nonneg_int, positive_float, positive_int, set_threads)
 
 __all__ = ["add_demo_parser", "cmd_demo"]
 
@@ -27,6 +27,7 @@ def add_demo_parser(subparsers) -> None:
     p.add_argument("--n-samples", type=positive_int, default=1000, help="the first N MNIST test images")
     p.add_argument("--batch-size", type=positive_int, default=500, help="images per batch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_arg(p)
     add_download_arg(p)
     p.set_defaults(func=cmd_demo)
 
@@ -41,6 +42,7 @@ def cmd_demo(args) -> int:
     from ..models import load_pretrained
     from ..reprogram import ReprogramConfig, reprogram
 
+    set_threads(args.threads)
     start = time.perf_counter()
     download_if_asked(args, "mlp3", "pretrained" if args.checkpoint is None else args.checkpoint)
     model, info = load_pretrained("mlp3", path=args.checkpoint)

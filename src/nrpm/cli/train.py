@@ -44,7 +44,7 @@ def config_from_args(args, paradigm: int):
         clean_weight=args.clean_weight,
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
-        milestones=args.milestones or (), gamma=args.lr_gamma, augment=args.augment, train_subset=args.train_subset,
+        milestones=args.milestones or (), lr_gamma=args.lr_gamma, augment=args.augment, train_subset=args.train_subset,
         val_size=args.val_size, val_attack=args.val_attack, val_eps=_per_unit(args.val_eps, unit),
         val_steps=args.val_steps, seed=args.seed, data_root=args.data_root,
         model_args=dict(args.model_arg or []), normalize=args.normalize, data=args.data, train_data=args.train_data,
@@ -175,7 +175,9 @@ def _common(p: argparse.ArgumentParser, *, checkpoint_default: str, lr: float, o
     g = p.add_argument_group("run control")
     g.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="continue from --out/checkpoint.pt (or the given file; 'auto': resume if it exists, else "
-                        "start); the settings must match. A finished run only runs the --test-* evaluation")
+                        "start); the settings must match. A resumed run continues to --epochs: a finished constant- or "
+                        "step-schedule run is extended, a cosine one (planned for its --epochs) only runs the "
+                        "--test-* evaluation")
     g.add_argument("--overwrite", action="store_true", help="start again even if --out has a checkpoint")
     g.add_argument("--max-minutes", type=float, default=None,
                    help="budget of optimisation time; stops at an epoch boundary")

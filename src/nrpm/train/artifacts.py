@@ -229,8 +229,10 @@ def log_tensorboard(writer, row: dict, epoch: int) -> None:
 
 def epoch_line(config: TrainConfig, row: dict) -> str:
     """The one-line progress report of an epoch."""
+    # with a training attack the loss and accuracy are measured on the adversarial examples trained on
+    kind = "train acc" if config.attack == "none" else f"train acc on {config.attack} examples"
     parts = [f"epoch {row['epoch']}/{config.epochs}", f"loss {row['train_loss']:.4f}",
-             f"train acc {100 * row['train_acc']:.1f}%"]
+             f"{kind} {100 * row['train_acc']:.1f}%"]
     if row.get("val_clean") is not None:
         parts.append(f"val clean {100 * row['val_clean']:.1f}%")
     if row.get("val_robust") is not None:

@@ -73,7 +73,7 @@ class TrainConfig:
     pgd default on). clean_weight: the loss is ``w * CE(clean) + (1 - w) * CE(adversarial)`` (0 = adversarial
     only, Madry et al. and the paper; 0.5 = Goodfellow et al.'s mix); ignored without an attack.
     optimizer "sgd" | "adam" | "adamw", lr (weights), lam_lr (lam logits; default lr), momentum, nesterov,
-    weight_decay (never applied to lam logits); schedule "constant" | "step" (milestones, gamma) | "cosine",
+    weight_decay (never applied to lam logits); schedule "constant" | "step" (milestones, lr_gamma) | "cosine",
     stepped once per epoch.
     augment: random crop (pad 4) + flip; None = on for CIFAR-10 and CIFAR-100, off for other data.
     train_subset: train on a fresh random subset of this many images each epoch (None = all).
@@ -109,7 +109,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     milestones: Sequence[int] = ()
-    gamma: float = 0.1
+    lr_gamma: float = 0.1
     augment: bool | None = None
     train_subset: int | None = None
     val_size: int = 1000
@@ -209,8 +209,8 @@ class TrainConfig:
         self.milestones = [check_count(m, "milestone", 1) for m in self.milestones]
         if self.schedule == "step" and not self.milestones:
             self.milestones = sorted({max(1, self.epochs // 2), max(1, (3 * self.epochs) // 4)})
-        if not 0 < self.gamma <= 1:
-            raise ValueError(f"gamma must lie in (0, 1], got {self.gamma}")
+        if not 0 < self.lr_gamma <= 1:
+            raise ValueError(f"lr_gamma (the learning rate's step decay) must lie in (0, 1], got {self.lr_gamma}")
 
     def _check_data(self) -> None:
         if self.train_subset is not None:
@@ -260,6 +260,7 @@ class TrainConfig:
         schedule depends on it (cosine), so a constant- or step-schedule run can be extended."""
         d = self.to_dict()
         d.pop("data_root")
+        d["gamma"] = d.pop("lr_gamma")  # the name checkpoints have always used: their resumes keep working
         if self.schedule != "cosine":
             d.pop("epochs")
         for k in _SPEC_FIELDS:
@@ -269,6 +270,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        if "gamma" in d and "lr_gamma" not in d:  # written before the field was renamed
+            d = {**d, "lr_gamma": d["gamma"]}
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 

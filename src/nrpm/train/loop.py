@@ -130,6 +130,11 @@ def _checkpoint_to_resume(config: TrainConfig, ckpt_path: Path, resume, overwrit
         raise FileNotFoundError(f"nothing to resume: {resume_path} does not exist")
     saved = read_checkpoint(resume_path)
     diff = differences(saved["identity"], config.identity())
+    if diff == [f"epochs: {saved['identity'].get('epochs')!r} on file, {config.epochs!r} now"]:
+        raise ValueError(f"{resume_path} is a run planned for {saved['identity'].get('epochs')} epochs with a "
+                         f"cosine schedule, whose learning rate depends on the number of epochs, so it cannot be "
+                         f"continued to {config.epochs} exactly: start again (overwrite) with {config.epochs} epochs, "
+                         f"or train with a constant or step schedule, which a resume extends")
     if diff:
         raise ValueError(f"resume file {resume_path} was written for other settings (model or config): "
                          + "; ".join(diff))
@@ -217,7 +222,10 @@ class _Run:
                   if config.attack != "none" else "")
         has_bn = any(is_batchnorm(m) for m in raw.modules())
         frozen_bn = ", BatchNorm frozen (eval mode)" if self.bn_eval and has_bn else ""
-        self.say(f"nrpm {what}: {config.model}, {n_trainable} trainable parameters, {len(self.x_train)} training / "
+        per_epoch = (f"{len(self.x_train)} training images" if config.train_subset is None else
+                     f"a fresh random {min(config.train_subset, len(self.x_train))} of {len(self.x_train)} training "
+                     f"images per epoch")
+        self.say(f"nrpm {what}: {config.model}, {n_trainable} trainable parameters, {per_epoch} / "
                  f"{len(self.x_val)} held-out images, {self.info.world_size} process(es) on {self.info.device}, "
                  f"attack {config.attack}{attack}{frozen_bn}")
         if robust_layers(raw):
