@@ -192,3 +192,211 @@ def test_mismatched_shapes_raise_value_error():
         robust_attention(q, k[..., :1], v)
     with pytest.raises(ValueError, match="same length"):
         robust_attention(q, k, v[..., :2, :])
+
+
+# ---------------------------------------------------------------------------- RobustMultiheadAttention, reprogram
+import copy  # noqa: E402
+import warnings  # noqa: E402
+
+from torch import nn  # noqa: E402
+
+import nrpm  # noqa: E402
+from nrpm import ReprogramConfig, RobustMultiheadAttention, UnreprogrammedWeightsWarning  # noqa: E402
+from nrpm.nn_attention import RobustAggregation, RobustProjection  # noqa: E402
+
+PART_NAMES = ("q_proj", "k_proj", "v_proj", "out_proj", "aggregation")
+
+
+def _encoder_layer():
+    torch.manual_seed(0)
+    return nn.TransformerEncoderLayer(d_model=16, nhead=2, batch_first=True, dropout=0.0).eval()
+
+
+def _mha_inputs(batch_first, kdim=None, L=5, S=6, B=2, E=8):
+    g = torch.Generator().manual_seed(3)
+    shape = (lambda n, e: (B, n, e)) if batch_first else (lambda n, e: (n, B, e))
+    q = torch.randn(*shape(L, E), generator=g)
+    k = torch.randn(*shape(S, kdim or E), generator=g)
+    v = torch.randn(*shape(S, kdim or E), generator=g)
+    padding = torch.zeros(B, S, dtype=torch.bool)
+    padding[0, -2:] = True
+    attn = torch.rand(L, S, generator=g) < 0.3
+    attn[:, 0] = False
+    return q, k, v, padding, attn
+
+
+def test_encoder_layer_reprograms_and_lam_one_is_the_original():
+    layer, x = _encoder_layer(), torch.randn(2, 5, 16)
+    with torch.no_grad():  # eval + no_grad: torch's fused encoder fast path, which must not bypass the robust one
+        expected = layer(x)
+        robust = nrpm.reprogram(copy.deepcopy(layer), ReprogramConfig(lam=0.5))
+        assert type(robust.self_attn) is RobustMultiheadAttention
+        assert (robust(x) - expected).abs().max() > 1e-3
+        plain = nrpm.reprogram(copy.deepcopy(layer), ReprogramConfig(lam=1.0))
+        torch.testing.assert_close(plain(x), expected, atol=1e-6, rtol=0)
+    assert list(robust.state_dict()) == list(layer.state_dict())
+    assert robust.nrpm_unreprogrammed == {}
+
+
+def test_undo_gives_back_the_same_tensors():
+    layer = _encoder_layer()
+    params = dict(layer.named_parameters())
+    nrpm.reprogram(layer, ReprogramConfig(lam=0.5))
+    nrpm.undo_reprogramming(layer)
+    assert type(layer.self_attn) is nn.MultiheadAttention
+    assert type(layer.self_attn.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+    assert all(p is params[n] for n, p in layer.named_parameters()) and len(params) == len(list(layer.parameters()))
+    assert not hasattr(layer, "nrpm_unreprogrammed")
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("kdim", [None, 6])
+@pytest.mark.parametrize("bias", [True, False])
+def test_module_at_lam_one_equals_multihead_attention(batch_first, kdim, bias):
+    torch.manual_seed(1)
+    mha = nn.MultiheadAttention(8, 2, bias=bias, kdim=kdim, vdim=kdim, batch_first=batch_first).eval()
+    q, k, v, padding, attn = _mha_inputs(batch_first, kdim)
+    float_attn = torch.randn(2 * 2, 5, 6)  # (B * heads, L, S), additive
+    learnable = RobustMultiheadAttention.from_module(mha, learnable_lam=True)  # the module's own path
+    for masks in (dict(), dict(key_padding_mask=padding, attn_mask=attn), dict(attn_mask=float_attn)):
+        expected, expected_weights = mha(q, k, v, **masks)
+        with nrpm.lam_override(learnable, 1.0):
+            out, weights = learnable(q, k, v, **masks)
+        torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(weights, expected_weights, atol=1e-6, rtol=0)
+        fixed = RobustMultiheadAttention.from_module(mha, lam=1.0)
+        assert torch.equal(fixed(q, k, v, need_weights=False, **masks)[0], mha(q, k, v, need_weights=False,
+                                                                               **masks)[0])
+
+
+def test_unbatched_input_and_per_head_weights():
+    torch.manual_seed(1)
+    mha = nn.MultiheadAttention(8, 2).eval()
+    robust = RobustMultiheadAttention.from_module(mha, learnable_lam=True)
+    x = torch.randn(5, 8)
+    with nrpm.lam_override(robust, 1.0):
+        out, weights = robust(x, x, x, average_attn_weights=False)
+    expected, expected_weights = mha(x, x, x, average_attn_weights=False)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(weights, expected_weights, atol=1e-6, rtol=0)
+    assert robust(x, x, x)[0].shape == (5, 8)
+
+
+def test_key_padding_mask_removes_the_padded_keys():
+    torch.manual_seed(2)
+    robust = RobustMultiheadAttention(8, 2, batch_first=True, lam=0.2).eval()
+    q, k, v, padding, _ = _mha_inputs(True)
+    out = robust(q, k, v, key_padding_mask=padding, need_weights=False)[0]
+    alone = robust(q[:1], k[:1, :-2], v[:1, :-2], need_weights=False)[0]  # batch 0 without its padded keys
+    torch.testing.assert_close(out[:1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_batch_first_false_matches_batch_first_true():
+    torch.manual_seed(2)
+    first = RobustMultiheadAttention(8, 2, batch_first=True, lam=0.3, norm="huber", delta=0.5).eval()
+    second = RobustMultiheadAttention(8, 2, batch_first=False, lam=0.3, norm="huber", delta=0.5).eval()
+    second.load_state_dict(first.state_dict())
+    q, k, v, padding, attn = _mha_inputs(True)
+    out = first(q, k, v, key_padding_mask=padding, attn_mask=attn)
+    out_t = second(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), key_padding_mask=padding,
+                   attn_mask=attn)
+    torch.testing.assert_close(out_t[0].transpose(0, 1), out[0])
+    torch.testing.assert_close(out_t[1], out[1])
+
+
+def test_lams_are_visible_to_the_lam_helpers():
+    layer = nrpm.reprogram(_encoder_layer(), ReprogramConfig(lam=0.5, paradigm=2,
+                                                             lam_per_layer={"self_attn.q_proj": 0.25}))
+    table = nrpm.lam_table(layer)
+    assert set(table) == {"linear1", "linear2"} | {f"self_attn.{p}" for p in PART_NAMES}
+    assert table["self_attn.q_proj"] == pytest.approx(0.25) and table["self_attn.k_proj"] == pytest.approx(0.5)
+    assert len(nrpm.lam_parameters(layer)) == 2 + len(PART_NAMES)  # linear1, linear2 and the attention's five
+    nrpm.set_lam(layer, {"self_attn.aggregation": 0.75})
+    assert nrpm.lam_table(layer)["self_attn.aggregation"] == pytest.approx(0.75)
+    x = torch.randn(2, 5, 16)
+    with nrpm.lam_override(layer, 1.0):
+        torch.testing.assert_close(layer(x), _encoder_layer()(x), atol=1e-6, rtol=0)
+    assert nrpm.lam_table(layer)["self_attn.aggregation"] == pytest.approx(0.75)
+    layer(x).sum().backward()
+    assert all(p.grad is not None for p in nrpm.lam_parameters(layer))
+    assert layer.self_attn.in_proj_weight.grad is None  # paradigm 2: only the lams learn
+    assert {k for k in layer.state_dict() if not k.endswith("lam_logit")} == set(_encoder_layer().state_dict())
+
+
+@pytest.mark.filterwarnings("ignore::nrpm.UnreprogrammedWeightsWarning")  # linear1/2 left plain on purpose
+def test_target_types_select_the_parts():
+    layer = nrpm.reprogram(_encoder_layer(), target_types=["attention_projections"])
+    attn = layer.self_attn
+    assert isinstance(attn.q_proj, RobustProjection) and attn.aggregation is None
+    assert set(nrpm.lam_table(layer)) == {f"self_attn.{p}" for p in PART_NAMES[:4]}
+    layer = nrpm.reprogram(_encoder_layer(), target_types=["attention_aggregation"])
+    assert isinstance(layer.self_attn.aggregation, RobustAggregation) and layer.self_attn.q_proj is None
+    assert type(layer.self_attn.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+    assert set(nrpm.lam_table(layer)) == {"self_attn.aggregation"}
+    layer = nrpm.reprogram(_encoder_layer(), target_types=[nn.MultiheadAttention])
+    assert set(nrpm.lam_table(layer)) == {f"self_attn.{p}" for p in PART_NAMES}
+
+
+def test_untargeted_attention_and_other_weights_are_reported():
+    with pytest.warns(UnreprogrammedWeightsWarning, match="self_attn: MultiheadAttention is not in target_types"):
+        layer = nrpm.reprogram(_encoder_layer(), target_types=["linear"])
+    assert layer.nrpm_unreprogrammed == {"self_attn": "MultiheadAttention is not in target_types"}
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Conv1d(8, 8, 3), nn.LayerNorm(6), nn.Linear(6, 4))
+    with pytest.warns(UnreprogrammedWeightsWarning) as record:
+        nrpm.reprogram(model)
+    assert model.nrpm_unreprogrammed == {"0": "nrpm cannot reprogram a Embedding", "1": "nrpm cannot reprogram a Conv1d"}
+    assert len(record) == 1 and "0: nrpm cannot reprogram a Embedding" in str(record[0].message)
+    with warnings.catch_warnings():  # a deliberate skip by name is a choice, not reported
+        warnings.simplefilter("error")
+        nrpm.reprogram(_encoder_layer(), skip=["linear2"])
+
+
+def test_unsupported_attention_options_are_refused():
+    model = nn.Sequential(nn.MultiheadAttention(8, 2, add_bias_kv=True))
+    with pytest.raises(ValueError, match="add_bias_kv=False only"):
+        nrpm.reprogram(model)
+    with pytest.raises(ValueError, match="parts must be"):
+        RobustMultiheadAttention(8, 2, parts=("values",))
+    with pytest.raises(ValueError, match="lam_per_part"):
+        RobustMultiheadAttention(8, 2, parts=("aggregation",), lam_per_part={"q_proj": 0.1})
+    with pytest.raises(ValueError, match="is_causal"):
+        RobustMultiheadAttention(8, 2)(torch.randn(1, 3, 8), torch.randn(1, 3, 8), torch.randn(1, 3, 8),
+                                       is_causal=True)
+    with pytest.raises(ValueError, match="attn_mask must have shape"):
+        RobustMultiheadAttention(8, 2, batch_first=True)(*([torch.randn(1, 3, 8)] * 3),
+                                                         attn_mask=torch.zeros(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="unknown estimator"):
+        nrpm.reprogram(_encoder_layer(), norm="l2")
+
+
+def test_save_load_and_backward_modes_with_attention(tmp_path):
+    layer = nrpm.reprogram(_encoder_layer(), lam_per_layer={"self_attn": 0.3, "self_attn.v_proj": 0.9}, K=1)
+    assert nrpm.lam_table(layer)["self_attn.out_proj"] == pytest.approx(0.3)
+    nrpm.save_reprogramming(layer, tmp_path / "lam.pt")
+    fresh = nrpm.load_reprogramming(_encoder_layer(), tmp_path / "lam.pt")
+    assert nrpm.lam_table(fresh) == pytest.approx(nrpm.lam_table(layer))
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    torch.testing.assert_close(fresh(x), layer(x))
+    for mode in ("exact", "detached", "plain"):
+        with nrpm.backward_override(layer, mode):
+            grad, = torch.autograd.grad(layer(x).sum(), x)
+        assert torch.isfinite(grad).all()
+    clone = copy.deepcopy(layer)
+    nrpm.set_lam(clone, 1.0)
+    assert nrpm.lam_table(layer)["self_attn.v_proj"] == pytest.approx(0.9)
+
+
+def test_vit_reprograms_and_runs_forward_and_backward():
+    from nrpm.models import create_model
+
+    model = create_model("vit_tiny_cifar")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every weight-bearing module of the ViT is covered
+        nrpm.reprogram(model, ReprogramConfig(lam=0.5, K=1, paradigm=3))
+    assert all(type(b.attn) is RobustMultiheadAttention for b in model.blocks)
+    x = torch.rand(2, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert model.blocks[0].attn.in_proj_weight.grad is not None
+    assert all(p.grad is not None for p in nrpm.lam_parameters(model))
