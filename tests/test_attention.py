@@ -344,8 +344,9 @@ def test_untargeted_attention_and_other_weights_are_reported():
     model = nn.Sequential(nn.Embedding(10, 8), nn.Conv1d(8, 8, 3), nn.LayerNorm(6), nn.Linear(6, 4))
     with pytest.warns(UnreprogrammedWeightsWarning) as record:
         nrpm.reprogram(model)
-    assert model.nrpm_unreprogrammed == {"0": "nrpm cannot reprogram a Embedding", "1": "nrpm cannot reprogram a Conv1d"}
-    assert len(record) == 1 and "0: nrpm cannot reprogram a Embedding" in str(record[0].message)
+    assert model.nrpm_unreprogrammed == {"0": "nrpm does not reprogram Embedding",
+                                         "1": "nrpm does not reprogram Conv1d"}
+    assert len(record) == 1 and "0: nrpm does not reprogram Embedding" in str(record[0].message)
     with warnings.catch_warnings():  # a deliberate skip by name is a choice, not reported
         warnings.simplefilter("error")
         nrpm.reprogram(_encoder_layer(), skip=["linear2"])
@@ -400,3 +401,27 @@ def test_vit_reprograms_and_runs_forward_and_backward():
     out.sum().backward()
     assert model.blocks[0].attn.in_proj_weight.grad is not None
     assert all(p.grad is not None for p in nrpm.lam_parameters(model))
+
+
+def test_transformer_encoder_nested_fast_path_is_refused_with_the_fix():
+    torch.manual_seed(0)
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, batch_first=True, dropout=0.0), 2).eval()
+    x, padding = torch.randn(2, 5, 16), torch.zeros(2, 5, dtype=torch.bool)
+    padding[0, -2:] = True
+    nrpm.reprogram(encoder, lam=0.5, K=1)
+    with torch.no_grad(), pytest.raises(ValueError, match="use_nested_tensor = False"):
+        encoder(x, src_key_padding_mask=padding)  # the fast path packs the batch into nested tensors
+    encoder.use_nested_tensor = False
+    with torch.no_grad():
+        out = encoder(x, src_key_padding_mask=padding)
+    torch.testing.assert_close(out, encoder(x, src_key_padding_mask=padding))  # same as with autograd on
+
+
+def test_part_lam_mode_switch_keeps_the_value():
+    part = nrpm.reprogram(_encoder_layer(), lam=0.3).self_attn.aggregation
+    part.set_learnable_lam(True)
+    assert part.learnable_lam and part.lam_value() == pytest.approx(0.3)
+    part.set_learnable_lam(False)
+    assert not part.learnable_lam and part.lam_value() == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="part of RobustMultiheadAttention"):
+        part.to_plain()

@@ -53,7 +53,7 @@ def unreprogrammed_weights(model: nn.Module, target_types: tuple[type, ...], sup
             covered.append(name)
             report[name] = f"{kind} is not in target_types"
         elif is_weight_bearing(module):
-            report[name] = f"nrpm cannot reprogram a {kind}"
+            report[name] = f"nrpm does not reprogram {kind}"
     return report
 
 

@@ -21,8 +21,8 @@ torch (bool: True = NOT allowed; float: added to the logits; ``key_padding_mask`
 or (B * num_heads, L, S)); ``is_causal`` is a hint that needs ``attn_mask``, as in torch. ``need_weights=True``
 returns the softmax probabilities A (the IRLS's prior, not its final weights), averaged over heads when
 ``average_attn_weights``. Dropout: applied (in training) only by a plain aggregation; the robust aggregation
-ignores it. ``add_bias_kv`` and ``add_zero_attn`` are refused. Nested-tensor inputs (what
-``nn.TransformerEncoder``'s sparsity fast path makes) are refused by the robust path.
+ignores it. ``add_bias_kv`` and ``add_zero_attn`` are refused. Nested-tensor inputs (what ``nn.TransformerEncoder``'s
+inference fast path makes of a padded batch) are refused with the fix: ``encoder.use_nested_tensor = False``.
 """
 
 from __future__ import annotations
@@ -209,7 +209,8 @@ class RobustMultiheadAttention(nn.MultiheadAttention):
         lam_per_part = dict(kwargs.pop("lam_per_part", None) or {})
         new = cls(**_mha_args(module), device="meta", dtype=module.out_proj.weight.dtype, parts=None, **kwargs)
         _share_parameters(module, new)
-        new._add_parts(parts, {**_robust_defaults(), **kwargs}, lam_per_part, module.out_proj.weight.device)  # lams where the weights are
+        # the parts' lams go where the weights are
+        new._add_parts(parts, {**_robust_defaults(), **kwargs}, lam_per_part, module.out_proj.weight.device)
         new.train(module.training)
         return new
 
@@ -239,9 +240,10 @@ class RobustMultiheadAttention(nn.MultiheadAttention):
                                    attn_mask=attn_mask, average_attn_weights=average_attn_weights,
                                    is_causal=is_causal)
         if any(t.is_nested for t in (query, key, value)):
-            raise ValueError("the robust attention does not take nested tensors (made by nn.TransformerEncoder's "
-                             "fast path): set encoder.use_nested_tensor = False or "
-                             "torch.backends.mha.set_fastpath_enabled(False)")
+            # the robust layers (attention and linear) work on padded tensors: fail here with the fix, not later
+            raise ValueError("robust layers do not take nested tensors, which nn.TransformerEncoder makes of a padded "
+                             "batch in inference: set encoder.use_nested_tensor = False (or "
+                             "torch.backends.mha.set_fastpath_enabled(False))")
         return self._robust_forward(query, key, value, key_padding_mask, need_weights, attn_mask,
                                     average_attn_weights, is_causal)
 
