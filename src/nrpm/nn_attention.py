@@ -27,6 +27,7 @@ inference fast path makes of a padded batch) are refused with the fix: ``encoder
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -66,7 +67,7 @@ class _LamPart(RobustMixin, nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         # RobustMixin reads weight.device to place lam; a part owns no weight, so answer with lam's own device
-        held = self._buffers.get("lam", self._parameters.get("lam_logit"))
+        held = next(itertools.chain(self.buffers(recurse=False), self.parameters(recurse=False)), None)
         return torch.empty(0, device=held.device if held is not None else self._lam_device)
 
     @classmethod
@@ -226,7 +227,7 @@ class RobustMultiheadAttention(nn.MultiheadAttention):
         return {n: m for n, m in self.named_children() if isinstance(m, RobustMixin)}
 
     def _in_weights(self):
-        if self._qkv_same_embed_dim:
+        if self.in_proj_weight is not None:  # packed (kdim == vdim == embed_dim), as torch stores it
             return self.in_proj_weight.chunk(3)
         return self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
 
