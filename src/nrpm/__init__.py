@@ -5,6 +5,9 @@ Implements "Robustness Reprogramming for Representation Learning" (Hou, Torkaman
 
 from .functional import robust_conv2d, robust_linear, robust_sum, set_memory_budget
 from .nn import RobustConv2d, RobustLinear, backward_override, lam_override
+from .attention import robust_attention
+from .coverage import UnreprogrammedWeightsWarning
+from .nn_attention import RobustMultiheadAttention
 from .reprogram import (
     ReprogramConfig,
     count_trainable_parameters,
@@ -27,4 +30,5 @@ __all__ = [
     "ReprogramConfig", "reprogram", "undo_reprogramming", "robust_layers", "lam_table", "set_lam",
     "lam_parameters", "count_trainable_parameters", "save_reprogramming", "load_reprogramming",
     "print_trainable_parameters",
+    "robust_attention", "RobustMultiheadAttention", "UnreprogrammedWeightsWarning",
 ]

@@ -398,3 +398,5 @@ def _conv_unfolded(x, weight, z_lpm, stride, padding, dilation, groups, K, eps, 
     z0b = z0.view(B, groups, Og, -1, 1, _kernels.LANES).permute(0, 3, 4, 1, 2, 5).contiguous()
     z = _run_core(xb, weight.reshape(groups, Og, -1, 1, 1), z0b, _kernels.ONE_BY_ONE, K, eps, detach_weights, est)
     return z.permute(0, 3, 4, 1, 2, 5).reshape(B, O, -1)[..., :L].reshape(B, O, Ho, Wo)
+
+from .attention import robust_attention  # noqa: E402,F401  (robust attention lives in nrpm.attention)

@@ -24,7 +24,9 @@ from torch import nn
 
 from . import functional as RF
 from ._io import atomic_write
+from .coverage import unreprogrammed_weights, warn_unreprogrammed
 from .nn import BACKWARD_MODES, RobustConv2d, RobustLinear, RobustMixin
+from .nn_attention import AGGREGATION_NAME, ATTENTION_PARTS, PROJECTION_NAMES, RobustMultiheadAttention
 from .targets import canonical_name, matches, module_aliases, normalize_pattern
 from .validation import check_eps, check_estimator, check_K, check_lam
 
@@ -44,8 +46,13 @@ __all__ = [
 ]
 
 _FORMAT = "nrpm-reprogramming/1"
-_SUPPORTED = {nn.Linear: RobustLinear, nn.Conv2d: RobustConv2d}
-_TYPE_NAMES = {"linear": nn.Linear, "conv2d": nn.Conv2d, "conv": nn.Conv2d}
+_SUPPORTED = {nn.Linear: RobustLinear, nn.Conv2d: RobustConv2d, nn.MultiheadAttention: RobustMultiheadAttention}
+_TYPE_NAMES = {"linear": nn.Linear, "conv2d": nn.Conv2d, "conv": nn.Conv2d, "attention": nn.MultiheadAttention,
+               "attention_projections": nn.MultiheadAttention, "attention_aggregation": nn.MultiheadAttention}
+# the parts of an nn.MultiheadAttention each target type name makes robust (the class itself: all of them)
+_ATTENTION_PARTS_BY_NAME = {"attention": ATTENTION_PARTS, "attention_projections": ("projections",),
+                            "attention_aggregation": ("aggregation",)}
+_SUPPORTED_NAMES = "nn.Linear, nn.Conv2d and nn.MultiheadAttention"
 
 
 @dataclass
@@ -57,11 +64,16 @@ class ReprogramConfig:
     target_modules: module patterns (see :mod:`nrpm.targets`): a name, also matching as a dotted suffix
     (``"fc2"`` matches ``"head.fc2"``, as in PEFT), a glob (``"layer*.*.conv1"``) or a regular expression
     ``"re:..."`` / ``re.compile(...)`` matched against the whole name; None = every module of target_types.
-    target_types: ``"linear"`` / ``"conv2d"`` or the classes nn.Linear / nn.Conv2d.
+    target_types: ``"linear"`` / ``"conv2d"`` / ``"attention"`` or the classes nn.Linear / nn.Conv2d /
+    nn.MultiheadAttention. ``"attention"`` makes an nn.MultiheadAttention's q/k/v/out projections and its
+    aggregation robust (:class:`~nrpm.nn_attention.RobustMultiheadAttention`); ``"attention_projections"`` only
+    the projections, ``"attention_aggregation"`` only the aggregation. Weight-bearing modules of other types
+    are reported (warning, and ``model.nrpm_unreprogrammed``), see :mod:`nrpm.coverage`.
     skip: patterns never reprogrammed (e.g. the first conv, the classifier).
     A module shared under several names is reprogrammed under all of them (one robust module) or none.
     predicate: optional ``f(name, module) -> bool``, applied after the above (not saved to files).
-    lam_per_layer: optional {name: lam} overriding ``lam`` for some layers (names of reprogrammed layers).
+    lam_per_layer: optional {name: lam} overriding ``lam`` for some layers (names of reprogrammed layers; for an
+    attention module its name, for all its parts, or a part's name such as ``"attn.q_proj"`` / ``"attn.aggregation"``).
     backward_mode: "exact", "detached" (IRLS weights constant in the backward; ``detach_weights=True`` is the
     older spelling) or "plain" (BPDA: the plain layer's backward); see :mod:`nrpm.nn`.
     norm, gamma, delta, scale: the robust estimator ("l1" default, "mcp", "huber", "hm"; gamma / delta in vote
@@ -74,7 +86,7 @@ class ReprogramConfig:
     eps: float = RF.DEFAULT_EPS
     paradigm: int = 1
     target_modules: Sequence[str] | None = None
-    target_types: Sequence[str | type] = ("linear", "conv2d")
+    target_types: Sequence[str | type] = ("linear", "conv2d", "attention")
     skip: Sequence[str] = ()
     predicate: Callable[[str, nn.Module], bool] | None = field(default=None, repr=False)
     lam_per_layer: dict[str, float] | None = None
@@ -120,13 +132,22 @@ class ReprogramConfig:
                 out.append(t)
             else:
                 name = getattr(t, "__name__", repr(t))
-                raise ValueError(f"unsupported module type {name}: NRPM supports nn.Linear and nn.Conv2d")
+                raise ValueError(f"unsupported module type {name}: NRPM supports {_SUPPORTED_NAMES}")
         return tuple(out)
+
+    def _attention_parts(self) -> tuple[str, ...]:
+        """The parts of each targeted nn.MultiheadAttention that become robust (in ATTENTION_PARTS order)."""
+        wanted = set()
+        for t in self.target_types:
+            wanted.update(ATTENTION_PARTS if t is nn.MultiheadAttention
+                          else _ATTENTION_PARTS_BY_NAME.get(t.lower() if isinstance(t, str) else None, ()))
+        return tuple(p for p in ATTENTION_PARTS if p in wanted)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("predicate")
-        d["target_types"] = [t if isinstance(t, str) else {nn.Linear: "linear", nn.Conv2d: "conv2d"}[t]
+        d["target_types"] = [t if isinstance(t, str) else {nn.Linear: "linear", nn.Conv2d: "conv2d",
+                                                           nn.MultiheadAttention: "attention"}[t]
                              for t in self.target_types]
         d["target_modules"] = list(self.target_modules) if self.target_modules is not None else None
         d["skip"] = list(self.skip)
@@ -148,8 +169,8 @@ def _check_patterns_hit(model: nn.Module, config: ReprogramConfig, aliases: dict
         plain_name = isinstance(pattern, str) and not pattern.startswith("re:") and not set("*?[") & set(pattern)
         for names, m in hits:
             if plain_name and not isinstance(m, RobustMixin) and type(m) not in _SUPPORTED:
-                raise ValueError(f"module {names[0]!r} is a {type(m).__name__}: NRPM supports exactly nn.Linear "
-                                 f"and nn.Conv2d")
+                raise ValueError(f"module {names[0]!r} is a {type(m).__name__}: NRPM supports exactly "
+                                 f"{_SUPPORTED_NAMES}")
 
 
 def matches_any(names: list[str], patterns) -> bool:
@@ -177,7 +198,7 @@ def _select(model: nn.Module, config: ReprogramConfig) -> dict[int, list[str]]:
             continue
         selected[key] = names
     if not selected:
-        raise ValueError(f"the reprogramming config matches no nn.Linear/nn.Conv2d module of "
+        raise ValueError(f"the reprogramming config matches no {_SUPPORTED_NAMES} module of "
                          f"{type(model).__name__} (target_modules={config.target_modules}, "
                          f"target_types={list(config.target_types)}, skip={list(config.skip)})")
     return selected
@@ -204,8 +225,19 @@ def _config_with(config: ReprogramConfig | None, overrides: dict) -> ReprogramCo
     return dataclasses.replace(config, **overrides) if overrides else config
 
 
-def _check_lam_per_layer(config: ReprogramConfig, selected: dict[int, list[str]]) -> None:
+def _part_names(config: ReprogramConfig, module: nn.Module) -> tuple[str, ...]:
+    """The robust children an attention module gets (q_proj ... aggregation); none for other modules."""
+    if type(module) is not nn.MultiheadAttention:
+        return ()
+    parts = config._attention_parts()
+    return (PROJECTION_NAMES if "projections" in parts else ()) + \
+        ((AGGREGATION_NAME,) if "aggregation" in parts else ())
+
+
+def _check_lam_per_layer(config: ReprogramConfig, selected: dict[int, list[str]], model: nn.Module) -> None:
     names = [n for aliases in selected.values() for n in aliases]
+    names += [f"{n}.{part}" for aliases in selected.values()
+              for part in _part_names(config, model.get_submodule(aliases[0])) for n in aliases]
     unknown = sorted(set(config.lam_per_layer or {}) - set(names))
     if unknown:
         raise ValueError(f"lam_per_layer names {unknown}, which are not reprogrammed layers; reprogrammed layers: "
@@ -216,38 +248,56 @@ def _estimator(config: ReprogramConfig) -> dict:
     return {"norm": config.norm, "gamma": config.gamma, "delta": config.delta, "scale": config.scale}
 
 
-def _lam_for(config: ReprogramConfig, names: list[str]) -> float:
+def _lam_for(config: ReprogramConfig, names: list[str], default: float | None = None) -> float:
     per_layer = config.lam_per_layer or {}
     given = {per_layer[n] for n in names if n in per_layer}
     if len(given) > 1:
         raise ValueError(f"lam_per_layer gives the shared module {names} different lam values {sorted(given)}")
-    return given.pop() if given else config.lam
+    return given.pop() if given else (config.lam if default is None else default)
+
+
+def _robust_module(config: ReprogramConfig, module: nn.Module, names: list[str], learnable: bool) -> nn.Module:
+    """The robust counterpart of ``module`` (registered under ``names``), sharing its tensors."""
+    common = dict(K=config.K, eps=config.eps, learnable_lam=learnable, backward_mode=config.backward_mode,
+                  **_estimator(config))
+    lam = _lam_for(config, names)
+    if type(module) is not nn.MultiheadAttention:
+        return _SUPPORTED[type(module)].from_module(module, lam=lam, **common)
+    # a part's own lam_per_layer entry ("attn.q_proj") wins over the module's ("attn")
+    per_part = {part: _lam_for(config, [f"{n}.{part}" for n in names], default=lam)
+                for part in _part_names(config, module)}
+    return RobustMultiheadAttention.from_module(module, parts=config._attention_parts(), lam=lam,
+                                                lam_per_part=per_part, **common)
 
 
 def reprogram(model: nn.Module, config: ReprogramConfig | None = None, **overrides) -> nn.Module:
-    """Swap the matching Linear/Conv2d modules of ``model`` for robust ones, in place; return ``model``.
+    """Swap the matching Linear/Conv2d/MultiheadAttention modules of ``model`` for robust ones, in place; return
+    ``model``.
 
     The robust layers share the original weight and bias tensors. The requires_grad flags are set by the
-    paradigm (and restored by :func:`undo_reprogramming`).
+    paradigm (and restored by :func:`undo_reprogramming`). Weight-bearing modules left plain because of their
+    type are reported: an :class:`~nrpm.coverage.UnreprogrammedWeightsWarning` and ``model.nrpm_unreprogrammed``
+    ({name: reason}).
     """
     config = _config_with(config, overrides)
     if robust_layers(model):
         raise ValueError("model is already reprogrammed: call undo_reprogramming(model) first, or set_lam()")
     selected = _select(model, config)
-    _check_lam_per_layer(config, selected)
+    _check_lam_per_layer(config, selected, model)
     original_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     learnable = config.paradigm in (2, 3)
     for names in selected.values():
         module = model.get_submodule(names[0])
-        robust = _SUPPORTED[type(module)].from_module(module, lam=_lam_for(config, names), K=config.K,
-                                                      eps=config.eps, learnable_lam=learnable,
-                                                      backward_mode=config.backward_mode, **_estimator(config))
+        robust = _robust_module(config, module, names, learnable)
         for name in names:  # every alias gets the same robust module, so sharing survives
             _replace(model, name, robust)
     for pname, p in model.named_parameters():
         p.requires_grad_(config.paradigm == 3 or (config.paradigm == 2 and pname.endswith("lam_logit")))
     model.nrpm_config = config
     model._nrpm_original_requires_grad = original_flags
+    model.nrpm_unreprogrammed = unreprogrammed_weights(model, config._types(), tuple(_SUPPORTED),
+                                                       (RobustMixin, RobustMultiheadAttention))
+    warn_unreprogrammed(model.nrpm_unreprogrammed)
     return model
 
 
@@ -293,8 +343,10 @@ def count_trainable_parameters(model: nn.Module) -> int:
 
 
 def undo_reprogramming(model: nn.Module) -> nn.Module:
-    """Put plain nn.Linear / nn.Conv2d back (same weight tensors) and restore the requires_grad flags."""
+    """Put plain nn.Linear / nn.Conv2d / nn.MultiheadAttention back (same weight tensors) and restore the
+    requires_grad flags."""
     _require_robust(model)
+    _undo_attention(model)
     modules = {id(m): m for _, m in model.named_modules()}
     for key, names in module_aliases(model).items():
         if isinstance(modules[key], RobustMixin):
@@ -305,10 +357,20 @@ def undo_reprogramming(model: nn.Module) -> nn.Module:
     for pname, p in model.named_parameters():
         if pname in flags:
             p.requires_grad_(flags[pname])
-    for attr in ("nrpm_config", "_nrpm_original_requires_grad"):
+    for attr in ("nrpm_config", "_nrpm_original_requires_grad", "nrpm_unreprogrammed"):
         if hasattr(model, attr):
             delattr(model, attr)
     return model
+
+
+def _undo_attention(model: nn.Module) -> None:
+    """Plain attention modules back first: their robust parts are not layers to undo one by one."""
+    modules = {id(m): m for _, m in model.named_modules()}
+    for key, names in module_aliases(model).items():
+        if isinstance(modules[key], RobustMultiheadAttention):
+            plain = modules[key].to_plain()
+            for name in names:
+                _replace(model, name, plain)
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
@@ -351,6 +413,12 @@ def _layers_by_canonical_name(model: nn.Module) -> dict[str, RobustMixin]:
     return {canonical_name(n): m for n, m in robust_layers(model).items()}
 
 
+def _holds_saved_layer(name: str, module: nn.Module, saved) -> bool:
+    """A saved layer's own name, or an attention module whose robust parts (``name.q_proj`` ...) were saved."""
+    name = canonical_name(name)
+    return name in saved or (type(module) is nn.MultiheadAttention and any(s.startswith(name + ".") for s in saved))
+
+
 def load_reprogramming(model: nn.Module, path_or_state) -> nn.Module:
     """Apply a saved reprogramming state to ``model`` (a plain one is reprogrammed first); return ``model``.
 
@@ -366,7 +434,7 @@ def load_reprogramming(model: nn.Module, path_or_state) -> nn.Module:
         # the saved names are exact: select exactly them (suffix matching could also pick e.g. layer1.0.conv1
         # for a saved stem 'conv1')
         exact = dataclasses.replace(config, target_modules=None, skip=[], lam_per_layer=None,
-                                    predicate=lambda name, _m: canonical_name(name) in saved)
+                                    predicate=lambda name, m: _holds_saved_layer(name, m, saved))
         reprogram(model, exact)
     layers = _layers_by_canonical_name(model)
     if set(layers) != set(saved):
