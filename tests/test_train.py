@@ -494,3 +494,14 @@ def test_extending_a_cosine_run_says_why_it_cannot(tmp_path):
     run(cfg(epochs=1), tmp_path)
     with pytest.raises(ValueError, match="cosine schedule.*cannot be continued to 2 exactly.*constant or step"):
         run(cfg(epochs=2), tmp_path, resume=True)
+
+
+def test_a_plain_run_is_keyed_without_the_reprogramming_and_old_checkpoints_resume(tmp_path):
+    config = cfg(paradigm=0, epochs=2, schedule="constant")
+    assert not {"lam", "K", "layer_types"} & set(config.identity())
+    run(cfg(paradigm=0, epochs=1, schedule="constant"), tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    saved = torch.load(path, weights_only=True)
+    saved["identity"].update(lam=0.5, K=3, eps=1e-3, layer_types=["linear", "conv2d"], layers=None, skip=[])
+    torch.save(saved, path)  # as written before plain runs left these fields out
+    assert run(config, tmp_path, resume=True)["epochs_done"] == 2

@@ -31,6 +31,8 @@ from .targets import canonical_name, matches, module_aliases, normalize_pattern
 from .validation import check_eps, check_estimator, check_K, check_lam
 
 __all__ = [
+    "TARGET_TYPE_NAMES",
+    "DEFAULT_TARGET_TYPES",
     "ReprogramConfig",
     "reprogram",
     "undo_reprogramming",
@@ -50,6 +52,8 @@ _SUPPORTED = {nn.Linear: RobustLinear, nn.Conv2d: RobustConv2d, nn.MultiheadAtte
 _TYPE_NAMES = {"linear": nn.Linear, "conv2d": nn.Conv2d, "conv": nn.Conv2d, "attention": nn.MultiheadAttention,
                "attention_projections": nn.MultiheadAttention, "attention_aggregation": nn.MultiheadAttention}
 # the parts of an nn.MultiheadAttention each target type name makes robust (the class itself: all of them)
+TARGET_TYPE_NAMES = ("linear", "conv2d", "attention", "attention_projections", "attention_aggregation")
+DEFAULT_TARGET_TYPES = ("linear", "conv2d", "attention")  # every module type nrpm reprograms
 _ATTENTION_PARTS_BY_NAME = {"attention": ATTENTION_PARTS, "attention_projections": ("projections",),
                             "attention_aggregation": ("aggregation",)}
 _SUPPORTED_NAMES = "nn.Linear, nn.Conv2d and nn.MultiheadAttention"
@@ -86,7 +90,7 @@ class ReprogramConfig:
     eps: float = RF.DEFAULT_EPS
     paradigm: int = 1
     target_modules: Sequence[str] | None = None
-    target_types: Sequence[str | type] = ("linear", "conv2d", "attention")
+    target_types: Sequence[str | type] = DEFAULT_TARGET_TYPES
     skip: Sequence[str] = ()
     predicate: Callable[[str, nn.Module], bool] | None = field(default=None, repr=False)
     lam_per_layer: dict[str, float] | None = None

@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 
+from ..reprogram import DEFAULT_TARGET_TYPES, TARGET_TYPE_NAMES
 from .args import (HelpFormatter, add_data_spec_args, add_download_arg, add_estimator_args, add_model_spec_args,
                    budget, data_spec, device_spec, download_if_asked, estimator_from_args, in_input_units, key_value,
                    lam_number, nonneg_int, positive_float, positive_int, set_threads)
@@ -219,8 +220,9 @@ def add_train_parsers(subparsers) -> None:
     g.add_argument("--layers", nargs="+", default=None,
                    help="module names/globs (default: all Linear/Conv2d; ResNets: 3x3 block convs)")
     g.add_argument("--skip", nargs="+", default=None, help="module names/globs never reprogrammed")
-    g.add_argument("--layer-types", nargs="+", default=["linear", "conv2d"], choices=["linear", "conv2d"],
-                   help="module types reprogrammed")
+    g.add_argument("--layer-types", nargs="+", default=list(DEFAULT_TARGET_TYPES), choices=TARGET_TYPE_NAMES,
+                   help="module types reprogrammed: attention = an nn.MultiheadAttention's projections and "
+                        "aggregation, attention_projections / attention_aggregation one of the two")
     g.add_argument("--bn-mode", default="auto", choices=["auto", "train", "eval"],
                    help="auto: eval (frozen statistics) for paradigm 2, train for paradigm 3")
     rp.set_defaults(func=cmd_reprogram, interrupt_hint=_INTERRUPTED)

@@ -13,7 +13,7 @@ from typing import Sequence
 from .. import attacks as A
 from ..data import parse_data_spec
 from ..models import default_robust_layers
-from ..reprogram import ReprogramConfig
+from ..reprogram import DEFAULT_TARGET_TYPES, ReprogramConfig
 from ..validation import check_count, check_nonneg, check_positive
 
 __all__ = ["TrainConfig", "TestSettings", "ATTACKS", "OPTIMIZERS", "SCHEDULES", "BN_MODES"]
@@ -22,6 +22,8 @@ ATTACKS = ("none", "fgsm", "pgd")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 BN_MODES = ("auto", "train", "eval")
+# the reprogramming's fields: a plain training run (paradigm 0) ignores them, so they are not part of its identity
+REPROGRAMMING_FIELDS = ("lam", "K", "eps", "layers", "skip", "layer_types", "estimator", "lam_lr")
 # the fields that bring a user's own model and data; left empty they are not part of a run's identity
 _SPEC_FIELDS = ("model_args", "normalize", "data", "train_data", "image_size")
 
@@ -90,7 +92,7 @@ class TrainConfig:
     eps: float = 1e-3
     layers: Sequence[str] | None = None
     skip: Sequence[str] = ()
-    layer_types: Sequence[str] = ("linear", "conv2d")
+    layer_types: Sequence[str] = DEFAULT_TARGET_TYPES
     # the robust estimator {'norm', 'gamma', 'delta', 'scale'} (paradigms 2, 3); None: the paper's L1
     estimator: dict | None = None
     attack: str = "none"
@@ -261,6 +263,9 @@ class TrainConfig:
         d = self.to_dict()
         d.pop("data_root")
         d["gamma"] = d.pop("lr_gamma")  # the name checkpoints have always used: their resumes keep working
+        if self.paradigm == 0:
+            for k in REPROGRAMMING_FIELDS:
+                d.pop(k)
         if self.schedule != "cosine":
             d.pop("epochs")
         for k in _SPEC_FIELDS:

@@ -30,7 +30,7 @@ from .adversarial import adversarial_examples, validation_attack
 from .artifacts import (CHECKPOINT_NAME, RUN_FORMAT, artifact_names, check_writable, epoch_line,
                         log_tensorboard, open_tensorboard, read_checkpoint, write_artifacts, write_checkpoint,
                         write_logs, write_run_json)
-from .config import TestSettings, TrainConfig
+from .config import REPROGRAMMING_FIELDS, TestSettings, TrainConfig
 from .evaluate import evaluate_split, run_test
 from .sources import load_test_data, test_spec, training_spec
 from .setup import (build_model, is_batchnorm, lam_values, load_train_data, make_optimizer, make_scheduler,
@@ -129,7 +129,7 @@ def _checkpoint_to_resume(config: TrainConfig, ckpt_path: Path, resume, overwrit
     if not resume_path.is_file():
         raise FileNotFoundError(f"nothing to resume: {resume_path} does not exist")
     saved = read_checkpoint(resume_path)
-    diff = differences(saved["identity"], config.identity())
+    diff = differences(_relevant(saved["identity"], config), config.identity())
     if diff == [f"epochs: {saved['identity'].get('epochs')!r} on file, {config.epochs!r} now"]:
         raise ValueError(f"{resume_path} is a run planned for {saved['identity'].get('epochs')} epochs with a "
                          f"cosine schedule, whose learning rate depends on the number of epochs, so it cannot be "
@@ -139,6 +139,14 @@ def _checkpoint_to_resume(config: TrainConfig, ckpt_path: Path, resume, overwrit
         raise ValueError(f"resume file {resume_path} was written for other settings (model or config): "
                          + "; ".join(diff))
     return saved, resume_path
+
+
+def _relevant(identity: dict, config: TrainConfig) -> dict:
+    """A checkpoint's identity without the fields that do not apply to ``config`` (checkpoints of plain training
+    runs written before paradigm 0 left the reprogramming's fields out of its identity still hold them)."""
+    if config.paradigm != 0:
+        return identity
+    return {k: v for k, v in identity.items() if k not in REPROGRAMMING_FIELDS}
 
 
 class _Run:
