@@ -573,3 +573,32 @@ def test_the_cache_fingerprint_reads_lam_as_the_float32_the_layer_computes_with(
     model = torch.nn.Sequential(torch.nn.Linear(4, 3))
     nrpm.reprogram(model, nrpm.ReprogramConfig(lam=0.8, K=1))
     assert layer_info(model)["0"]["lam"] == round(float(torch.tensor(0.8, dtype=torch.float32)), 8) == 0.80000001
+
+
+# ------------------------------------------------------------------------------------------ registered attacks
+def test_a_registered_attack_with_a_role_joins_the_cli_and_the_audit(samples):
+    """@register_attack(name, audit=role): a --attack choice, and in the audit's sweep, its optional attacks and
+    its role's check, with no list of the audit to edit."""
+    import nrpm.attacks as A
+    from nrpm.cli.args import attack_name
+
+    @A.register_attack("test-noise-bb", audit=A.BLACK_BOX)
+    class Extra(A.NoiseAttack):
+        """Random noise registered as a black-box attack."""
+
+    try:
+        assert attack_name("TEST_noise_bb") == "TEST_noise_bb"
+        assert AU.plan.sweep_keys()[-1] == "test-noise-bb" and "test-noise-bb" in AU.optional_keys()
+        assert "test-noise-bb" in AU.keys_with_role(A.BLACK_BOX)
+        model = _reprogrammed(_trained_linear())
+        x, y = samples[0][:20], samples[1][:20]
+        report = run_audit(model, x, y, budgets=[0.2], steps=2, skip_attacks=("spsa",), **QUICK)
+        assert report.accuracy("test-noise-bb", 0.2) is not None and "test-noise-bb" in report.check(5).numbers
+        assert AU.report.attack_family("test-noise-bb") == "blackbox"
+        skipped = run_audit(model, x, y, budgets=[0.2], steps=2, skip_attacks=("spsa", "test-noise-bb"), **QUICK)
+        assert skipped.accuracy("test-noise-bb", 0.2) is None
+    finally:
+        A.unregister_attack("test-noise-bb")
+    assert "test-noise-bb" not in AU.plan.sweep_keys()
+    with pytest.raises(ValueError, match="role"):
+        A.register_attack("x", audit="grey-box")

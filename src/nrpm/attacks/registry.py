@@ -24,7 +24,7 @@ from typing import Callable
 
 from .base import Attack
 
-__all__ = ["ATTACKS", "AttackEntry", "register_attack", "attack_entries", "make_attack", "canonical_name",
+__all__ = ["ATTACKS", "AttackEntry", "register_attack", "unregister_attack", "attack_entries", "make_attack", "canonical_name",
            "attack_factory", "with_default_seed", "unknown_attack_message", "WHITE_BOX", "BLACK_BOX", "ADAPTIVE",
            "AUDIT_ROLES"]
 
@@ -66,6 +66,12 @@ def register_attack(name: str, *, help: str = "", audit: str | None = None, **fi
         return factory
 
     return decorator
+
+
+def unregister_attack(name: str) -> None:
+    """Remove the attack registered as ``name`` (a plugin's, or a test's); KeyError if there is none."""
+    del _REGISTRY[name]
+    del ATTACKS[name]
 
 
 def attack_entries() -> tuple[AttackEntry, ...]:
