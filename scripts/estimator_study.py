@@ -163,18 +163,19 @@ def test_and_audit(model_name: str, proto: dict, cells: Cells, chosen: dict, aud
 
 
 def run_quick_audit(model_name, proto, model, label, dataset):
-    from nrpm.audit import run_audit
+    from nrpm.audit import AuditConfig, run_audit
+    from nrpm.runs import RunContext
 
     folder = audit_folder(OUT / model_name, label)
     if (folder / "audit.json").exists():
         return
     x, y = D.subset(*D.load_dataset(dataset, train=False), proto["audit_n"])
-    report = run_audit(model, x, y, budgets=proto["budgets"], steps=proto["steps"], alpha=proto["alpha"],
-                       apgd_steps=50, square_queries=1000, autoattack=False, batch_size=250, spsa_steps=20,
-                       spsa_samples=32,
-                       cache_path=folder / "cache.json", title=f"{model_name}: {label}",
-                       budget_unit=proto["unit"], log=lambda m: print(m, file=sys.stderr))
-    report.save(folder)
+    config = AuditConfig(budgets=proto["budgets"], steps=proto["steps"], alpha=proto["alpha"], apgd_steps=50,
+                         square_queries=1000, autoattack=False, batch_size=250, spsa_steps=20, spsa_samples=32,
+                         title=f"{model_name}: {label}", budget_unit=proto["unit"])
+    # the run writes cache.json after every cell (a rerun resumes), then the report files
+    run_audit(model, x, y, config, RunContext(folder, "audit", progress=False,
+                                              log=lambda m: print(m, file=sys.stderr)))
 
 
 def run(group: str, max_drop: float, audit: bool) -> None:

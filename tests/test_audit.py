@@ -17,12 +17,18 @@ from torch import nn
 import nrpm
 from nrpm import audit as AU
 from nrpm.audit import FAIL, PASS, SKIP, WARN, lam_one, run_audit, straight_through
+from nrpm.runs import RunContext
 
 N_CLASSES, D = 5, 36
 BUDGETS = [0.15, 0.25]
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models (conftest.py)
+
+
+def _writing_to(folder):
+    """The run context of an audit writing into ``folder`` (cache.json, then the report), silently."""
+    return RunContext(out=folder, command="audit", progress=False, log=lambda message: None)
 
 
 def _data(n, seed):
@@ -156,16 +162,19 @@ def test_check1_flags_randomness_and_a_wrong_base(samples):
     layers = nrpm.robust_layers
     good = _reprogrammed(_trained_linear())
     base = nrpm.undo_reprogramming(_reprogrammed(_trained_linear()))
-    ok = AU.check_lam_and_determinism(good, base, layers(good), x, 64, torch.device("cpu"), AU.Tolerances())
+
+    def check1(model, reference):
+        probe = AU.probe_forward(model, reference, layers(model), x, 64, torch.device("cpu"))
+        return AU.check_lam_and_determinism(AU.Evidence(forward=probe))
+
+    ok = check1(good, base)
     assert ok.verdict == PASS and ok.numbers["lam1_max_abs_diff"] == 0.0
 
     noisy = _reprogrammed(nn.Sequential(Noisy(), _trained_linear()))
-    bad = AU.check_lam_and_determinism(noisy, None, layers(noisy), x, 64, torch.device("cpu"), AU.Tolerances())
-    assert bad.verdict == FAIL
+    assert check1(noisy, None).verdict == FAIL
 
     other = nn.Sequential(nn.Linear(D, N_CLASSES))  # different weights: lam = 1 cannot reproduce it
-    wrong = AU.check_lam_and_determinism(good, other, layers(good), x, 64, torch.device("cpu"), AU.Tolerances())
-    assert wrong.verdict == FAIL
+    assert check1(good, other).verdict == FAIL
 
 
 def test_lam_one_is_exact_for_a_learnable_lam_and_restores_it(samples):
@@ -217,9 +226,9 @@ def test_audit_leaves_the_model_as_it_found_it(samples):
 def test_report_files_and_resume(samples, tmp_path, monkeypatch):
     model = _reprogrammed(_trained_linear())
     kwargs = dict(budgets=[0.2], compare_plain=True, autoattack=False, steps=3, apgd_steps=3, square_queries=10,
-                  seed=0, cache_path=tmp_path / "cache.json")
-    first = run_audit(model, *samples, **kwargs)
-    paths = first.save(tmp_path)
+                  seed=0)
+    first = run_audit(model, *samples, AU.AuditConfig(**kwargs), _writing_to(tmp_path))
+    paths = {kind: tmp_path / f"audit.{kind}" for kind in ("json", "md", "png")}  # written by the run
     data = json.loads(paths["json"].read_text())
     assert data["format"] == "nrpm-audit/1" and data["verdict"] == first.verdict
     assert [c["id"] for c in data["checks"]] == [1, 2, 3, 4, 5, 6, 7]
@@ -230,12 +239,12 @@ def test_report_files_and_resume(samples, tmp_path, monkeypatch):
         raise AssertionError("a cached cell was recomputed")
 
     monkeypatch.setattr(AU.cells.CellRunner, "attack_candidates", no_attacks)
-    second = run_audit(model, *samples, **kwargs)
+    second = run_audit(model, *samples, AU.AuditConfig(**kwargs), _writing_to(tmp_path))
     assert [(c["attack"], c["accuracy"]) for c in second.cells] == [(c["attack"], c["accuracy"]) for c in first.cells]
     assert [c.verdict for c in second.checks] == [c.verdict for c in first.checks]
     other = _reprogrammed(nn.Sequential(nn.Linear(D, N_CLASSES)))
-    with pytest.raises(ValueError, match="another model"):
-        run_audit(other, *samples, **kwargs)
+    with pytest.raises(ValueError, match="results of other settings.*model:"):
+        run_audit(other, *samples, AU.AuditConfig(**kwargs), _writing_to(tmp_path))
 
 
 def test_bad_arguments(samples):
@@ -297,35 +306,25 @@ def test_cli_audit_and_table(shared_dir, tmp_path, capsys, no_spsa):
 
 
 # ------------------------------------------------------------------------------------------ verdict rules
-def _fake_runner(accuracies, n=100):
-    """A stand-in for the audit's runner: {(attack, budget): accuracy} -> per-sample masks and cells."""
-    from types import SimpleNamespace
-
-    masks, cells = {}, []
-    for (key, b), acc in accuracies.items():
-        mask = torch.arange(n) < round(acc * n)
-        masks[("nrpm", key, round(b, 10))] = mask
-        cells.append({"model": "nrpm", "attack": key, "label": key, "budget": b, "accuracy": acc})
-    return SimpleNamespace(masks=masks, cells=cells)
+def _evidence(accuracies, n=100, **fields):
+    """Made-up evidence: {(attack, budget): accuracy} -> per-sample masks of the audited model's sweep."""
+    masks = {("nrpm", key, round(b, 10)): torch.arange(n) < round(acc * n) for (key, b), acc in accuracies.items()}
+    swept = {("nrpm", key): key for key, _b in accuracies}
+    budgets = tuple(sorted({b for _key, b in accuracies}))
+    return AU.Evidence(budgets=budgets, n=n, masks=masks, swept=swept, clean_accuracy={"nrpm": 0.9}, **fields)
 
 
 def test_verdict_rules_for_the_budget_curve_and_autoattack():
-    tol = AU.Tolerances()
-    settings = {"clean_accuracy": {"nrpm": 0.9}, "norm": "Linf"}
-    rising = _fake_runner({("pgd", 0.1): 0.3, ("pgd", 0.2): 0.5})
     zero = torch.zeros(100, dtype=torch.bool)
-    assert AU.check_budget_curve(rising, [0.1, 0.2], settings, zero, 1.0, 100, tol).verdict == FAIL
-    falling = _fake_runner({("pgd", 0.1): 0.5, ("pgd", 0.2): 0.3})
-    assert AU.check_budget_curve(falling, [0.1, 0.2], settings, zero, 1.0, 100, tol).verdict == PASS
+    rising = _evidence({("pgd", 0.1): 0.3, ("pgd", 0.2): 0.5}, unbounded_mask=zero)
+    assert AU.check_budget_curve(rising).verdict == FAIL
+    falling = _evidence({("pgd", 0.1): 0.5, ("pgd", 0.2): 0.3}, unbounded_mask=zero)
+    assert AU.check_budget_curve(falling).verdict == PASS
 
     def check7(aa_acc, flags=()):
-        runner = _fake_runner({("pgd", 0.1): 0.40, ("apgd-ce", 0.1): 0.38, ("autoattack", 0.1): aa_acc})
-
-        def a(key, b, tag="nrpm"):
-            m = runner.masks.get((tag, key, round(b, 10)))
-            return None if m is None else int(m.sum()) / len(m)
-
-        return AU.check_autoattack(a, runner, [0.1], 100, tol, {}, list(flags), 1.0).verdict
+        ev = _evidence({("pgd", 0.1): 0.40, ("apgd-ce", 0.1): 0.38, ("autoattack", 0.1): aa_acc},
+                       autoattack_flags=tuple(flags))
+        return AU.check_autoattack(ev).verdict
 
     assert check7(0.37) == PASS      # within 2 points of the strongest (APGD-CE 38%)
     assert check7(0.35) == WARN      # 3 points lower: within twice the tolerance
@@ -417,8 +416,8 @@ def test_a_damaged_cache_is_refused_naming_the_file(samples, tmp_path):
     model = _reprogrammed(_trained_linear())
     x, y = samples[0][:20], samples[1][:20]
     cache = tmp_path / "cache.json"
-    kwargs = dict(budgets=[0.2], steps=1, cache_path=cache, **QUICK)
-    run_audit(model, x, y, **kwargs)
+    kwargs = dict(budgets=[0.2], steps=1, **QUICK)
+    run_audit(model, x, y, AU.AuditConfig(**kwargs), _writing_to(tmp_path))
     good = json.loads(cache.read_text())
     key = next(iter(good["cells"]))
     damaged = ["{not json", "", "[]", "null", json.dumps({**good, "cells": []}),
@@ -427,9 +426,9 @@ def test_a_damaged_cache_is_refused_naming_the_file(samples, tmp_path):
     for text in damaged:
         cache.write_text(text)
         with pytest.raises(ValueError, match=re.escape(str(cache)) + ".*--overwrite"):
-            run_audit(model, x, y, **kwargs)
+            run_audit(model, x, y, AU.AuditConfig(**kwargs), _writing_to(tmp_path))
     cache.write_text(json.dumps(good))
-    assert run_audit(model, x, y, **kwargs).cells  # the intact cache still resumes
+    assert run_audit(model, x, y, AU.AuditConfig(**kwargs), _writing_to(tmp_path)).cells  # the intact cache resumes
 
 
 # ------------------------------------------------------------------------------------------ plot
@@ -526,8 +525,9 @@ def test_older_caches_resume_and_only_the_new_attacks_run(samples, tmp_path, mon
     model = _reprogrammed(_trained_linear())
     x, y = samples[0][:20], samples[1][:20]
     kwargs = dict(budgets=[0.2], compare_plain=False, autoattack=False, steps=2, apgd_steps=2, square_queries=5,
-                  spsa_steps=2, spsa_samples=4, seed=0, cache_path=tmp_path / "cache.json")
-    old = run_audit(model, x, y, skip_attacks=AU.OPTIONAL_ATTACKS, **kwargs)
+                  spsa_steps=2, spsa_samples=4, seed=0)
+    config, ctx = AU.AuditConfig(**kwargs), _writing_to(tmp_path)
+    old = run_audit(model, x, y, config, ctx, skip_attacks=AU.OPTIONAL_ATTACKS)
     assert [c["attack"] for c in old.cells] == list(_OLD_KEYS)
     cached = json.loads((tmp_path / "cache.json").read_text())["cells"]
     assert "nrpm|pgd|steps=2,alpha=default,restarts=1,seed=0|0.2" in cached   # the key format of older caches
@@ -537,7 +537,7 @@ def test_older_caches_resume_and_only_the_new_attacks_run(samples, tmp_path, mon
     run_cell = AU.cells.CellRunner.attack_candidates
     monkeypatch.setattr(AU.cells.CellRunner, "attack_candidates",
                         lambda self, model, spec, *a: computed.append(spec.key) or run_cell(self, model, spec, *a))
-    full = run_audit(model, x, y, **kwargs)
+    full = run_audit(model, x, y, config, ctx)
     assert computed == ["cw", "spsa", "smoothed-eps10", "smoothed-eps100", "smoothed-k1"]
     assert [c["attack"] for c in full.cells][:9] == list(_OLD_KEYS[:9])
     assert all(full.accuracy(key, 0.2) == old.accuracy(key, 0.2) for key in _OLD_KEYS)
@@ -568,8 +568,37 @@ def test_every_audit_attack_has_its_own_colour_in_its_family():
 def test_the_cache_fingerprint_reads_lam_as_the_float32_the_layer_computes_with():
     """A fixed lam (a Python float, 0.8) and the same lam stored in float32 (0.80000001, as in caches written
     before lam had a Python copy) must fingerprint alike, or a re-audit refuses its own cache."""
-    from nrpm.audit.runner import _layer_info
+    from nrpm.audit.runner import layer_info
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 3))
     nrpm.reprogram(model, nrpm.ReprogramConfig(lam=0.8, K=1))
-    assert _layer_info(model)["0"]["lam"] == round(float(torch.tensor(0.8, dtype=torch.float32)), 8) == 0.80000001
+    assert layer_info(model)["0"]["lam"] == round(float(torch.tensor(0.8, dtype=torch.float32)), 8) == 0.80000001
+
+
+# ------------------------------------------------------------------------------------------ registered attacks
+def test_a_registered_attack_with_a_role_joins_the_cli_and_the_audit(samples):
+    """@register_attack(name, audit=role): a --attack choice, and in the audit's sweep, its optional attacks and
+    its role's check, with no list of the audit to edit."""
+    import nrpm.attacks as A
+    from nrpm.cli.args import attack_name
+
+    @A.register_attack("test-noise-bb", audit=A.BLACK_BOX)
+    class Extra(A.NoiseAttack):
+        """Random noise registered as a black-box attack."""
+
+    try:
+        assert attack_name("TEST_noise_bb") == "TEST_noise_bb"
+        assert AU.plan.sweep_keys()[-1] == "test-noise-bb" and "test-noise-bb" in AU.optional_keys()
+        assert "test-noise-bb" in AU.keys_with_role(A.BLACK_BOX)
+        model = _reprogrammed(_trained_linear())
+        x, y = samples[0][:20], samples[1][:20]
+        report = run_audit(model, x, y, budgets=[0.2], steps=2, skip_attacks=("spsa",), **QUICK)
+        assert report.accuracy("test-noise-bb", 0.2) is not None and "test-noise-bb" in report.check(5).numbers
+        assert AU.report.attack_family("test-noise-bb") == "blackbox"
+        skipped = run_audit(model, x, y, budgets=[0.2], steps=2, skip_attacks=("spsa", "test-noise-bb"), **QUICK)
+        assert skipped.accuracy("test-noise-bb", 0.2) is None
+    finally:
+        A.unregister_attack("test-noise-bb")
+    assert "test-noise-bb" not in AU.plan.sweep_keys()
+    with pytest.raises(ValueError, match="role"):
+        A.register_attack("x", audit="grey-box")

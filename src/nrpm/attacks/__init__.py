@@ -17,13 +17,16 @@
 * :mod:`~nrpm.attacks.noise`: the random-noise baseline;
 * :mod:`~nrpm.attacks.autoattack`: ``APGDCE``, ``APGDDLR``, ``Square`` and ``AutoAttackStandard`` through
   ``pyautoattack`` (the published reference code);
-* :mod:`~nrpm.attacks.registry`: ``make_attack(name, eps, **kwargs)``;
+* :mod:`~nrpm.attacks.registry`: ``@register_attack(name)`` and ``make_attack(name, eps, **kwargs)``;
 * :mod:`~nrpm.attacks.accuracy`: ``clean_accuracy``, ``robust_accuracy`` (misclassified clean samples count as
   errors).
 
 The constructors take the budget first: ``PGD(8 / 255, steps=20)``; ``PGD(eps=8 / 255)`` works too. (They do
 not take the model, unlike torchattacks: one attack object serves any model, ``attack(model, x, y)``.)
 """
+# the attack modules register their attacks as they are imported: this order is the CLI's list of attacks
+from .single_step import FGML1, FGML2, FGSM, L0TopK  # isort: skip
+from .pgd import PGD, PGDL2, ascend  # isort: skip
 from .accuracy import clean_accuracy, model_device, robust_accuracy
 from .autoattack import APGDCE, APGDDLR, AutoAttackStandard, Square
 from .base import (NORMS, Attack, GradientAttack, LossFn, cross_entropy_per_sample, eval_frozen,
@@ -33,9 +36,9 @@ from .cw import CWL2, CWLinf
 from .deepfool import DeepFool
 from .gradients import BackwardModeGradient, GradientSource, ModelGradient, SmoothedGradient, TransferGradient
 from .noise import NoiseAttack
-from .pgd import PGD, PGDL2, ascend
-from .registry import ATTACKS, attack_factory, canonical_name, make_attack, with_default_seed
-from .single_step import FGML1, FGML2, FGSM, L0TopK
+from .registry import (ADAPTIVE, ATTACKS, AUDIT_ROLES, BLACK_BOX, WHITE_BOX, AttackEntry, attack_entries, attack_factory,
+                       canonical_name, make_attack, register_attack, unknown_attack_message, unregister_attack,
+                       with_default_seed)
 from .spsa import SPSA
 
 __all__ = [
@@ -43,7 +46,8 @@ __all__ = [
     "APGDCE", "APGDDLR", "Square", "AutoAttackStandard", "CWLinf", "CWL2", "DeepFool", "SPSA", "Corruption",
     "corrupt", "CORRUPTIONS",
     "GradientSource", "ModelGradient", "TransferGradient", "BackwardModeGradient", "SmoothedGradient", "ascend",
-    "ATTACKS", "make_attack", "canonical_name", "attack_factory", "with_default_seed",
+    "ATTACKS", "make_attack", "canonical_name", "attack_factory", "with_default_seed", "register_attack",
+    "unregister_attack",    "attack_entries", "AttackEntry", "unknown_attack_message", "AUDIT_ROLES", "WHITE_BOX", "BLACK_BOX", "ADAPTIVE",
     "robust_accuracy", "clean_accuracy", "model_device", "perturbation_norm", "NORMS",
     "eval_frozen", "cross_entropy_per_sample", "margin_loss_per_sample", "loss_and_gradient",
 ]

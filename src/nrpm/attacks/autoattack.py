@@ -11,6 +11,7 @@ import torch
 
 from ..validation import check_count, check_norm
 from .base import Attack, num_classes
+from .registry import register_attack
 
 __all__ = ["APGDCE", "APGDDLR", "Square", "AutoAttackStandard", "image_shape"]
 
@@ -112,6 +113,7 @@ class _APGD(_PyAutoAttack):
                 f"restarts={self.restarts}, seed={self.seed})")
 
 
+@register_attack("apgd-ce")
 class APGDCE(_APGD):
     """APGD on the cross-entropy loss (pyautoattack's ``APGDAttack``, loss='ce').
 
@@ -122,6 +124,7 @@ class APGDCE(_APGD):
     loss = "ce"
 
 
+@register_attack("apgd-dlr")
 class APGDDLR(_APGD):
     """APGD on the DLR loss (pyautoattack's ``APGDAttack``, loss='dlr').
 
@@ -134,6 +137,7 @@ class APGDDLR(_APGD):
     min_classes = 3
 
 
+@register_attack("square")
 class Square(_PyAutoAttack):
     """Square Attack (black-box, score-based) via pyautoattack's ``SquareAttack``.
 
@@ -168,6 +172,8 @@ class Square(_PyAutoAttack):
                 f"restarts={self.restarts}, seed={self.seed})")
 
 
+@register_attack("autoattack-l2", norm="L2")  # decorators apply bottom-up: "autoattack" first
+@register_attack("autoattack", norm="Linf")
 class AutoAttackStandard(_PyAutoAttack):
     """The AutoAttack protocol (Croce & Hein, 2020) via pyautoattack's ``AutoAttack``.
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..validation import check_budget, check_count
 from .base import Attack, make_generator
+from .registry import register_attack
 
 __all__ = ["CORRUPTIONS", "SEVERITY_CONSTANTS", "MAX_SEVERITY", "corrupt", "defocus_kernel", "Corruption"]
 
@@ -155,6 +156,7 @@ def _check_severity(severity) -> int:
     return severity
 
 
+@register_attack("corruption", help="--attack-arg kind=..., budget = severity")
 class Corruption(Attack):
     """A common corruption as an "attack" (not adaptive: it never looks at the model or the labels).
 

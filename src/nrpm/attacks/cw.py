@@ -16,10 +16,12 @@ from ..validation import check_count, check_nonneg, check_positive
 from .base import Attack, logits_2d, lp_norm, margin_loss_per_sample, per_sample
 from .gradients import GradientSource
 from .pgd import PGD
+from .registry import register_attack
 
 __all__ = ["CWLinf", "CWL2"]
 
 
+@register_attack("cw", help="PGD on the C&W margin")
 class CWLinf(PGD):
     """Linf PGD on the Carlini-Wagner margin loss; the options are :class:`~nrpm.attacks.pgd.PGD`'s."""
 
@@ -44,6 +46,7 @@ def _from_tanh_space(w: torch.Tensor) -> torch.Tensor:
     return (torch.tanh(w) + 1) / 2
 
 
+@register_attack("cw-l2")
 class CWL2(Attack):
     """The Carlini-Wagner L2 attack (Carlini & Wagner, 2017), untargeted.
 

@@ -6,6 +6,7 @@ import torch
 
 from ..validation import check_count, check_nonneg
 from .base import Attack, logits_2d, lp_norm, per_sample
+from .registry import register_attack
 
 __all__ = ["DeepFool"]
 
@@ -13,6 +14,7 @@ __all__ = ["DeepFool"]
 _STEP_SLACK = 1e-4
 
 
+@register_attack("deepfool")
 class DeepFool(Attack):
     """L2 DeepFool: at most ``steps`` linearised steps, over the ``candidates`` classes with the largest clean
     logits (the true class included; the reference code's ``num_classes=10``), with the accumulated step scaled

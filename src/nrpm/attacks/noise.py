@@ -7,11 +7,13 @@ import torch
 
 from ..validation import check_budget, check_count, check_norm
 from .base import NORMS, Attack, make_generator, random_signs
+from .registry import register_attack
 
 __all__ = ["NoiseAttack"]
 
 
 
+@register_attack("noise", help="random-noise baseline")
 class NoiseAttack(Attack):
     """Random sign noise that spends the same budget as an attack (a baseline).
 

@@ -16,6 +16,7 @@ import torch
 
 from ..validation import check_budget, check_count
 from .base import GradientAttack, LossFn, normalise, per_sample, project
+from .registry import register_attack
 from .gradients import GradientSource, ModelGradient
 
 __all__ = ["ascend", "step_direction", "PGD", "PGDL2"]
@@ -135,6 +136,7 @@ class _ProjectedGradientAttack(GradientAttack):
                 f"random_start={self.random_start}, restarts={self.restarts}, seed={self.seed}{extra})")
 
 
+@register_attack("pgd", help="Linf PGD")
 class PGD(_ProjectedGradientAttack):
     """Linf projected gradient descent (Madry et al.); default ``alpha = 2.5 * eps / steps``.
 
@@ -149,6 +151,7 @@ class PGD(_ProjectedGradientAttack):
         return (x + self.eps * (2 * noise - 1)).clamp(0.0, 1.0)
 
 
+@register_attack("pgd_l2", help="L2 PGD")
 class PGDL2(_ProjectedGradientAttack):
     """L2 projected gradient descent with per-sample normalised gradient steps.
 

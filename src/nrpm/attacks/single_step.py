@@ -11,10 +11,12 @@ import torch
 
 from ..validation import check_budget, check_count
 from .base import GradientAttack, LossFn, loss_and_gradient, normalise
+from .registry import register_attack
 
 __all__ = ["FGSM", "FGML2", "FGML1", "L0TopK"]
 
 
+@register_attack("fgsm", help="Linf, the paper's MNIST attack")
 class FGSM(GradientAttack):
     """Fast gradient sign method (Linf): ``x + eps * sign(grad)``, clipped to [0, 1]."""
 
@@ -26,6 +28,7 @@ class FGSM(GradientAttack):
         return (x + self.eps * grad.sign()).clamp(0.0, 1.0)
 
 
+@register_attack("fgm_l2", help="L2 fast gradient, the paper's")
 class FGML2(GradientAttack):
     """Single L2 gradient step: ``x + eps * g / ||g||_2``, clipped to [0, 1].
 
@@ -41,6 +44,7 @@ class FGML2(GradientAttack):
         return (x + self.eps * normalise(grad, self.norm)).clamp(0.0, 1.0)
 
 
+@register_attack("fgm_l1", help="L1 fast gradient, the paper's")
 class FGML1(FGML2):
     """The paper's single-step L1 attack: ``x + eps * g / ||g||_1``, clipped to [0, 1].
 
@@ -54,6 +58,7 @@ class FGML1(FGML2):
     norm = "L1"
 
 
+@register_attack("l0", help="top-k coordinates, budget = k")
 class L0TopK(GradientAttack):
     """The paper's L0 attack: perturb the ``k`` coordinates with the largest ``|grad|``.
 

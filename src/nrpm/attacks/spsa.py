@@ -7,6 +7,7 @@ import torch
 
 from ..validation import check_count, check_norm, check_positive
 from .base import Attack, logits_2d, make_generator, margin_loss_per_sample, project, random_signs
+from .registry import register_attack
 
 __all__ = ["SPSA"]
 
@@ -14,6 +15,7 @@ __all__ = ["SPSA"]
 _ADAM_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8
 
 
+@register_attack("spsa")
 class SPSA(Attack):
     """Gradient-free SPSA on the margin loss ``max_{j != y} z_j - z_y``, with Adam on the perturbation.
 

@@ -26,27 +26,38 @@ use the robust layers of an nrpm-reprogrammed model, or a plain reference model 
 
 The package, one module per concern:
 
-* :mod:`~nrpm.audit.checks`: the seven checks as public functions over attack results, :class:`Tolerances`,
-  :class:`CheckResult`, the verdicts and the grading rules;
+* :mod:`~nrpm.audit.plan`: the typed :data:`CATALOGUE` of the audit's attacks (:class:`AuditAttack`: key, label,
+  role, how it is built) from which the sweeps, the optional attacks and each check's groups are derived, and the
+  plan of one audit (:func:`make_plan`);
+* :mod:`~nrpm.audit.config`: :class:`AuditConfig`, what an audit does (data only);
+* :mod:`~nrpm.audit.probes`: what checks 1 and 2 measure on the model itself;
+* :mod:`~nrpm.audit.checks`: :class:`Evidence` (everything the audit measured) and the seven checks, each a
+  public function ``Evidence -> CheckResult``; :class:`Tolerances`, the verdicts and the grading rules;
 * :mod:`~nrpm.audit.adaptive`: the attacks aimed at NRPM (transfer, BPDA, detached IRLS weights, smoothed IRLS
-  estimators) and the
-  :func:`straight_through` / :func:`lam_one` overrides, built on :mod:`nrpm.attacks` and :mod:`nrpm.nn`;
-* :mod:`~nrpm.audit.cells`: running one (model, attack, budget) cell, and the resumable cache of their results;
-* :mod:`~nrpm.audit.runner`: :class:`AuditConfig`, the attack plan and :func:`run_audit`;
+  estimators) and the :func:`straight_through` / :func:`lam_one` overrides, built on :mod:`nrpm.attacks` and
+  :mod:`nrpm.nn`;
+* :mod:`~nrpm.audit.cells`: running one (model, attack, budget) cell, and the resumable cache of their results (a
+  :class:`nrpm.runs.ResultsFile`);
+* :mod:`~nrpm.audit.runner`: :func:`run_audit` (an :class:`AuditConfig` and a :class:`nrpm.runs.RunContext`);
 * :mod:`~nrpm.audit.report`: :class:`AuditReport` (markdown, table, plot, files) and :func:`collate_reports`.
 """
 
 from .adaptive import SMOOTHINGS, bpda_pgd, detached_irls_pgd, lam_one, smoothed_pgd, straight_through, transfer_pgd
-from .checks import (FAIL, PASS, SKIP, WARN, CheckResult, Tolerances, check_autoattack, check_blackbox,
-                     check_budget_curve, check_gradients, check_lam_and_determinism, check_steps, check_transfer,
-                     grade, worst)
 from .cells import CACHE_FORMAT
+from .checks import (CHECKS, FAIL, PASS, SKIP, WARN, CheckResult, Evidence, Tolerances, check_autoattack,
+                     check_blackbox, check_budget_curve, check_gradients, check_lam_and_determinism, check_steps,
+                     check_transfer, grade, worst)
+from .config import AuditConfig
+from .plan import CATALOGUE, OPTIONAL_ATTACKS, AuditAttack, catalogue, keys_with_role, make_plan, optional_keys
+from .probes import ForwardProbe, GradientProbe, probe_forward, probe_gradients
 from .report import AUDIT_FORMAT, AuditReport, collate_reports, curve_styles
-from .runner import OPTIONAL_ATTACKS, AuditConfig, run_audit
+from .runner import run_audit
 
-__all__ = ["Tolerances", "CheckResult", "AuditReport", "run_audit", "straight_through", "lam_one",
-           "collate_reports", "PASS", "WARN", "FAIL", "SKIP",
+__all__ = ["Tolerances", "CheckResult", "Evidence", "CHECKS", "AuditReport", "run_audit", "straight_through",
+           "lam_one", "collate_reports", "PASS", "WARN", "FAIL", "SKIP",
            "AuditConfig", "AUDIT_FORMAT", "CACHE_FORMAT", "grade", "worst", "curve_styles",
            "check_lam_and_determinism", "check_gradients", "check_budget_curve", "check_steps", "check_blackbox",
            "check_transfer", "check_autoattack", "transfer_pgd", "bpda_pgd", "detached_irls_pgd",
-           "smoothed_pgd", "SMOOTHINGS", "OPTIONAL_ATTACKS"]
+           "smoothed_pgd", "SMOOTHINGS", "OPTIONAL_ATTACKS", "AuditAttack", "CATALOGUE", "catalogue",
+           "keys_with_role", "optional_keys", "make_plan", "ForwardProbe", "GradientProbe", "probe_forward",
+           "probe_gradients"]

@@ -1,30 +1,31 @@
 """The audit's cells: a *cell* is one (model, attack, budget) run, its result a per-sample robustness mask.
 
-:class:`CellRunner` runs cells and keeps their masks (for the checks and the worst case) and a resumable cache:
-a JSON file written after every cell, keyed ``"{model tag}|{attack key}|{attack parameters}|{budget:.10g}"``,
-next to a :func:`fingerprint` of the weights, data, lam and norm. A rerun with the same settings reuses the
-finished cells; a cache of another model, or a damaged one, is refused (:func:`load_cache`) rather than mixed in.
+:class:`CellRunner` runs cells and keeps their masks (for the checks and the worst case) in the audit's results
+file, ``cache.json`` (a :class:`~nrpm.runs.ResultsFile`, written after every cell): ``{"format": CACHE_FORMAT,
+"fingerprint": ..., "cells": {key: {"mask": "0110...", "seconds": s}}}``, each cell keyed
+``"{model tag}|{attack key}|{attack parameters}|{budget:.10g}"``, next to a :func:`fingerprint` of the weights,
+data, lam and norm (the run's identity). A rerun with the same settings reuses the finished cells; a cache of
+another model, or a damaged one, is refused (:func:`cached_cells`) rather than mixed in.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
 from .. import attacks as A
-from .. import reports
 from ..attacks.base import logits_2d
+from ..runs import START_AGAIN, ResultsFile, RunContext
 
-__all__ = ["CACHE_FORMAT", "AttackSpec", "CellRunner", "load_cache", "fingerprint"]
+__all__ = ["CACHE_FORMAT", "CACHE_FILE", "AttackSpec", "CellRunner", "cache_file", "cached_cells", "fingerprint"]
 
 CACHE_FORMAT = "nrpm-audit-cache/1"
+CACHE_FILE = "cache.json"
 
 
 @dataclass
@@ -37,27 +38,27 @@ class AttackSpec:
     params: str                    # in the cache key: a cell is reused only with equal parameters
 
 
-def load_cache(path: Path, expected_fingerprint: dict, n: int) -> dict[str, dict]:
-    """The finished cells ({cache key: {"mask": "0110...", "seconds": s}}) of the cache file at ``path``.
+def cache_file(ctx: RunContext, identity: dict) -> ResultsFile:
+    """The audit's results file in ``ctx.out`` (field names and format tag of every earlier version's cache)."""
+    return ResultsFile(ctx, CACHE_FILE, fmt=CACHE_FORMAT, identity=identity, what="an nrpm audit cache",
+                       identity_field="fingerprint", settings_hint="model, data, lam and norm")
 
-    Raises ValueError, naming the file, when it is not a cache of this audit (other model, data or lam) or is
-    damaged, so a resume never silently mixes results.
+
+def cached_cells(results: ResultsFile, n: int) -> dict[str, dict]:
+    """The finished cells ({cache key: {"mask": "0110...", "seconds": s}}) of an earlier run (none: {}).
+
+    Raises ValueError (:class:`~nrpm.runs.RunRefused`), naming the file, when it is not a cache of this audit
+    (other model, data or lam) or is damaged, so a resume never silently mixes results.
     """
-    try:
-        previous = reports.read_json(path)
-    except ValueError as error:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise _damaged_cache(path, f"not JSON: {error}") from error
-    if not isinstance(previous, dict):
-        raise _damaged_cache(path, f"expected a JSON object, got {json.dumps(previous)[:40]}")
-    if previous.get("format") != CACHE_FORMAT or previous.get("fingerprint") != expected_fingerprint:
-        raise ValueError(f"{path} holds results for another model, data or lam; use another output folder or "
-                         f"--overwrite")
+    previous = results.previous()
+    if previous is None:
+        return {}
     cells = previous.get("cells")
     if not isinstance(cells, dict):
-        raise _damaged_cache(path, "no 'cells' object")
+        raise _damaged_cache(results.path, "no 'cells' object")
     for key, cell in cells.items():
         if not _is_cached_cell(cell, n):
-            raise _damaged_cache(path, f"cell {key!r} needs a 'mask' of {n} '0'/'1' characters and 'seconds'")
+            raise _damaged_cache(results.path, f"cell {key!r} needs a 'mask' of {n} '0'/'1' characters and 'seconds'")
     return cells
 
 
@@ -70,31 +71,24 @@ def _is_cached_cell(cell, n: int) -> bool:
 
 
 def _damaged_cache(path, why: str) -> ValueError:
-    return ValueError(f"{path} is not a usable nrpm audit cache ({why}); use another output folder or --overwrite")
+    return ValueError(f"{path} is not a usable nrpm audit cache ({why}): {START_AGAIN}")
 
 
 class CellRunner:
     """Runs (model, attack, budget) cells, keeping per-sample results and a resumable cache."""
 
-    def __init__(self, x, y, batch_size, cache_path, fingerprint_, progress, log):
+    def __init__(self, x, y, batch_size: int, results: ResultsFile, progress, log: Callable[[str], None]):
         self.x, self.y, self.batch_size = x, y, batch_size
         self.masks: dict[tuple, torch.Tensor] = {}
         self.cells: list[dict] = []
         self.errors: list[str] = []
-        self.log = log
-        self.progress = progress
-        self.cache_path = Path(cache_path) if cache_path is not None else None
-        self.fingerprint = fingerprint_
-        self.cache: dict[str, dict] = {}
-        if self.cache_path is not None and self.cache_path.exists():
-            self.cache = load_cache(self.cache_path, fingerprint_, len(x))
-            if self.cache and log:
-                log(f"resuming: {len(self.cache)} finished cells in {self.cache_path}")
+        self.log, self.progress, self.results = log, progress, results
+        self.cache: dict[str, dict] = cached_cells(results, len(x))
+        if self.cache:
+            log(f"resuming: {len(self.cache)} finished cells in {results.path}")
 
     def _save(self):
-        if self.cache_path is not None:
-            reports.write_json(self.cache_path, {"format": CACHE_FORMAT, "fingerprint": self.fingerprint,
-                                                 "cells": self.cache})
+        self.results.write({"cells": self.cache})
 
     def predict_mask(self, model) -> torch.Tensor:
         """Which samples ``model`` classifies correctly (clean)."""
@@ -122,8 +116,7 @@ class CellRunner:
             except (RuntimeError, ValueError) as error:
                 message = f"{spec.label} at budget {budget:g} on the {tag} model failed: {error}"
                 self.errors.append(message)
-                if self.log:
-                    self.log(message)
+                self.log(message)
                 return None
             seconds = round(time.perf_counter() - start, 3)
             self.cache[key] = {"mask": "".join("1" if v else "0" for v in mask.tolist()), "seconds": seconds}

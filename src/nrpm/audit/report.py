@@ -16,6 +16,7 @@ from typing import Sequence
 
 from .. import reports
 from .checks import FAIL, PASS, SKIP, WARN, CheckResult, format_num, format_pct, worst
+from .plan import ADAPTIVE, AUTOATTACK, BLACK_BOX, NOISE, SINGLE_STEP, STEP_VARIANT, UNBOUNDED, catalogue
 
 __all__ = ["AUDIT_FORMAT", "AuditReport", "collate_reports", "attack_family", "curve_styles", "WORST_CASE"]
 
@@ -34,25 +35,24 @@ _FAMILY_STYLES = {
     "autoattack": (("#d62728",), "*", "-"),
     "other": (("#8c564b", "#c49c94"), "v", ":"),
 }
+# the families of the roles that are families of their own (white-box attacks are told apart by their kind)
+_ROLE_FAMILIES = {BLACK_BOX: "blackbox", NOISE: "blackbox", ADAPTIVE: "adaptive", AUTOATTACK: "autoattack",
+                  STEP_VARIANT: "pgd", UNBOUNDED: "pgd"}
 _WORST_CASE_STYLE = {"color": "black", "linewidth": 3.0, "marker": "o", "linestyle": "-", "zorder": 5}
 _PLAIN_WORST_CASE_STYLE = {"color": "black", "linewidth": 2.0, "marker": "o", "linestyle": "--", "zorder": 4}
 
 
 def attack_family(key: str) -> str:
-    """The family of an attack key: 'pgd', 'apgd', 'blackbox', 'adaptive', 'fgsm', 'autoattack' or 'other'."""
-    if key == "autoattack":
-        return "autoattack"
+    """The family of an attack key: 'pgd', 'apgd', 'blackbox', 'adaptive', 'fgsm', 'autoattack' or 'other'
+    (by the attack's role in the catalogue, and for the white-box attacks by their kind)."""
+    role = next((a.role for a in catalogue() if a.key == key), None)
+    if role in _ROLE_FAMILIES:
+        return _ROLE_FAMILIES[role]
     if key.startswith("apgd"):
         return "apgd"
     if key.startswith("pgd") or key == "cw":
         return "pgd"
-    if key in ("square", "spsa", "noise"):
-        return "blackbox"
-    if key in ("transfer", "bpda", "detached") or key.startswith("smoothed"):
-        return "adaptive"
-    if key == "fgsm":
-        return "fgsm"
-    return "other"
+    return "fgsm" if key == SINGLE_STEP else "other"
 
 
 def curve_styles(keys: Sequence[str]) -> dict[str, dict]:

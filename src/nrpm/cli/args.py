@@ -17,7 +17,8 @@ from pathlib import Path
 from ..evaluation import TRAINED  # the lam row that keeps each layer's lam of a stored reprogramming
 
 __all__ = ["UsageError", "Parser", "HelpFormatter", "positive_int", "nonneg_int", "positive_float",
-           "nonneg_float", "budget", "lam_number", "lam_or_trained", "model_name", "model_spec", "data_spec",
+           "nonneg_float", "budget", "lam_number", "lam_or_trained", "model_name", "attack_name", "attack_list",
+           "model_spec", "data_spec",
            "normalization", "NormalizeAction", "device_spec", "key_value", "add_model_args", "add_model_spec_args",
            "add_data_spec_args", "model_settings", "add_threads_arg", "set_threads", "in_input_units",
            "add_estimator_args",
@@ -154,6 +155,25 @@ def model_name(text: str) -> str:
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
+
+
+def attack_name(text: str) -> str:
+    """A registered attack (``nrpm.attacks.register_attack``), in any spelling ``make_attack`` accepts;
+    misspelt: refused with the close matches."""
+    from ..attacks import attack_factory
+
+    try:
+        attack_factory(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def attack_list() -> str:
+    """The registered attacks for a help text: 'fgsm (note), pgd, ...', from the registry."""
+    from ..attacks import attack_entries
+
+    return ", ".join(f"{e.name} ({e.help})" if e.help else e.name for e in attack_entries())
 
 
 def model_spec(text: str) -> str:

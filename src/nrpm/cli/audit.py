@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from ..audit.runner import OPTIONAL_ATTACKS
+from ..audit.plan import optional_keys
 from .args import (EXIT_CHECK_FAILED, EXIT_OK, TRAINED, HelpFormatter, UsageError, add_model_args,
                    budget, check_output_folder, download_if_asked, in_input_units, key_value, lam_or_trained,
                    model_settings, nonneg_float, positive_float, positive_int, set_threads)
@@ -68,7 +68,7 @@ def add_audit_parser(subparsers) -> None:
     p.add_argument("--spsa-steps", type=positive_int, default=50, help="SPSA (check 5, black-box) Adam steps")
     p.add_argument("--spsa-samples", type=positive_int, default=64,
                    help="SPSA queries per step (antithetic pairs; a sample costs at most steps x (samples + 1))")
-    p.add_argument("--skip-attacks", nargs="+", default=[], choices=list(OPTIONAL_ATTACKS),
+    p.add_argument("--skip-attacks", nargs="+", default=[], choices=list(optional_keys()),
                    help="leave out optional attacks for a quick run (the C&W, SPSA and smoothed-gradient cells)")
     p.add_argument("--no-plain", action="store_true",
                    help="do not evaluate the plain (lam=1) model next to the reprogrammed one")
@@ -207,13 +207,34 @@ def _write_robustbench(args, report, eps, prepared, samples, audit_json) -> None
     print(f"robustbench entry: {args.robustbench_json}", file=sys.stderr)
 
 
+def _audit_config(args, prepared, samples, plain_label):
+    """The AuditConfig of parsed ``nrpm audit`` arguments, with what the CLI loaded recorded as provenance."""
+    from .. import audit as AU
+    from .. import reports
+
+    budgets, unit, steps = _budgets_and_steps(args, samples.info["dataset"], samples.info["spec"])
+    source = "paper checkpoint" if args.checkpoint == "pretrained" else args.checkpoint
+    provenance = {"eval_settings": asdict(prepared.settings), "reprogramming_file": args.reprogramming,
+                  "reprogramming": prepared.reprogramming,
+                  "cli_args": {k: v for k, v in vars(args).items() if k != "func"},
+                  "checkpoint_info": prepared.checkpoint_info, "model_info": prepared.model_info,
+                  "data_info": samples.info}
+    return AU.AuditConfig(
+        budgets=budgets, norm=args.norm, compare_plain=not args.no_plain, plain_label=plain_label, steps=steps,
+        alpha=None if args.alpha is None else args.alpha / unit, restarts=args.restarts, apgd_steps=args.apgd_steps,
+        square_queries=args.square_queries, spsa_steps=args.spsa_steps, spsa_samples=args.spsa_samples,
+        skip_attacks=tuple(args.skip_attacks), autoattack=not args.no_autoattack, unbounded_eps=args.unbounded_eps,
+        check_budget=None if args.check_budget is None else args.check_budget / unit, tolerances=_tolerances(args),
+        seed=args.seed, batch_size=args.batch_size, title=args.title or f"{args.model} ({source})",
+        budget_unit=unit, provenance={k: reports.jsonable(v) for k, v in provenance.items()})
+
+
 def cmd_audit(args) -> int:
     import torch
 
     from .. import audit as AU
     from .. import evaluation as E
-    from .. import reports
-    from .._io import output_dir_lock
+    from ..runs import RunContext
 
     out = Path(args.out) if args.out else None
     if out is not None:
@@ -233,38 +254,17 @@ def cmd_audit(args) -> int:
     robustbench_eps = _robustbench_eps(args, budgets, unit)
     print(f"data: {samples.info['detected']}", file=sys.stderr)  # after the checks: an error stays one line
     plain, plain_label = _plain_model(args, settings, device)
-    x, y = samples.x, samples.y
-    cache = out / "cache.json" if out is not None else None
-    with output_dir_lock(out, "audit", enabled=out is not None):
-        if cache is not None and args.overwrite and cache.exists():
-            cache.unlink()
-        source = "paper checkpoint" if args.checkpoint == "pretrained" else args.checkpoint
-        report = AU.run_audit(
-            model, x, y, budgets=budgets, norm=args.norm, compare_plain=not args.no_plain, plain_model=plain,
-            plain_label=plain_label, steps=steps, alpha=None if args.alpha is None else args.alpha / unit,
-            restarts=args.restarts, apgd_steps=args.apgd_steps, square_queries=args.square_queries,
-            spsa_steps=args.spsa_steps, spsa_samples=args.spsa_samples, skip_attacks=tuple(args.skip_attacks),
-            autoattack=not args.no_autoattack, unbounded_eps=args.unbounded_eps,
-            check_budget=None if args.check_budget is None else args.check_budget / unit,
-            tolerances=_tolerances(args), seed=args.seed, batch_size=args.batch_size, cache_path=cache,
-            title=args.title or f"{args.model} ({source})", budget_unit=unit, progress=not args.no_progress,
-            log=lambda m: print(m, file=sys.stderr))
-        report.settings["eval_settings"] = reports.jsonable(asdict(settings))
-        report.settings["reprogramming_file"] = args.reprogramming
-        report.settings["reprogramming"] = reports.jsonable(prepared.reprogramming)
-        report.settings["cli_args"] = reports.jsonable({k: v for k, v in vars(args).items() if k != "func"})
-        report.settings["checkpoint_info"] = reports.jsonable(prepared.checkpoint_info)
-        report.settings["model_info"] = reports.jsonable(prepared.model_info)
-        report.settings["data_info"] = reports.jsonable(samples.info)
-        paths = {}
-        if out is not None:  # saved before printing: a closed stdout pipe must not lose the report
-            paths = report.save(out)
-        if robustbench_eps is not None:
-            _write_robustbench(args, report, robustbench_eps, prepared, samples, paths.get("json"))
-        print(report.to_markdown())
-        if out is not None:
-            print(f"audit: {paths['json']} (+ audit.md, audit.png, cache.json); {report.seconds:.0f} s",
-                  file=sys.stderr)
+    ctx = RunContext.create(out, "audit", overwrite=args.overwrite, progress=not args.no_progress,
+                            log=lambda m: print(m, file=sys.stderr))
+    report = AU.run_audit(model, samples.x, samples.y, _audit_config(args, prepared, samples, plain_label),
+                          ctx, plain_model=plain)
+    if robustbench_eps is not None:
+        _write_robustbench(args, report, robustbench_eps, prepared, samples,
+                           None if out is None else out / "audit.json")
+    print(report.to_markdown())
+    if out is not None:
+        print(f"audit: {out / 'audit.json'} (+ audit.md, audit.png, cache.json); {report.seconds:.0f} s",
+              file=sys.stderr)
     failed = report.verdict == AU.FAIL or (args.strict and report.verdict == AU.WARN)
     return EXIT_CHECK_FAILED if failed else EXIT_OK
 

@@ -14,14 +14,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .args import (TRAINED, HelpFormatter, add_model_args, budget, check_output_folder, download_if_asked,
-                   in_input_units, key_value, lam_or_trained, model_settings, positive_float, set_threads)
+from .args import (TRAINED, HelpFormatter, add_model_args, attack_list, attack_name, budget, check_output_folder,
+                   download_if_asked, in_input_units, key_value, lam_or_trained, model_settings, positive_float, set_threads)
 
 __all__ = ["add_eval_parser", "cmd_eval", "eval_settings"]
-
-ATTACKS = ("fgsm, pgd, pgd_l2, fgm_l1, fgm_l2, l0, cw (PGD on the C&W margin), cw-l2, deepfool, spsa, apgd-ce, "
-           "apgd-dlr, square, autoattack, autoattack-l2, noise, corruption (--attack-arg kind=..., budget = severity)")
-
 
 def add_eval_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -34,7 +30,8 @@ def add_eval_parser(subparsers) -> None:
                    help=f"lam rows: numbers in [0, 1] (1 = original model) set every robust layer to that value; "
                         f"'{TRAINED}' keeps each layer's lam of a stored reprogramming (default: 1, or "
                         f"'{TRAINED}' with a stored reprogramming; a number there overrides all its layers)")
-    p.add_argument("--attack", default="fgsm", help=ATTACKS)
+    p.add_argument("--attack", default="fgsm", type=attack_name,
+                   help=f"a registered attack: {attack_list()}")
     p.add_argument("--attack-arg", action="append", type=key_value, metavar="KEY=VALUE",
                    help="attack option, repeatable: steps=40, alpha=0.01, restarts=2, n_queries=1000")
     p.add_argument("--budgets", nargs="+", type=budget, default=[0.0, 0.1], help="budgets in --budget-unit (0 = clean)")

@@ -1,0 +1,89 @@
+"""What an audit does: :class:`AuditConfig`, data only (numbers, names, flags).
+
+The models an audit needs besides the audited one (``base_model``, ``plain_model``) are arguments of
+:func:`~nrpm.audit.run_audit`, and where and how it writes (output folder, progress bar, log) is its
+:class:`~nrpm.runs.RunContext`: a config can then be compared, copied and recorded as it is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .checks import Tolerances
+from .plan import optional_keys
+
+__all__ = ["AuditConfig"]
+
+
+@dataclass
+class AuditConfig:
+    """What :func:`~nrpm.audit.run_audit` does; every field is also a keyword of ``run_audit``.
+
+    budgets: the attack budgets (> 0; clean accuracy is always measured), in input units.
+    lam: set on the robust layers for the audit (float or {layer: lam}); restored afterwards. None: as is.
+    plain_label: the name of the model shown next to the audited one in the table (``run_audit``'s
+        ``plain_model``, default its ``base_model``: the audited model with the reprogramming undone).
+    compare_plain: also run FGSM, PGD, APGD-CE/DLR, Square and AutoAttack on the plain model, for the table.
+    steps, alpha, restarts: the PGD attack (alpha absolute; default 2.5 * eps / steps). The transfer, BPDA,
+        detached, smoothed-IRLS and C&W-margin attacks use the same PGD (transfer and smoothed: one run, last
+        iterate). apgd_steps, square_queries: APGD iterations and Square queries.
+    spsa_steps, spsa_samples: the SPSA black-box attack (check 5): Adam steps and queries per step (antithetic
+        pairs); a sample costs at most spsa_steps * (spsa_samples + 1) queries, 3250 by default (Square: 5000).
+    skip_attacks: keys of optional attacks to leave out for a quick run, from ``optional_keys()``: 'cw', 'spsa',
+        'smoothed-eps10', 'smoothed-eps100', 'smoothed-k1' (listed in the report's notes as skipped).
+    autoattack: run check 7 (AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square-5000); the slowest part.
+    unbounded_eps: budget at which accuracy must reach ~0 (default: Linf 1.0, L2 sqrt(input size)).
+    check_budget: budget for check 4 (default: the one where PGD accuracy is closest to half the clean one).
+    title, budget_unit: the report's title and the unit budgets are shown in (e.g. 255 for 8/255).
+    provenance: facts recorded in the report's settings as they are (the CLI's model, checkpoint and data
+        descriptions); no number depends on them.
+    """
+
+    budgets: Sequence[float]
+    norm: str = "Linf"
+    lam: float | dict | None = None
+    plain_label: str = "plain (lam=1)"
+    compare_plain: bool = True
+    steps: int = 40
+    alpha: float | None = None
+    restarts: int = 1
+    apgd_steps: int = 100
+    square_queries: int = 5000
+    spsa_steps: int = 50
+    spsa_samples: int = 64
+    skip_attacks: Sequence[str] = ()
+    autoattack: bool = True
+    unbounded_eps: float | None = None
+    check_budget: float | None = None
+    tolerances: Tolerances | None = None
+    seed: int = 0
+    batch_size: int = 256
+    title: str | None = None
+    budget_unit: float = 1.0
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.norm not in ("Linf", "L2"):
+            raise ValueError(f"norm must be 'Linf' or 'L2', got {self.norm!r}")
+        self.budgets = sorted({float(b) for b in self.budgets if float(b) > 0})
+        if not self.budgets:
+            raise ValueError("give at least one budget > 0 (clean accuracy is always measured)")
+        for name in ("steps", "restarts", "apgd_steps", "square_queries", "spsa_steps", "spsa_samples", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("alpha", "unbounded_eps", "check_budget"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        if self.spsa_samples % 2:
+            raise ValueError(f"spsa_samples must be even (antithetic pairs), got {self.spsa_samples}")
+        self.skip_attacks = tuple(self.skip_attacks)
+        optional = optional_keys()
+        unknown = sorted(set(self.skip_attacks) - set(optional))
+        if unknown:
+            raise ValueError(f"skip_attacks may only name {', '.join(optional)}; got {unknown}")
+        if self.tolerances is None:
+            self.tolerances = Tolerances()
