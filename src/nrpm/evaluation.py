@@ -424,7 +424,9 @@ def evaluate_grid(model, x, y, lams, budgets, make_attack: Callable[[float], A.A
             measure = lambda xs, ys: A.clean_accuracy(model, xs, ys, batch_size=batch_size)
         else:
             attack = make_attack(budget)
-            measure = lambda xs, ys: A.robust_accuracy(model, attack, xs, ys, batch_size=batch_size)
+            first = dist.shard_range(len(x))[0]  # global index of this rank's first sample (seeds its attack)
+            measure = lambda xs, ys: A.robust_accuracy(model, attack, xs, ys, batch_size=batch_size,
+                                                       first_index=first)
         correct = dist.sharded_correct(measure, x, y)  # this rank's block of x; counts summed over ranks
         acc = correct / len(x)
         cell = {"lam": lam, "budget": budget, "attack": "clean" if budget == 0 else attack_name,
@@ -464,6 +466,7 @@ def _previous_cells(path: Path, key: dict) -> dict:
 def _resume_key(prepared: PreparedModel) -> dict:
     """The cell key, plus the stored state itself: a retrained model.pt at the same path must not resume."""
     key = prepared.settings.cell_key()
+    key["attack_rng"] = "per-sample"  # cells from before per-sample seeding used other random starts: not resumed
     if prepared.reprogramming is not None:
         applied = prepared.reprogramming
         key["stored_reprogramming"] = json.loads(json.dumps(

@@ -110,7 +110,8 @@ class CellRunner:
             extra: bool = False) -> torch.Tensor | None:
         """Per-sample robustness of ``model`` under ``spec`` at ``budget``, attacking only ``candidates``;
         from the cache when the cell ran before. None (and an error recorded) when the attack fails."""
-        key = f"{tag}|{spec.key}|{spec.params}|{budget:.10g}"
+        # 'rng=sample': cells cached before random choices were seeded per sample are recomputed, not reused
+        key = f"{tag}|{spec.key}|{spec.params}|{budget:.10g}|rng=sample"
         start = time.perf_counter()
         if key in self.cache:
             entry = self.cache[key]
@@ -150,7 +151,7 @@ class CellRunner:
         for i in range(0, len(index), self.batch_size):
             idx = index[i:i + self.batch_size]
             xb, yb = self.x[idx].to(device), self.y[idx].to(device)
-            x_adv = attack(model, xb, yb)
+            x_adv = attack(model, xb, yb, indices=idx)  # seeded per sample: masks do not depend on batching
             with torch.no_grad():
                 result[idx] = (logits_2d(model, x_adv).argmax(1) == yb).cpu()
         return result
