@@ -43,7 +43,7 @@ from .models import (default_robust_layers, describe_model, inner_model, is_regi
                      model_entry, model_from_checkpoint, parse_model_spec, resolve_model_spec, with_normalization)
 from .provenance import versions
 from .reprogram import ReprogramConfig, lam_table, load_reprogramming, reprogram, robust_layers, set_lam
-from .validation import check_eps, check_K
+from .validation import check_eps, check_reprogram_K
 
 __all__ = ["EvalSettings", "PreparedModel", "LoadedModel", "prepare_model", "build_model", "load_model",
            "load_weights", "load_plain_model", "read_torch_file", "run_eval", "evaluate_grid", "load_eval_samples",
@@ -262,7 +262,7 @@ def _apply_stored(model: nn.Module, state: dict, source: str, settings: EvalSett
     stored = {"K": config.get("K"), "eps": config.get("eps")}
     overrides = {}
     if settings.K is not None:
-        overrides["K"] = check_K(settings.K)
+        overrides["K"] = check_reprogram_K(settings.K)
     if settings.eps is not None:
         overrides["eps"] = check_eps(settings.eps)
     if settings.estimator is not None:

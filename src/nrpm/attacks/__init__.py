@@ -34,7 +34,8 @@ from .deepfool import DeepFool
 from .gradients import BackwardModeGradient, GradientSource, ModelGradient, SmoothedGradient, TransferGradient
 from .noise import NoiseAttack
 from .pgd import PGD, PGDL2, ascend
-from .registry import ATTACKS, attack_factory, canonical_name, make_attack, with_default_seed
+from .registry import (ATTACKS, STEP_SIZES, attack_factory, canonical_name, make_attack, step_size_options,
+                       with_default_seed)
 from .single_step import FGML1, FGML2, FGSM, L0TopK
 from .spsa import SPSA
 
@@ -43,7 +44,8 @@ __all__ = [
     "APGDCE", "APGDDLR", "Square", "AutoAttackStandard", "CWLinf", "CWL2", "DeepFool", "SPSA", "Corruption",
     "corrupt", "CORRUPTIONS",
     "GradientSource", "ModelGradient", "TransferGradient", "BackwardModeGradient", "SmoothedGradient", "ascend",
-    "ATTACKS", "make_attack", "canonical_name", "attack_factory", "with_default_seed",
+    "ATTACKS", "STEP_SIZES", "make_attack", "canonical_name", "attack_factory", "with_default_seed",
+    "step_size_options",
     "robust_accuracy", "clean_accuracy", "model_device", "perturbation_norm", "NORMS",
     "eval_frozen", "cross_entropy_per_sample", "margin_loss_per_sample", "loss_and_gradient",
 ]

@@ -16,7 +16,8 @@ from .pgd import PGD, PGDL2
 from .single_step import FGML1, FGML2, FGSM, L0TopK
 from .spsa import SPSA
 
-__all__ = ["ATTACKS", "make_attack", "canonical_name", "attack_factory", "with_default_seed"]
+__all__ = ["ATTACKS", "STEP_SIZES", "make_attack", "canonical_name", "attack_factory", "with_default_seed",
+           "step_size_options"]
 
 #: name -> factory called as ``factory(eps, **kwargs)``
 ATTACKS: dict[str, Callable[..., Attack]] = {
@@ -38,6 +39,19 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "spsa": SPSA,
     "corruption": Corruption,
 }
+
+
+#: per attack, its options that are lengths in input space (step sizes, probe sizes): the CLI takes them in
+#: --budget-unit, like the budgets. (C&W-L2's lr is a step in tanh space and Square's p_init a fraction: not here.)
+STEP_SIZES: dict[str, tuple[str, ...]] = {
+    "pgd": ("alpha",), "pgd_l2": ("alpha",), "cw": ("alpha",), "spsa": ("lr", "delta"),
+}
+
+
+def step_size_options(name: str) -> tuple[str, ...]:
+    """The options of attack ``name`` given in budget units on the command line (see :data:`STEP_SIZES`)."""
+    key, _ = attack_factory(name)
+    return STEP_SIZES.get(key, ())
 
 
 def canonical_name(name: str) -> str:
@@ -75,10 +89,14 @@ def make_attack(name: str, eps: float, **kwargs) -> Attack:
         raise TypeError(f"attack {key!r} fixes {', '.join(f'{k}={fixed[k]!r}' for k in clash)}; "
                         f"do not pass {', '.join(clash)}")
     signature = inspect.signature(factory)
+    budget_name = next(iter(signature.parameters))
+    options = [p for p in signature.parameters if p not in fixed][1:]  # the budget is no option: not listed
+    if budget_name in kwargs:
+        raise TypeError(f"attack {key!r} takes its budget as make_attack's eps, not as an option "
+                        f"{budget_name}={kwargs[budget_name]!r}; its options: {', '.join(options) or 'none'}")
     try:
         signature.bind(eps, **kwargs)
     except TypeError as error:
-        accepted = [p for p in signature.parameters if p not in fixed][1:]
         raise TypeError(f"bad arguments for attack {key!r}: {error}; "
-                        f"it accepts eps and {', '.join(accepted) or 'nothing else'}") from None
+                        f"its options: {', '.join(options) or 'none'}") from None
     return factory(eps, **kwargs)
