@@ -466,7 +466,8 @@ def _previous_cells(path: Path, key: dict) -> dict:
 def _resume_key(prepared: PreparedModel) -> dict:
     """The cell key, plus the stored state itself: a retrained model.pt at the same path must not resume."""
     key = prepared.settings.cell_key()
-    key["attack_rng"] = "per-sample"  # cells from before per-sample seeding used other random starts: not resumed
+    if A.make_attack(prepared.settings.attack, 0.0, **prepared.settings.attack_kwargs).seeded_per_sample:
+        key["attack_rng"] = "per-sample"  # cells from before per-sample seeding hold other numbers: not resumed
     if prepared.reprogramming is not None:
         applied = prepared.reprogramming
         key["stored_reprogramming"] = json.loads(json.dumps(

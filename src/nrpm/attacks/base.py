@@ -220,6 +220,9 @@ class Attack:
     def __init__(self, eps: float):
         self.eps = check_budget(eps)
 
+    #: whether the attack draws from :meth:`sample_rng` (results changed when seeding became per sample, so
+    #: caches of earlier results must not be reused for it)
+    seeded_per_sample: bool = False
     #: global indices of the rows of the batch being attacked (set by ``__call__`` for ``perturb``)
     sample_indices: Optional[torch.Tensor] = None
 

@@ -191,6 +191,7 @@ class Corruption(Attack):
     """
 
     name = "corruption"
+    seeded_per_sample = True
     norm = "corruption"
 
     def __init__(self, severity: int, kind: str = "gaussian_noise", seed: int = 0):

@@ -25,6 +25,7 @@ class NoiseAttack(Attack):
     """
 
     name = "noise"
+    seeded_per_sample = True
 
     def __init__(self, eps: float, norm: str = "Linf", seed: int = 0):
         self.norm = check_norm(norm, NORMS)

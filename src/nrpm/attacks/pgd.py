@@ -82,6 +82,8 @@ class _ProjectedGradientAttack(GradientAttack):
     ``gradient``: where the step direction comes from (default: the attacked model's exact gradient).
     """
 
+    seeded_per_sample = True
+
     def __init__(self, eps: float, steps: int = 40, alpha: Optional[float] = None,
                  random_start: bool = True, restarts: int = 1, seed: int = 0,
                  loss_fn: Optional[LossFn] = None, gradient: Optional[GradientSource] = None,

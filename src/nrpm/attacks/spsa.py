@@ -28,6 +28,7 @@ class SPSA(Attack):
     """
 
     name = "spsa"
+    seeded_per_sample = True
 
     def __init__(self, eps: float, norm: str = "Linf", steps: int = 100, samples: int = 128, delta: float = 0.01,
                  lr: float = 0.01, seed: int = 0, query_batch: int = 8192):

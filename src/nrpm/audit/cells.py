@@ -110,8 +110,7 @@ class CellRunner:
             extra: bool = False) -> torch.Tensor | None:
         """Per-sample robustness of ``model`` under ``spec`` at ``budget``, attacking only ``candidates``;
         from the cache when the cell ran before. None (and an error recorded) when the attack fails."""
-        # 'rng=sample': cells cached before random choices were seeded per sample are recomputed, not reused
-        key = f"{tag}|{spec.key}|{spec.params}|{budget:.10g}|rng=sample"
+        key = _cache_key(tag, spec, budget)
         start = time.perf_counter()
         if key in self.cache:
             entry = self.cache[key]
@@ -155,6 +154,17 @@ class CellRunner:
             with torch.no_grad():
                 result[idx] = (logits_2d(model, x_adv).argmax(1) == yb).cpu()
         return result
+
+
+def _cache_key(tag: str, spec: AttackSpec, budget: float) -> str:
+    """The cell's cache key. Attacks seeded per sample add '|rng=sample': their cells cached before that seeding
+    hold other numbers and are recomputed, not reused (an attack that cannot be built fails later, in its run)."""
+    key = f"{tag}|{spec.key}|{spec.params}|{budget:.10g}"
+    try:
+        seeded = spec.make(budget).seeded_per_sample
+    except (RuntimeError, ValueError, TypeError):
+        seeded = False
+    return key + "|rng=sample" if seeded else key
 
 
 # ----------------------------------------------------------------------------------------------- fingerprints
