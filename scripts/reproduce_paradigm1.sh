@@ -29,18 +29,18 @@ cifar() {
   # PGD-20, step 2/255, random start, on the first 1000 test images; robust 3x3 block convs (the default).
   # K=3 (our library default) for the paper's published lam rows only (CPU time); the full sweep is at K=1 below.
   $NRPM eval --model resnet18_narrow --lam 1.0 0.9 0.7 --K 3 --eps 1e-3 --attack pgd \
-    --attack-arg steps=20 --attack-arg alpha=0.00784313725490196 --budgets 0 8 16 32 --budget-unit 255 \
+    --attack-arg steps=20 --attack-arg alpha=2 --budgets 0 8 16 32 --budget-unit 255 \
     --n-samples 1000 --batch-size 200 --no-progress --out $OUT/resnet18_narrow_pgd20_K3
   # K=1: the setting whose clean accuracy matches the paper's lam rows (scripts/trace_resnet_setting.py)
   $NRPM eval --model resnet18_narrow --lam 1.0 0.9 0.8 0.7 0.6 0.5 0.4 --K 1 --eps 1e-3 --attack pgd \
-    --attack-arg steps=20 --attack-arg alpha=0.00784313725490196 --budgets 0 8 16 32 --budget-unit 255 \
+    --attack-arg steps=20 --attack-arg alpha=2 --budgets 0 8 16 32 --budget-unit 255 \
     --n-samples 1000 --batch-size 200 --no-progress --out $OUT/resnet18_narrow_pgd20_K1
 }
 
 cifar_quick() {
   # a CPU-sized subset of cifar(): the paper's published lam rows on the first 200 test images
   $NRPM eval --model resnet18_narrow --lam 1.0 0.9 0.7 --K 3 --eps 1e-3 --attack pgd \
-    --attack-arg steps=20 --attack-arg alpha=0.00784313725490196 --budgets 0 8 16 32 --budget-unit 255 \
+    --attack-arg steps=20 --attack-arg alpha=2 --budgets 0 8 16 32 --budget-unit 255 \
     --n-samples 200 --batch-size 100 --no-progress --out $OUT/resnet18_narrow_pgd20_K3_n200
 }
 
@@ -49,7 +49,7 @@ cifar_aa() {
   # K=1, the setting that matches the paper's table. AutoAttack then runs for lam 1.0, the chosen lam and the
   # paper's lam 0.9 row (if the choice is 1.0 or 0.9, the list is shorter).
   $NRPM eval --model resnet18_narrow --split val --lam 1.0 0.9 0.8 0.7 0.6 0.5 0.4 --K 1 --eps 1e-3 \
-    --attack pgd --attack-arg steps=20 --attack-arg alpha=0.00784313725490196 --budgets 8 --budget-unit 255 \
+    --attack pgd --attack-arg steps=20 --attack-arg alpha=2 --budgets 8 --budget-unit 255 \
     --n-samples 500 --batch-size 250 --no-progress --out $OUT/resnet18_narrow_val_lam_choice_K1
   best=$(.venv/bin/python scripts/best_lam.py $OUT/resnet18_narrow_val_lam_choice_K1/results.json)
   echo "lam chosen on held-out training images: $best"

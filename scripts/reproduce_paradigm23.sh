@@ -34,10 +34,10 @@ mnist() {
 cifar() {
   EPOCHS=${EPOCHS:-3}; SUBSET=${SUBSET:-2560}
   PGD7="--attack pgd --attack-eps 8 --attack-alpha 2 --attack-steps 7 --budget-unit 255 --clean-weight 0.5"
-  T="--test-attack pgd --test-attack-arg steps=20 --test-attack-arg alpha=0.00784313725490196 --test-budgets 0 8 16 32 --test-batch-size 250 --test-samples ${TEST_N:-500}"
+  T="--test-attack pgd --test-attack-arg steps=20 --test-attack-arg alpha=2 --test-budgets 0 8 16 32 --test-batch-size 250 --test-samples ${TEST_N:-500}"
   # the original model on the same test images, for the comparison row
   $NRPM eval --model resnet18_narrow --lam 1.0 --attack pgd --attack-arg steps=20 \
-    --attack-arg alpha=0.00784313725490196 --budgets 0 8 16 32 --budget-unit 255 --n-samples ${TEST_N:-500} \
+    --attack-arg alpha=2 --budgets 0 8 16 32 --budget-unit 255 --n-samples ${TEST_N:-500} \
     --batch-size 250 --no-progress --threads ${THREADS:-1} --out $OUT/resnet18_narrow_original
   for p in 2 3; do
     if [ $p = 2 ]; then opt="--optimizer adam --lr 0.01"; else opt="--optimizer adam --lr 1e-4 --lam-lr 0.01"; fi

@@ -31,7 +31,7 @@ certify() {
 
 resnet_table() {
   # the paper's ResNet table columns at 8/255 on the first 100 test images
-  local pgd="--attack-arg steps=20 --attack-arg alpha=0.00784313725490196"
+  local pgd="--attack-arg steps=20 --attack-arg alpha=2"
   for row in "original|--lam 1" "p1_lam0.9|--lam 0.9" \
              "p2|--reprogramming results/paradigm23/resnet18_narrow_p2/reprogramming.pt" \
              "p3|--checkpoint results/paradigm23/resnet18_narrow_p3/model.pt"; do

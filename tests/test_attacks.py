@@ -389,9 +389,12 @@ def test_budget_can_be_given_by_keyword():
 
 
 def _old_transfer_pgd(source, x, y, eps, steps, alpha, seed):
-    """The audit's former hand-written transfer PGD (Linf), kept here to pin the shared core to it."""
-    g = torch.Generator().manual_seed(seed)
-    x_adv = (x + eps * (2 * torch.rand(x.shape, generator=g, dtype=x.dtype) - 1))
+    """The audit's former hand-written transfer PGD (Linf), kept here to pin the shared core to it; its random
+    start is drawn per sample (seeded by (seed, row index)), as every attack's is."""
+    from nrpm.attacks.randomness import per_sample_noise, sample_seed
+
+    noise = per_sample_noise(x.shape[1:], [sample_seed(seed, i) for i in range(len(x))], x)
+    x_adv = (x + eps * (2 * noise - 1))
     x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
     for _ in range(steps):
         x_adv = x_adv.detach().requires_grad_(True)

@@ -530,8 +530,10 @@ def test_older_caches_resume_and_only_the_new_attacks_run(samples, tmp_path, mon
     old = run_audit(model, x, y, config, ctx, skip_attacks=AU.OPTIONAL_ATTACKS)
     assert [c["attack"] for c in old.cells] == list(_OLD_KEYS)
     cached = json.loads((tmp_path / "cache.json").read_text())["cells"]
-    assert "nrpm|pgd|steps=2,alpha=default,restarts=1,seed=0|0.2" in cached   # the key format of older caches
-    assert "nrpm|square|q=5,seed=0|0.2" in cached and "nrpm|noise|seed=0|0.2" in cached
+    assert "nrpm|square|q=5,seed=0|0.2" in cached  # the key format of older caches
+    # attacks seeded per sample (their results changed with it) say so, so that older cells are not reused
+    assert "nrpm|pgd|steps=2,alpha=default,restarts=1,seed=0|0.2|rng=sample" in cached
+    assert "nrpm|noise|seed=0|0.2|rng=sample" in cached
 
     computed = []
     run_cell = AU.cells.CellRunner.attack_candidates

@@ -43,7 +43,7 @@ from .models import (default_robust_layers, describe_model, inner_model, is_regi
                      model_entry, model_from_checkpoint, parse_model_spec, resolve_model_spec, with_normalization)
 from .provenance import versions
 from .reprogram import ReprogramConfig, lam_table, load_reprogramming, reprogram, robust_layers, set_lam
-from .validation import check_eps, check_K
+from .validation import check_eps, check_reprogram_K
 
 __all__ = ["EvalSettings", "PreparedModel", "LoadedModel", "prepare_model", "build_model", "load_model",
            "load_weights", "load_plain_model", "read_torch_file", "run_eval", "evaluate_grid", "load_eval_samples",
@@ -262,7 +262,7 @@ def _apply_stored(model: nn.Module, state: dict, source: str, settings: EvalSett
     stored = {"K": config.get("K"), "eps": config.get("eps")}
     overrides = {}
     if settings.K is not None:
-        overrides["K"] = check_K(settings.K)
+        overrides["K"] = check_reprogram_K(settings.K)
     if settings.eps is not None:
         overrides["eps"] = check_eps(settings.eps)
     if settings.estimator is not None:
@@ -424,7 +424,9 @@ def evaluate_grid(model, x, y, lams, budgets, make_attack: Callable[[float], A.A
             measure = lambda xs, ys: A.clean_accuracy(model, xs, ys, batch_size=batch_size)
         else:
             attack = make_attack(budget)
-            measure = lambda xs, ys: A.robust_accuracy(model, attack, xs, ys, batch_size=batch_size)
+            first = dist.shard_range(len(x))[0]  # global index of this rank's first sample (seeds its attack)
+            measure = lambda xs, ys: A.robust_accuracy(model, attack, xs, ys, batch_size=batch_size,
+                                                       first_index=first)
         correct = dist.sharded_correct(measure, x, y)  # this rank's block of x; counts summed over ranks
         acc = correct / len(x)
         cell = {"lam": lam, "budget": budget, "attack": "clean" if budget == 0 else attack_name,
@@ -464,6 +466,8 @@ def _previous_cells(path: Path, key: dict) -> dict:
 def _resume_key(prepared: PreparedModel) -> dict:
     """The cell key, plus the stored state itself: a retrained model.pt at the same path must not resume."""
     key = prepared.settings.cell_key()
+    if A.make_attack(prepared.settings.attack, 0.0, **prepared.settings.attack_kwargs).seeded_per_sample:
+        key["attack_rng"] = "per-sample"  # cells from before per-sample seeding hold other numbers: not resumed
     if prepared.reprogramming is not None:
         applied = prepared.reprogramming
         key["stored_reprogramming"] = json.loads(json.dumps(

@@ -28,7 +28,7 @@ from .coverage import unreprogrammed_weights, warn_unreprogrammed
 from .nn import BACKWARD_MODES, RobustConv2d, RobustLinear, RobustMixin
 from .nn_attention import AGGREGATION_NAME, ATTENTION_PARTS, PROJECTION_NAMES, RobustMultiheadAttention
 from .targets import canonical_name, matches, module_aliases, normalize_pattern
-from .validation import check_eps, check_estimator, check_K, check_lam
+from .validation import check_eps, check_estimator, check_lam, check_reprogram_K
 
 __all__ = [
     "TARGET_TYPE_NAMES",
@@ -102,7 +102,7 @@ class ReprogramConfig:
     scale: str = RF.DEFAULT_SCALE
 
     def __post_init__(self):
-        check_K(self.K)
+        check_reprogram_K(self.K)  # K = 0 would make every lam the plain model
         check_eps(self.eps)
         check_lam(self.lam)
         check_estimator(self.norm, self.gamma, self.delta, self.scale)

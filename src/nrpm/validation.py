@@ -16,7 +16,8 @@ import torch
 
 __all__ = ["check_estimator", "ESTIMATORS", "SCALES", "DEFAULT_NORM", "DEFAULT_GAMMA", "DEFAULT_DELTA",
            "DEFAULT_SCALE", "check_K", "check_eps", "check_lam", "check_floating", "check_count", "check_nonneg",
-           "check_positive", "check_budget", "check_norm", "check_batch", "LamType"]
+           "check_positive", "check_budget", "check_norm", "check_batch", "LamType", "check_reprogram_K",
+           "check_linf_budgets", "check_no_budget_option", "BUDGET_OPTIONS"]
 
 LamType = Union[float, torch.Tensor]
 
@@ -48,6 +49,16 @@ def check_K(K) -> int:
         raise ValueError(f"K (number of IRLS steps) must be an int >= 0, got {K!r} of type {type(K).__name__}")
     if K < 0:
         raise ValueError(f"K (number of IRLS steps) must be >= 0, got {K}")
+    return K
+
+
+def check_reprogram_K(K, flag: str = "K") -> int:
+    """K of a reprogramming: an int >= 1. (The functional ops take K = 0 as the plain layer, but as a
+    reprogramming setting it silently turns every lam row into the plain model, so it is refused.)"""
+    K = check_K(K)
+    if K < 1:
+        raise ValueError(f"{flag} {K}: K = 0 IRLS steps makes every robust layer the plain layer, so every lam "
+                         f"gives the plain model; use {flag} 1 or more")
     return K
 
 
@@ -142,3 +153,28 @@ def check_batch(x, y) -> None:
     low, high = x.min().item(), x.max().item()
     if low < 0.0 or high > 1.0:
         raise ValueError(f"x must lie in [0, 1], but its values range over [{low:.6g}, {high:.6g}]")
+
+
+def check_linf_budgets(budgets, unit: float = 1.0, flag: str = "--budgets") -> None:
+    """Linf budgets (in [0, 1] input units, as given divided by ``unit``) lie below 1, the whole image range.
+
+    A budget of 1 or more lets the attack reach any image, so it is almost always a budget meant in pixel levels
+    given without ``--budget-unit 255`` (``--budgets 8`` ran Linf 8 on [0, 1] images)."""
+    for value in budgets:
+        if value >= 1:
+            raise ValueError(f"{flag} {value * unit:g} is an Linf budget of {value:g} in [0, 1] input units, the "
+                             f"whole image range or more; for budgets in pixel levels (8 = 8/255) add "
+                             f"--budget-unit 255")
+
+
+#: names an attack's budget takes in its constructor; never an --attack-arg option
+BUDGET_OPTIONS = ("eps", "k", "severity")
+
+
+def check_no_budget_option(options: dict, flag: str = "--attack-arg", budgets_flag: str = "--budgets") -> None:
+    """Attack options (KEY=VALUE) name no budget: budgets come from ``budgets_flag`` (``--attack-arg eps=0.3``
+    used to end in a TypeError about a duplicate argument)."""
+    for key in options:
+        if key in BUDGET_OPTIONS:
+            raise ValueError(f"{flag} {key}={options[key]}: the attack's budget is not an option; budgets come "
+                             f"from {budgets_flag} (in --budget-unit)")

@@ -36,9 +36,9 @@ from .cw import CWL2, CWLinf
 from .deepfool import DeepFool
 from .gradients import BackwardModeGradient, GradientSource, ModelGradient, SmoothedGradient, TransferGradient
 from .noise import NoiseAttack
-from .registry import (ADAPTIVE, ATTACKS, AUDIT_ROLES, BLACK_BOX, WHITE_BOX, AttackEntry, attack_entries, attack_factory,
-                       canonical_name, make_attack, register_attack, unknown_attack_message, unregister_attack,
-                       with_default_seed)
+from .registry import (ADAPTIVE, ATTACKS, AUDIT_ROLES, BLACK_BOX, STEP_SIZES, WHITE_BOX, AttackEntry, attack_entries,
+                       attack_factory, canonical_name, make_attack, register_attack, step_size_options,
+                       unknown_attack_message, unregister_attack, with_default_seed)
 from .spsa import SPSA
 
 __all__ = [
@@ -46,8 +46,9 @@ __all__ = [
     "APGDCE", "APGDDLR", "Square", "AutoAttackStandard", "CWLinf", "CWL2", "DeepFool", "SPSA", "Corruption",
     "corrupt", "CORRUPTIONS",
     "GradientSource", "ModelGradient", "TransferGradient", "BackwardModeGradient", "SmoothedGradient", "ascend",
-    "ATTACKS", "make_attack", "canonical_name", "attack_factory", "with_default_seed", "register_attack",
-    "unregister_attack",    "attack_entries", "AttackEntry", "unknown_attack_message", "AUDIT_ROLES", "WHITE_BOX", "BLACK_BOX", "ADAPTIVE",
+    "ATTACKS", "STEP_SIZES", "make_attack", "canonical_name", "attack_factory", "with_default_seed",
+    "step_size_options", "register_attack", "unregister_attack", "attack_entries", "AttackEntry",
+    "unknown_attack_message", "AUDIT_ROLES", "WHITE_BOX", "BLACK_BOX", "ADAPTIVE",
     "robust_accuracy", "clean_accuracy", "model_device", "perturbation_norm", "NORMS",
     "eval_frozen", "cross_entropy_per_sample", "margin_loss_per_sample", "loss_and_gradient",
 ]

@@ -20,9 +20,10 @@ def model_device(model, fallback: torch.device) -> torch.device:
 
 
 def _batches(x, y, batch_size: int, device):
+    """(first row, x batch, y batch) on ``device``."""
     batch_size = check_count(batch_size, "batch_size", 1)
     for start in range(0, len(x), batch_size):
-        yield x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
+        yield start, x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
 
 
 @torch.no_grad()
@@ -31,34 +32,37 @@ def _predict(model, x: torch.Tensor) -> torch.Tensor:
 
 
 def _count_correct(model, x, y, batch_size: int, correct_in_batch) -> float:
-    """Sum of ``correct_in_batch(x_batch, y_batch)`` over batches on the model's device, as a fraction of x."""
+    """Sum of ``correct_in_batch(first_row, x_batch, y_batch)`` over batches on the model's device, as a fraction
+    of x."""
     check_batch(x, y)
     if len(x) == 0:
         raise ValueError("cannot compute an accuracy on an empty batch")
     correct = 0
     with eval_frozen(model):
-        for x_batch, y_batch in _batches(x, y, batch_size, model_device(model, x.device)):
-            correct += correct_in_batch(x_batch, y_batch)
+        for start, x_batch, y_batch in _batches(x, y, batch_size, model_device(model, x.device)):
+            correct += correct_in_batch(start, x_batch, y_batch)
     return correct / len(x)
 
 
 def clean_accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
     """Fraction of ``x`` the model classifies correctly (eval mode, no grad)."""
-    return _count_correct(model, x, y, batch_size, lambda xb, yb: (_predict(model, xb) == yb).sum().item())
+    return _count_correct(model, x, y, batch_size, lambda _, xb, yb: (_predict(model, xb) == yb).sum().item())
 
 
 def robust_accuracy(model, attack: Attack, x: torch.Tensor, y: torch.Tensor,
-                    batch_size: int = 256) -> float:
+                    batch_size: int = 256, first_index: int = 0) -> float:
     """Fraction of ``x`` classified correctly both clean and under ``attack``.
 
     Misclassified clean samples count as errors and are not attacked (they could not become robust), which also
-    saves time.
+    saves time. Row ``i`` of ``x`` is attacked as sample ``first_index + i`` (its random choices are seeded by
+    that index), so the result does not depend on ``batch_size``; pass a shard's offset as ``first_index``.
     """
-    def robust_in_batch(x_batch, y_batch) -> int:
+    def robust_in_batch(start, x_batch, y_batch) -> int:
         correct = _predict(model, x_batch) == y_batch
         if not correct.any():
             return 0
-        x_adv = attack(model, x_batch[correct], y_batch[correct])
+        indices = first_index + start + correct.nonzero().squeeze(1).cpu()
+        x_adv = attack(model, x_batch[correct], y_batch[correct], indices=indices)
         return (_predict(model, x_adv) == y_batch[correct]).sum().item()
 
     return _count_correct(model, x, y, batch_size, robust_in_batch)

@@ -1,5 +1,10 @@
 """AutoAttack, APGD and Square through the ``pyautoattack`` package, so that the reference protocol is the
-published one (not a re-implementation)."""
+published one (not a re-implementation).
+
+The exception to per-sample seeding (:mod:`nrpm.attacks.randomness`): pyautoattack draws its random starts and
+Square's squares from torch's global RNG for the whole batch, which we cannot reach into. Each batch is run with
+``torch.manual_seed(seed)`` inside a forked RNG state, so a run is reproducible for a given batching, but a
+sample's result can change with ``--batch-size`` (or the number of torchrun ranks)."""
 from __future__ import annotations
 
 import contextlib

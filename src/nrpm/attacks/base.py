@@ -11,7 +11,11 @@ The contract shared by all attacks:
   ``.grad``, and their ``requires_grad`` flags are restored afterwards;
 * gradients are true input gradients through the full model (unless a gradient source says otherwise, see
   :mod:`nrpm.attacks.gradients`);
-* random starts use a ``torch.Generator`` seeded per call on ``x.device``; the global RNG is never mutated;
+* every random choice for a sample (random starts, restarts, SPSA directions, noise) comes from that sample's
+  own generator, seeded by (attack seed, the sample's global index): results do not depend on how samples are
+  batched or sharded (:meth:`Attack.sample_rng`, :mod:`nrpm.attacks.randomness`); the global RNG is never
+  mutated. The pyautoattack attacks are the exception: they are seeded per batch (see
+  :mod:`nrpm.attacks.autoattack`);
 * ``eps == 0`` returns ``x`` unchanged.
 """
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..validation import check_batch, check_budget
+from .randomness import SampleRNG
 
 __all__ = ["Attack", "GradientAttack", "LossFn", "NORMS", "eval_frozen", "cross_entropy_per_sample",
            "margin_loss_per_sample", "logits_2d", "loss_and_gradient", "loss_and_fooled", "lp_norm",
@@ -205,6 +210,8 @@ class Attack:
     a detached ``x`` in [0, 1] and integer labels, and may return any tensor of ``x``'s shape. The base class
     validates inputs, handles ``eps == 0`` and empty batches, projects the result onto the budget and [0, 1]
     as a safety net (:meth:`limit`, a no-op for a correct attack) and returns a detached tensor with the dtype of ``x``.
+    A randomised attack draws its random tensors from :meth:`sample_rng` (one generator per sample, seeded by the
+    sample's global index in :attr:`sample_indices`), never from one generator for the whole batch.
     """
 
     name: str = "attack"
@@ -213,18 +220,41 @@ class Attack:
     def __init__(self, eps: float):
         self.eps = check_budget(eps)
 
-    def __call__(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    #: whether the attack draws from :meth:`sample_rng` (results changed when seeding became per sample, so
+    #: caches of earlier results must not be reused for it)
+    seeded_per_sample: bool = False
+    #: global indices of the rows of the batch being attacked (set by ``__call__`` for ``perturb``)
+    sample_indices: Optional[torch.Tensor] = None
+
+    def __call__(self, model, x: torch.Tensor, y: torch.Tensor, indices=None) -> torch.Tensor:
         """Adversarial version of ``x`` (values in [0, 1], shape (N, ...)) for labels ``y`` (N,).
 
+        ``indices``: the global index of each row in the evaluated data set (N ints); they seed each sample's
+        random choices, so the result for a sample does not depend on the batch it is in. Default: 0..N-1.
         Raises ValueError for non-float ``x``, values outside [0, 1], NaNs, non-integer or mismatched labels.
         """
         check_batch(x, y)
         x = x.detach()
         if self.eps == 0 or len(x) == 0:
             return x.clone()
-        with eval_frozen(model, *self.extra_models()):
-            x_adv = self.perturb(model, x, y.detach().long())
+        previous, self.sample_indices = self.sample_indices, _check_indices(indices, len(x))
+        try:
+            with eval_frozen(model, *self.extra_models()):
+                x_adv = self.perturb(model, x, y.detach().long())
+        finally:
+            self.sample_indices = previous  # an attack object may be reused (or nested) with other batches
         return self.limit(x_adv.detach().to(x.dtype), x).detach()
+
+    def sample_rng(self, x: torch.Tensor, stream: int = 0) -> SampleRNG:
+        """Per-sample generators for the rows of ``x`` (the batch ``perturb`` got), seeded by (``self.seed``, or 0
+        for an attack without one, each row's global index, ``stream``). Draw every random tensor from it
+        (``rng.rand``, ``rng.randn``, ``rng.signs``; ``rng.take(rows)`` for a subset) so results do not depend on
+        batching. Outside ``__call__`` (``perturb`` called directly) the rows are numbered 0..N-1."""
+        indices = self.sample_indices if self.sample_indices is not None else torch.arange(len(x))
+        if len(indices) != len(x):
+            raise ValueError(f"sample_rng needs the whole batch of {len(indices)} rows, got {len(x)}; "
+                             f"use rng.take(rows) for a subset")
+        return SampleRNG.for_samples(getattr(self, "seed", 0), indices, x.device, stream)
 
     def perturb(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The attack itself: override this (see the class docstring)."""
@@ -241,6 +271,17 @@ class Attack:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, norm={self.norm!r}, eps={self.eps:g})"
+
+
+def _check_indices(indices, n: int) -> torch.Tensor:
+    """The global sample indices of a batch of ``n`` rows as a CPU int64 tensor (default 0..n-1)."""
+    if indices is None:
+        return torch.arange(n)
+    indices = torch.as_tensor(indices).detach().cpu().reshape(-1)
+    if len(indices) != n or indices.is_floating_point() or indices.dtype == torch.bool:
+        raise ValueError(f"indices must be {n} integer sample indices (one per row), got {tuple(indices.shape)} "
+                         f"of {indices.dtype}")
+    return indices.long()
 
 
 class GradientAttack(Attack):

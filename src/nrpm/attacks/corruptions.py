@@ -17,7 +17,7 @@ images in [0, 1] (the reference rounds its outputs to uint8; we do not):
 
 Left out: frost (it blends photographs of frost shipped with the reference code), snow and motion / zoom / glass
 blur (ImageMagick's motion blur, per-pixel shuffles), fog (a plasma fractal), and elastic, pixelate and JPEG
-(geometric warps, Pillow resampling and codec). Randomness comes from a ``torch.Generator`` seeded per call.
+(geometric warps, Pillow resampling and codec). Randomness comes from one ``torch.Generator`` per sample.
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from ..validation import check_budget, check_count
-from .base import Attack, make_generator
+from .base import Attack
+from .randomness import SampleRNG
 from .registry import register_attack
 
 __all__ = ["CORRUPTIONS", "SEVERITY_CONSTANTS", "MAX_SEVERITY", "corrupt", "defocus_kernel", "Corruption"]
@@ -49,22 +50,40 @@ MAX_SEVERITY = 5
 
 
 # ----------------------------------------------------------------------------------------------- pixel noise
-def _gaussian_noise(x, c, generator):
-    return x + c * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+# ``rng`` is a SampleRNG (one generator per sample) or a _BatchRNG (one torch.Generator for the whole batch)
+def _gaussian_noise(x, c, rng):
+    return x + c * rng.randn(x.shape[1:], like=x)
 
 
-def _shot_noise(x, c, generator):
-    return torch.poisson(x * c, generator=generator) / c
+def _shot_noise(x, c, rng):
+    return rng.poisson(x * c) / c
 
 
-def _impulse_noise(x, c, generator):
-    flipped = torch.rand(x.shape, generator=generator, device=x.device) <= c
-    salt = torch.rand(x.shape, generator=generator, device=x.device) <= 0.5
+def _impulse_noise(x, c, rng):
+    flipped = rng.rand(x.shape[1:], like=x) <= c
+    salt = rng.rand(x.shape[1:], like=x) <= 0.5
     return torch.where(flipped, salt.to(x.dtype), x)
 
 
-def _speckle_noise(x, c, generator):
-    return x + x * c * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def _speckle_noise(x, c, rng):
+    return x + x * c * rng.randn(x.shape[1:], like=x)
+
+
+class _BatchRNG:
+    """A caller's single ``torch.Generator`` with :class:`SampleRNG`'s draws, for the whole batch at once (then a
+    sample's noise depends on its batch; attacks use per-sample generators instead)."""
+
+    def __init__(self, generator: torch.Generator, n: int):
+        self.generator, self.n = generator, n
+
+    def rand(self, shape, like):
+        return torch.rand((self.n, *shape), generator=self.generator, device=like.device, dtype=like.dtype)
+
+    def randn(self, shape, like):
+        return torch.randn((self.n, *shape), generator=self.generator, device=like.device, dtype=like.dtype)
+
+    def poisson(self, rates):
+        return torch.poisson(rates, generator=self.generator)
 
 
 # ----------------------------------------------------------------------------------------------- blurs
@@ -83,7 +102,7 @@ def _depthwise(x: torch.Tensor, kernel: torch.Tensor, padding_mode: str) -> torc
     return F.conv2d(padded, weight, groups=x.shape[1])
 
 
-def _gaussian_blur(x, sigma, generator):
+def _gaussian_blur(x, sigma, rng):
     # skimage.filters.gaussian -> scipy.ndimage.gaussian_filter: truncate=4.0, radius int(4 sigma + 0.5)
     taps = _gaussian_taps(sigma, int(4.0 * sigma + 0.5))
     rows = _depthwise(x, taps[:, None], "replicate")
@@ -104,17 +123,17 @@ def defocus_kernel(radius: float, alias_blur: float) -> torch.Tensor:
     return blurred[8 - reach:9 + reach, 8 - reach:9 + reach]
 
 
-def _defocus_blur(x, c, generator):
+def _defocus_blur(x, c, rng):
     return _depthwise(x, defocus_kernel(*c), "reflect")  # cv2.filter2D's default border is BORDER_REFLECT_101
 
 
 # ----------------------------------------------------------------------------------------------- photometric
-def _contrast(x, c, generator):
+def _contrast(x, c, rng):
     means = x.mean(dim=(2, 3), keepdim=True)
     return (x - means) * c + means
 
 
-def _brightness(x, c, generator):
+def _brightness(x, c, rng):
     value = x.amax(dim=1, keepdim=True)                 # HSV value = the largest channel
     brighter = (value + c).clamp(0.0, 1.0)
     scale = brighter / value.clamp_min(torch.finfo(x.dtype).tiny)
@@ -132,10 +151,13 @@ CORRUPTIONS = tuple(_CORRUPT)
 _NEEDS_IMAGES = ("gaussian_blur", "defocus_blur", "contrast", "brightness")
 
 
-def corrupt(x: torch.Tensor, kind: str, severity: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def corrupt(x: torch.Tensor, kind: str, severity: int,
+            generator: torch.Generator | SampleRNG | None = None) -> torch.Tensor:
     """``x`` (values in [0, 1]) with the corruption ``kind`` at ``severity`` (1-5; 0 returns ``x``), in [0, 1].
 
-    ``generator``: the RNG of the noise corruptions (default: a fresh one seeded with 0, never the global RNG).
+    ``generator``: the RNG of the noise corruptions: a :class:`~nrpm.attacks.randomness.SampleRNG` (one generator
+    per row), or one ``torch.Generator`` for the whole batch; default: per-row generators seeded by (0, row
+    index), so a row's noise does not depend on the other rows. The global RNG is never used.
     """
     if kind not in _CORRUPT:
         raise ValueError(f"unknown corruption {kind!r}; choose one of {', '.join(CORRUPTIONS)}")
@@ -144,9 +166,14 @@ def corrupt(x: torch.Tensor, kind: str, severity: int, generator: torch.Generato
         return x.clone()
     if kind in _NEEDS_IMAGES and x.dim() != 4:
         raise ValueError(f"the {kind} corruption needs (N, C, H, W) images, got shape {tuple(x.shape)}")
-    generator = generator if generator is not None else make_generator(0, x.device)
+    if generator is None:
+        rng = SampleRNG.for_samples(0, range(len(x)), x.device)
+    elif isinstance(generator, torch.Generator):
+        rng = _BatchRNG(generator, len(x))
+    else:
+        rng = generator
     constant = SEVERITY_CONSTANTS[kind][severity - 1]
-    return _CORRUPT[kind](x, constant, generator).clamp(0.0, 1.0)
+    return _CORRUPT[kind](x, constant, rng).clamp(0.0, 1.0)
 
 
 def _check_severity(severity) -> int:
@@ -161,11 +188,12 @@ class Corruption(Attack):
     """A common corruption as an "attack" (not adaptive: it never looks at the model or the labels).
 
     The budget is the severity, an integer 1-5 (0: no corruption); ``kind`` is one of :data:`CORRUPTIONS`;
-    ``seed`` seeds the noise per call, so the same batch is corrupted the same way every time. The result is not
+    ``seed`` and each sample's global index seed its noise, so a sample is corrupted the same way in any batch. The result is not
     projected onto any norm ball (:meth:`limit` only clips to [0, 1]): the corruption is the threat model.
     """
 
     name = "corruption"
+    seeded_per_sample = True
     norm = "corruption"
 
     def __init__(self, severity: int, kind: str = "gaussian_noise", seed: int = 0):
@@ -177,7 +205,8 @@ class Corruption(Attack):
         self.seed = int(seed)
 
     def perturb(self, model, x, y):
-        return corrupt(x, self.kind, self.severity, make_generator(self.seed, x.device))
+        # per-sample generators (seed, global index): a sample's noise does not depend on its batch
+        return corrupt(x, self.kind, self.severity, self.sample_rng(x))
 
     def limit(self, x_adv, x):
         return x_adv.clamp(0.0, 1.0)

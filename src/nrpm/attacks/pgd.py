@@ -18,6 +18,7 @@ from ..validation import check_budget, check_count
 from .base import GradientAttack, LossFn, normalise, per_sample, project
 from .registry import register_attack
 from .gradients import GradientSource, ModelGradient
+from .randomness import SampleRNG
 
 __all__ = ["ascend", "step_direction", "PGD", "PGDL2"]
 
@@ -82,6 +83,8 @@ class _ProjectedGradientAttack(GradientAttack):
     ``gradient``: where the step direction comes from (default: the attacked model's exact gradient).
     """
 
+    seeded_per_sample = True
+
     def __init__(self, eps: float, steps: int = 40, alpha: Optional[float] = None,
                  random_start: bool = True, restarts: int = 1, seed: int = 0,
                  loss_fn: Optional[LossFn] = None, gradient: Optional[GradientSource] = None,
@@ -105,28 +108,29 @@ class _ProjectedGradientAttack(GradientAttack):
         return self.gradient.models()
 
     def perturb(self, model, x, y):
-        generator = torch.Generator(device=x.device)
-        generator.manual_seed(self.seed)
+        # one generator per sample (seeded by its global index), kept across restarts: a sample's starts do not
+        # depend on its batch, and restart r continues the stream of restart r - 1
+        rng = self.sample_rng(x)
         if self.keep == "last":
-            return self._run(model, x, y, generator, None)
+            return self._run(model, x, y, rng, None)
         best = _BestSoFar(x)
         for _ in range(self.restarts):
             index = (~best.found).nonzero().squeeze(1)
             if len(index) == 0:
                 break
-            x_adv = self._run(model, x[index], y[index], generator,
+            x_adv = self._run(model, x[index], y[index], rng.take(index),
                               lambda xa, losses, fooled, _i=index: best.update(_i, xa, losses, fooled))
             losses, fooled = self.gradient.evaluate(model, x_adv, y[index], self.loss_fn)
             best.update(index, x_adv, losses, fooled)
         return best.x_adv
 
-    def _run(self, model, x, y, generator, on_iterate) -> torch.Tensor:
-        x_start = self.start(x, generator) if self.random_start else x.clone()
+    def _run(self, model, x, y, rng: SampleRNG, on_iterate) -> torch.Tensor:
+        x_start = self.start(x, rng) if self.random_start else x.clone()
         return ascend(x, y, x_start, gradient=lambda xa, ya: self.gradient(model, xa, ya, self.loss_fn),
                       norm=self.norm, eps=self.eps, alpha=self.alpha, steps=self.steps, on_iterate=on_iterate)
 
-    def start(self, x, generator) -> torch.Tensor:
-        """A random starting point in the budget around ``x``."""
+    def start(self, x, rng: SampleRNG) -> torch.Tensor:
+        """A random starting point in the budget around ``x``, row i drawn from ``rng``'s i-th generator."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -146,8 +150,8 @@ class PGD(_ProjectedGradientAttack):
     name = "pgd"
     norm = "Linf"
 
-    def start(self, x, generator):
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    def start(self, x, rng):
+        noise = rng.rand(x.shape[1:], like=x)
         return (x + self.eps * (2 * noise - 1)).clamp(0.0, 1.0)
 
 
@@ -162,8 +166,8 @@ class PGDL2(_ProjectedGradientAttack):
     name = "pgd_l2"
     norm = "L2"
 
-    def start(self, x, generator):
-        direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        radius = self.eps * torch.rand(len(x), generator=generator, device=x.device, dtype=x.dtype)
+    def start(self, x, rng):
+        direction = rng.randn(x.shape[1:], like=x)
+        radius = self.eps * rng.rand((), like=x)
         delta = normalise(direction, "L2") * per_sample(radius, x)
         return project(x + delta, x, "L2", self.eps)

@@ -24,9 +24,9 @@ from typing import Callable
 
 from .base import Attack
 
-__all__ = ["ATTACKS", "AttackEntry", "register_attack", "unregister_attack", "attack_entries", "make_attack", "canonical_name",
-           "attack_factory", "with_default_seed", "unknown_attack_message", "WHITE_BOX", "BLACK_BOX", "ADAPTIVE",
-           "AUDIT_ROLES"]
+__all__ = ["ATTACKS", "STEP_SIZES", "AttackEntry", "register_attack", "unregister_attack", "attack_entries",
+           "make_attack", "canonical_name", "attack_factory", "with_default_seed", "step_size_options",
+           "unknown_attack_message", "WHITE_BOX", "BLACK_BOX", "ADAPTIVE", "AUDIT_ROLES"]
 
 # the roles a registered attack may take in the audit (nrpm.audit.plan adds its own internal ones)
 WHITE_BOX, BLACK_BOX, ADAPTIVE = "white-box", "black-box", "adaptive"
@@ -79,6 +79,19 @@ def attack_entries() -> tuple[AttackEntry, ...]:
     return tuple(_REGISTRY.values())
 
 
+#: per attack, its options that are lengths in input space (step sizes, probe sizes): the CLI takes them in
+#: --budget-unit, like the budgets. (C&W-L2's lr is a step in tanh space and Square's p_init a fraction: not here.)
+STEP_SIZES: dict[str, tuple[str, ...]] = {
+    "pgd": ("alpha",), "pgd_l2": ("alpha",), "cw": ("alpha",), "spsa": ("lr", "delta"),
+}
+
+
+def step_size_options(name: str) -> tuple[str, ...]:
+    """The options of attack ``name`` given in budget units on the command line (see :data:`STEP_SIZES`)."""
+    key, _ = attack_factory(name)
+    return STEP_SIZES.get(key, ())
+
+
 def canonical_name(name: str) -> str:
     """The spelling names are compared in: case-insensitive, '-' and '_' interchangeable ('PGD_L2' -> 'pgd-l2')."""
     return name.strip().lower().replace("_", "-")
@@ -122,10 +135,14 @@ def make_attack(name: str, eps: float, **kwargs) -> Attack:
         raise TypeError(f"attack {key!r} fixes {', '.join(f'{k}={fixed[k]!r}' for k in clash)}; "
                         f"do not pass {', '.join(clash)}")
     signature = inspect.signature(factory)
+    budget_name = next(iter(signature.parameters))
+    options = [p for p in signature.parameters if p not in fixed][1:]  # the budget is no option: not listed
+    if budget_name in kwargs:
+        raise TypeError(f"attack {key!r} takes its budget as make_attack's eps, not as an option "
+                        f"{budget_name}={kwargs[budget_name]!r}; its options: {', '.join(options) or 'none'}")
     try:
         signature.bind(eps, **kwargs)
     except TypeError as error:
-        accepted = [p for p in signature.parameters if p not in fixed][1:]
         raise TypeError(f"bad arguments for attack {key!r}: {error}; "
-                        f"it accepts eps and {', '.join(accepted) or 'nothing else'}") from None
+                        f"its options: {', '.join(options) or 'none'}") from None
     return factory(eps, **kwargs)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..validation import check_count, check_norm, check_positive
-from .base import Attack, logits_2d, make_generator, margin_loss_per_sample, project, random_signs
+from .base import Attack, logits_2d, margin_loss_per_sample, project
 from .registry import register_attack
 
 __all__ = ["SPSA"]
@@ -25,11 +25,12 @@ class SPSA(Attack):
     takes one Adam step of size ``lr`` up the estimate (as in the paper, not a signed step) and is projected
     onto the ``norm`` ball of radius ``eps`` and [0, 1]. The attack starts at ``x``; a sample stops (and keeps
     its point) as soon as it is misclassified, so each sample costs at most ``steps * (samples + 1)`` queries.
-    Batched over samples (a step's probes go through the model ``query_batch`` rows at a time), and random
-    directions come from a ``torch.Generator`` seeded with ``seed``.
+    Batched over samples (a step's probes go through the model ``query_batch`` rows at a time); each sample's
+    random directions come from its own generator, seeded by ``seed`` and its global index.
     """
 
     name = "spsa"
+    seeded_per_sample = True
 
     def __init__(self, eps: float, norm: str = "Linf", steps: int = 100, samples: int = 128, delta: float = 0.01,
                  lr: float = 0.01, seed: int = 0, query_batch: int = 8192):
@@ -45,7 +46,7 @@ class SPSA(Attack):
         self.query_batch = check_count(query_batch, "query_batch", 1)
 
     def perturb(self, model, x, y):
-        generator = make_generator(self.seed, x.device)
+        rng = self.sample_rng(x)  # per-sample directions: a sample's result does not depend on its batch
         x_adv = x.clone()
         first_moment, second_moment = torch.zeros_like(x), torch.zeros_like(x)
         active = ~self._fooled(model, x, y)
@@ -53,16 +54,16 @@ class SPSA(Attack):
             index = active.nonzero().squeeze(1)
             if len(index) == 0:
                 break
-            grad = self._gradient_estimate(model, x_adv[index], y[index], generator)
+            grad = self._gradient_estimate(model, x_adv[index], y[index], rng.take(index))
             ascent = _adam_direction(grad, first_moment, second_moment, index, step)
             x_adv[index] = project(x_adv[index] + self.lr * ascent, x[index], self.norm, self.eps)
             active[index[self._fooled(model, x_adv[index], y[index])]] = False
         return x_adv
 
     @torch.no_grad()
-    def _gradient_estimate(self, model, x, y, generator) -> torch.Tensor:
+    def _gradient_estimate(self, model, x, y, rng) -> torch.Tensor:
         pairs = self.samples // 2
-        directions = random_signs((len(x), pairs, *x.shape[1:]), generator, x)
+        directions = rng.signs((pairs, *x.shape[1:]), like=x)
         centre = x[:, None]
         probes = torch.cat([centre + self.delta * directions, centre - self.delta * directions], dim=1)
         losses = self._losses(model, probes.clamp(0.0, 1.0).flatten(0, 1), y.repeat_interleave(2 * pairs))

@@ -104,7 +104,7 @@ class CellRunner:
             extra: bool = False) -> torch.Tensor | None:
         """Per-sample robustness of ``model`` under ``spec`` at ``budget``, attacking only ``candidates``;
         from the cache when the cell ran before. None (and an error recorded) when the attack fails."""
-        key = f"{tag}|{spec.key}|{spec.params}|{budget:.10g}"
+        key = _cache_key(tag, spec, budget)
         start = time.perf_counter()
         if key in self.cache:
             entry = self.cache[key]
@@ -143,10 +143,21 @@ class CellRunner:
         for i in range(0, len(index), self.batch_size):
             idx = index[i:i + self.batch_size]
             xb, yb = self.x[idx].to(device), self.y[idx].to(device)
-            x_adv = attack(model, xb, yb)
+            x_adv = attack(model, xb, yb, indices=idx)  # seeded per sample: masks do not depend on batching
             with torch.no_grad():
                 result[idx] = (logits_2d(model, x_adv).argmax(1) == yb).cpu()
         return result
+
+
+def _cache_key(tag: str, spec: AttackSpec, budget: float) -> str:
+    """The cell's cache key. Attacks seeded per sample add '|rng=sample': their cells cached before that seeding
+    hold other numbers and are recomputed, not reused (an attack that cannot be built fails later, in its run)."""
+    key = f"{tag}|{spec.key}|{spec.params}|{budget:.10g}"
+    try:
+        seeded = spec.make(budget).seeded_per_sample
+    except (RuntimeError, ValueError, TypeError):
+        seeded = False
+    return key + "|rng=sample" if seeded else key
 
 
 # ----------------------------------------------------------------------------------------------- fingerprints

@@ -16,12 +16,12 @@ from pathlib import Path
 
 from ..evaluation import TRAINED  # the lam row that keeps each layer's lam of a stored reprogramming
 
-__all__ = ["UsageError", "Parser", "HelpFormatter", "positive_int", "nonneg_int", "positive_float",
+__all__ = ["UsageError", "Parser", "HelpFormatter", "positive_int", "nonneg_int", "irls_steps", "positive_float",
            "nonneg_float", "budget", "lam_number", "lam_or_trained", "model_name", "attack_name", "attack_list",
            "model_spec", "data_spec",
            "normalization", "NormalizeAction", "device_spec", "key_value", "add_model_args", "add_model_spec_args",
            "add_data_spec_args", "model_settings", "add_threads_arg", "set_threads", "in_input_units",
-           "add_estimator_args",
+           "add_estimator_args", "attack_options", "refuse_linf_budgets_over_range",
            "estimator_from_args", "add_download_arg", "download_if_asked",
            "check_output_folder", "TRAINED", "EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
@@ -91,8 +91,19 @@ def positive_int(text: str) -> int:
 
 
 def nonneg_int(text: str) -> int:
-    """An integer >= 0 (K: 0 IRLS steps is the plain layer)."""
+    """An integer >= 0."""
     return _integer(text, 0)
+
+
+def irls_steps(text: str) -> int:
+    """--K, the IRLS steps of a reprogramming: an integer >= 1 (K = 0 silently made every lam row the plain model)."""
+    from ..validation import check_reprogram_K
+
+    try:
+        return check_reprogram_K(int(text), "--K")
+    except ValueError as error:
+        message = str(error) if text.strip().lstrip("+-").isdigit() else f"not an integer: {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def positive_float(text: str) -> float:
@@ -295,7 +306,7 @@ def add_model_args(p: argparse.ArgumentParser, *, seed_help: str = "seed of the 
                    help="a saved reprogramming state (reprogramming.pt of nrpm reprogram --paradigm 2, or "
                         "nrpm.save_reprogramming) applied to the --checkpoint weights: its per-layer lam, K, eps "
                         "and layers (it replaces one a model.pt brings)")
-    p.add_argument("--K", type=nonneg_int, default=None,
+    p.add_argument("--K", type=irls_steps, default=None,
                    help="IRLS steps (default 3; with a stored reprogramming: its own K, which an explicit --K "
                         "overrides in every layer, recorded in the results)")
     p.add_argument("--eps", type=positive_float, default=None,
@@ -427,6 +438,38 @@ def set_threads(threads: int | None) -> None:
 def in_input_units(budgets, unit: float) -> list[float]:
     """Budgets given in --budget-unit (e.g. 8 with 255) as [0, 1] input units (8/255)."""
     return [b / unit for b in budgets]
+
+
+def attack_options(pairs, attack: str, unit: float, flag: str = "--attack-arg",
+                   budgets_flag: str = "--budgets") -> dict:
+    """The attack's options from ``flag`` KEY=VALUE pairs, with its step sizes in input units.
+
+    One rule for every step size on the command line: like the budgets it is given in --budget-unit and divided
+    by it here (``alpha=2`` with unit 255 is 2/255), so the options recorded in results.json are the values the
+    attack used. A budget among the options (``eps=0.3``) is refused: budgets come from ``budgets_flag``."""
+    from ..attacks import step_size_options
+    from ..validation import check_no_budget_option
+
+    options = dict(pairs or [])
+    try:
+        check_no_budget_option(options, flag, budgets_flag)
+        steps = step_size_options(attack)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    for key in steps:
+        if key in options and isinstance(options[key], (int, float)) and not isinstance(options[key], bool):
+            options[key] = options[key] / unit
+    return options
+
+
+def refuse_linf_budgets_over_range(budgets, unit: float, flag: str = "--budgets") -> None:
+    """UsageError for an Linf budget (input units) of 1 or more: a budget in pixel levels without --budget-unit."""
+    from ..validation import check_linf_budgets
+
+    try:
+        check_linf_budgets(budgets, unit, flag)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def check_output_folder(folder, flag: str = "--out") -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 from ..audit.plan import optional_keys
 from .args import (EXIT_CHECK_FAILED, EXIT_OK, TRAINED, HelpFormatter, UsageError, add_model_args,
                    budget, check_output_folder, download_if_asked, in_input_units, key_value, lam_or_trained,
-                   model_settings, nonneg_float, positive_float, positive_int, set_threads)
+                   model_settings, nonneg_float, positive_float, positive_int, refuse_linf_budgets_over_range,
+                   set_threads)
 
 __all__ = ["add_audit_parser", "cmd_audit", "cmd_audit_table", "robustbench_entry"]
 
@@ -133,6 +134,12 @@ def _budgets_and_steps(args, dataset: str | None, data: str) -> tuple[list[float
     budgets = [b for b in in_input_units(args.budgets or default_budgets, unit) if b > 0]
     if not budgets:
         raise UsageError("give at least one budget > 0 in --budgets (clean accuracy is always reported)")
+    if args.norm == "Linf":  # an L2 budget may exceed 1; an Linf one of 1 covers every image
+        refuse_linf_budgets_over_range(budgets, unit)
+        for flag in ("--check-budget", "--robustbench-eps"):
+            value = getattr(args, flag[2:].replace("-", "_"))
+            if value is not None:
+                refuse_linf_budgets_over_range([value / unit], unit, flag)
     return budgets, unit, args.steps or default_steps
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from .args import (HelpFormatter, add_download_arg, add_threads_arg, budget, download_if_asked, in_input_units,
-                   lam_number, nonneg_int, positive_float, positive_int, set_threads)
+                   irls_steps, lam_number, positive_float, positive_int, refuse_linf_budgets_over_range, set_threads)
 
 __all__ = ["add_demo_parser", "cmd_demo"]
 
@@ -22,7 +22,7 @@ def add_demo_parser(subparsers) -> None:
     p.add_argument("--lam", nargs="+", type=lam_number, default=DEMO_LAMS, help="lam rows (1 = original model)")
     p.add_argument("--budgets", nargs="+", type=budget, default=DEMO_BUDGETS, help="FGSM budgets (0 = clean)")
     # K=1, eps=5e-5 is the setting that reproduces the paper's Table 1 (see results/README.md)
-    p.add_argument("--K", type=nonneg_int, default=1, help="IRLS steps (the paper's Table 1 setting)")
+    p.add_argument("--K", type=irls_steps, default=1, help="IRLS steps (the paper's Table 1 setting)")
     p.add_argument("--eps", type=positive_float, default=5e-5, help="IRLS eps")
     p.add_argument("--n-samples", type=positive_int, default=1000, help="the first N MNIST test images")
     p.add_argument("--batch-size", type=positive_int, default=500, help="images per batch")
@@ -44,6 +44,7 @@ def cmd_demo(args) -> int:
 
     set_threads(args.threads)
     start = time.perf_counter()
+    refuse_linf_budgets_over_range(args.budgets, 1.0)  # FGSM is Linf, on [0, 1] images
     download_if_asked(args, "mlp3", "pretrained" if args.checkpoint is None else args.checkpoint)
     model, info = load_pretrained("mlp3", path=args.checkpoint)
     reprogram(model, ReprogramConfig(lam=1.0, K=args.K, eps=args.eps))

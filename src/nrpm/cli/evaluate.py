@@ -14,8 +14,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .args import (TRAINED, HelpFormatter, add_model_args, attack_list, attack_name, budget, check_output_folder,
-                   download_if_asked, in_input_units, key_value, lam_or_trained, model_settings, positive_float, set_threads)
+from .args import (TRAINED, HelpFormatter, add_model_args, attack_list, attack_name, attack_options, budget,
+                   check_output_folder, download_if_asked, in_input_units, key_value, lam_or_trained, model_settings,
+                   positive_float, refuse_linf_budgets_over_range, set_threads)
 
 __all__ = ["add_eval_parser", "cmd_eval", "eval_settings"]
 
@@ -33,7 +34,8 @@ def add_eval_parser(subparsers) -> None:
     p.add_argument("--attack", default="fgsm", type=attack_name,
                    help=f"a registered attack: {attack_list()}")
     p.add_argument("--attack-arg", action="append", type=key_value, metavar="KEY=VALUE",
-                   help="attack option, repeatable: steps=40, alpha=0.01, restarts=2, n_queries=1000")
+                   help="attack option, repeatable: steps=40, alpha=2, restarts=2, n_queries=1000; step sizes "
+                        "(alpha; SPSA's lr, delta) in --budget-unit like the budgets, recorded in input units")
     p.add_argument("--budgets", nargs="+", type=budget, default=[0.0, 0.1], help="budgets in --budget-unit (0 = clean)")
     p.add_argument("--budget-unit", type=positive_float, default=1.0, help="e.g. 255 to give budgets as 8 16 32")
     p.add_argument("--out", default=None, help="output folder (results.json/.csv, table.md, accuracy.png)")
@@ -46,9 +48,15 @@ def eval_settings(args):
     """The EvalSettings of parsed ``nrpm eval`` arguments (budgets in [0, 1] input units)."""
     from ..evaluation import EvalSettings
 
-    return EvalSettings(**model_settings(args), lams=args.lam, attack=args.attack,
-                        attack_kwargs=dict(args.attack_arg or []),
-                        budgets=in_input_units(args.budgets, args.budget_unit), budget_unit=args.budget_unit)
+    from ..attacks import make_attack
+
+    unit = args.budget_unit
+    options = attack_options(args.attack_arg, args.attack, unit)
+    budgets = in_input_units(args.budgets, unit)
+    if make_attack(args.attack, 0.0, **options).norm == "Linf":  # also checks the name and options, before any work
+        refuse_linf_budgets_over_range(budgets, unit)
+    return EvalSettings(**model_settings(args), lams=args.lam, attack=args.attack, attack_kwargs=options,
+                        budgets=budgets, budget_unit=unit)
 
 
 def cmd_eval(args) -> int:

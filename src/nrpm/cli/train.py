@@ -19,8 +19,9 @@ import sys
 
 from ..reprogram import DEFAULT_TARGET_TYPES, TARGET_TYPE_NAMES
 from .args import (HelpFormatter, add_data_spec_args, add_download_arg, add_estimator_args, add_model_spec_args,
-                   budget, data_spec, device_spec, download_if_asked, estimator_from_args, in_input_units, key_value,
-                   lam_number, nonneg_int, positive_float, positive_int, set_threads)
+                   attack_options, budget, data_spec, device_spec, download_if_asked, estimator_from_args,
+                   in_input_units, irls_steps, key_value, lam_number, positive_float, positive_int,
+                   refuse_linf_budgets_over_range, set_threads)
 
 __all__ = ["add_train_parsers", "cmd_train", "cmd_reprogram", "config_from_args", "tests_from_args", "paradigm"]
 
@@ -31,6 +32,13 @@ def _per_unit(value, unit: float):
     return None if value is None else value / unit
 
 
+def _refuse_budgets_over_range(args, unit: float) -> None:
+    """The training and held-out attacks (fgsm, pgd) are Linf: a budget of 1 or more means a missing unit."""
+    refuse_linf_budgets_over_range([args.attack_eps / unit], unit, "--attack-eps")
+    if args.val_eps is not None:
+        refuse_linf_budgets_over_range([args.val_eps / unit], unit, "--val-eps")
+
+
 def config_from_args(args, paradigm: int):
     """A TrainConfig from parsed ``train`` / ``reprogram`` arguments (budgets divided by --budget-unit)."""
     from ..train import TrainConfig
@@ -38,6 +46,7 @@ def config_from_args(args, paradigm: int):
     if args.budget_unit <= 0:
         raise ValueError(f"--budget-unit must be > 0, got {args.budget_unit}")
     unit = args.budget_unit
+    _refuse_budgets_over_range(args, unit)
     kwargs = dict(
         model=args.model, paradigm=paradigm, checkpoint=None if args.checkpoint in (None, "none") else args.checkpoint,
         attack=args.attack, attack_eps=args.attack_eps / unit, attack_steps=args.attack_steps,
@@ -65,9 +74,15 @@ def tests_from_args(args) -> list:
 
     if not args.test_attack:
         return []
-    budgets = in_input_units(args.test_budgets, args.budget_unit)
-    return [TestSettings(attack=args.test_attack, attack_kwargs=dict(args.test_attack_arg or []), budgets=budgets,
-                         n_samples=args.test_samples, batch_size=args.test_batch_size, budget_unit=args.budget_unit)]
+    from ..attacks import make_attack
+
+    unit = args.budget_unit
+    budgets = in_input_units(args.test_budgets, unit)
+    options = attack_options(args.test_attack_arg, args.test_attack, unit, "--test-attack-arg", "--test-budgets")
+    if make_attack(args.test_attack, 0.0, **options).norm == "Linf":
+        refuse_linf_budgets_over_range(budgets, unit, "--test-budgets")
+    return [TestSettings(attack=args.test_attack, attack_kwargs=options, budgets=budgets,
+                         n_samples=args.test_samples, batch_size=args.test_batch_size, budget_unit=unit)]
 
 
 def _run(args, paradigm: int) -> int:
@@ -169,7 +184,8 @@ def _common(p: argparse.ArgumentParser, *, checkpoint_default: str, lr: float, o
     g = p.add_argument_group("final test evaluation (first --test-samples test images of --data)")
     g.add_argument("--test-attack", default=None, help="fgsm, pgd, ... (nrpm.attacks names); none by default")
     g.add_argument("--test-attack-arg", action="append", type=key_value, metavar="KEY=VALUE",
-                   help="e.g. steps=40, alpha=0.00784 (repeatable; values in [0, 1] input units, not --budget-unit)")
+                   help="e.g. steps=40, alpha=2 (repeatable; step sizes (alpha; SPSA's lr, delta) in --budget-unit, "
+                        "like the budgets)")
     g.add_argument("--test-budgets", type=budget, nargs="+", default=[0.0], help="in --budget-unit; 0 = clean")
     g.add_argument("--test-samples", type=positive_int, default=1000, help="the first N test images")
     g.add_argument("--test-batch-size", type=positive_int, default=250, help="images per test batch")
@@ -215,7 +231,7 @@ def add_train_parsers(subparsers) -> None:
     g.add_argument("--lam", type=lam_number, default=0.5, help="initial lam of every robust layer")
     g.add_argument("--lam-lr", type=positive_float, default=None,
                    help="learning rate of the lam logits (default --lr)")
-    g.add_argument("--K", type=nonneg_int, default=3, help="IRLS steps")
+    g.add_argument("--K", type=irls_steps, default=3, help="IRLS steps (>= 1)")
     g.add_argument("--eps", type=positive_float, default=1e-3, help="IRLS eps")
     g.add_argument("--layers", nargs="+", default=None,
                    help="module names/globs (default: all Linear/Conv2d; ResNets: 3x3 block convs)")

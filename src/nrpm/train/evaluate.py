@@ -26,8 +26,9 @@ def evaluate_split(model: nn.Module, x, y, attack: A.Attack | None, batch_size: 
     clean = dist.sharded_correct(lambda xs, ys: A.clean_accuracy(model, xs, ys, batch_size=batch_size), x, y) / n
     robust = None
     if attack is not None:
-        robust = dist.sharded_correct(lambda xs, ys: A.robust_accuracy(model, attack, xs, ys,
-                                                                       batch_size=batch_size), x, y) / n
+        first = dist.shard_range(n)[0]  # global index of this rank's first sample: seeds its random starts
+        robust = dist.sharded_correct(lambda xs, ys: A.robust_accuracy(model, attack, xs, ys, batch_size=batch_size,
+                                                                       first_index=first), x, y) / n
     return clean, robust
 
 
@@ -38,8 +39,10 @@ def _measure(model: nn.Module, settings: TestSettings, kwargs: dict, budget: flo
                                                                        batch_size=settings.batch_size), x, y)
     else:
         attack = A.make_attack(settings.attack, budget, **kwargs)
+        first = dist.shard_range(len(x))[0]  # global index of this rank's first sample: seeds its attack
         correct = dist.sharded_correct(lambda xs, ys: A.robust_accuracy(model, attack, xs, ys,
-                                                                        batch_size=settings.batch_size), x, y)
+                                                                        batch_size=settings.batch_size,
+                                                                        first_index=first), x, y)
     return {"budget": budget, "attack": "clean" if budget == 0 else settings.attack,
             "accuracy": correct / len(x), "correct": correct, "n": len(x),
             "seconds": round(time.perf_counter() - start, 3)}
