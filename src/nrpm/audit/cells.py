@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .. import attacks as A
+from .. import distributed as dist
 from ..attacks.base import logits_2d
 from ..runs import START_AGAIN, ResultsFile, RunContext
 
@@ -83,7 +84,9 @@ class CellRunner:
         self.cells: list[dict] = []
         self.errors: list[str] = []
         self.log, self.progress, self.results = log, progress, results
-        self.cache: dict[str, dict] = cached_cells(results, len(x))
+        # read by the main rank and handed to the others: ranks on other nodes need not see the folder
+        self.cache: dict[str, dict] = dist.broadcast_object(
+            cached_cells(results, len(x)) if results.ctx.is_main else None)
         if self.cache:
             log(f"resuming: {len(self.cache)} finished cells in {results.path}")
 
@@ -135,18 +138,35 @@ class CellRunner:
             self.progress.update(1)
 
     def attack_candidates(self, model, spec: AttackSpec, budget: float, candidates: torch.Tensor) -> torch.Tensor:
-        """Attack the ``candidates`` samples (the others stay False) and return which ones stay correct."""
-        device = A.model_device(model, self.x.device)
-        attack = spec.make(budget)
-        result = torch.zeros(len(self.x), dtype=torch.bool)
+        """Attack the ``candidates`` samples (the others stay False) and return which ones stay correct.
+
+        Under torchrun each rank attacks its block of the candidates and every rank gets the whole mask; attacks
+        are seeded per sample, so the mask is one process's (pyautoattack's attacks, seeded per batch, excepted).
+        An attack that fails on any rank fails on all, so no rank waits for the others forever."""
         index = candidates.nonzero().squeeze(1)
+        start, stop = dist.shard_range(len(index))
+        try:
+            mine = ("ok", index[start:stop].tolist(), self._survivors(model, spec.make(budget), index[start:stop]))
+        except (RuntimeError, ValueError) as error:
+            mine = ("error", type(error).__name__, str(error))
+        result = torch.zeros(len(self.x), dtype=torch.bool)
+        for part in dist.all_gather_object(mine):
+            if part[0] == "error":
+                raise (RuntimeError if part[1] == "RuntimeError" else ValueError)(part[2])
+            result[torch.tensor(part[1], dtype=torch.long)] = torch.tensor(part[2], dtype=torch.bool)
+        return result
+
+    def _survivors(self, model, attack, index: torch.Tensor) -> list[bool]:
+        """Which samples of ``index`` ``attack`` leaves correctly classified, in batches."""
+        device = A.model_device(model, self.x.device)
+        out = []
         for i in range(0, len(index), self.batch_size):
             idx = index[i:i + self.batch_size]
             xb, yb = self.x[idx].to(device), self.y[idx].to(device)
             x_adv = attack(model, xb, yb, indices=idx)  # seeded per sample: masks do not depend on batching
             with torch.no_grad():
-                result[idx] = (logits_2d(model, x_adv).argmax(1) == yb).cpu()
-        return result
+                out += (logits_2d(model, x_adv).argmax(1) == yb).cpu().tolist()
+        return out
 
 
 def _cache_key(tag: str, spec: AttackSpec, budget: float) -> str:

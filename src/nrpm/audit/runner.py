@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .. import attacks as A
+from .. import distributed as dist
 from ..nn import lam_override
 from ..provenance import versions
 from ..reprogram import robust_layers
@@ -123,7 +124,12 @@ def _run_attacks(model, x, y, config: AuditConfig, plan: AuditPlan, runner: Cell
             _sweep(runner, "plain", plan.plain_model, keys, plan, config.budgets, clean_plain)
     accuracy = {"nrpm": fraction(clean), **({"plain": fraction(clean_plain)} if plan.compare_plain else {})}
     return _Findings(forward, gradients, accuracy, check_budget, pgd_mask, variant_masks, unbounded_mask,
-                     library_flags, aa_flags)
+                     _every_rank(library_flags), _every_rank(aa_flags))
+
+
+def _every_rank(messages: list[str]) -> list[str]:
+    """The messages of every rank (each raised them on its own shard), each once, in order of appearance."""
+    return list(dict.fromkeys(m for part in dist.all_gather_object(messages) for m in part))
 
 
 def _sweep(runner: CellRunner, tag: str, model, keys, plan: AuditPlan, budgets, candidates) -> None:

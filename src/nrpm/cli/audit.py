@@ -239,6 +239,7 @@ def _audit_config(args, prepared, samples, plain_label):
 def cmd_audit(args) -> int:
     import torch
 
+    from .. import distributed as dist
     from .. import audit as AU
     from .. import evaluation as E
     from ..runs import RunContext
@@ -250,21 +251,27 @@ def cmd_audit(args) -> int:
         check_output_folder(Path(args.robustbench_json).parent, "--robustbench-json")
     download_if_asked(args, args.model, args.checkpoint)
     set_threads(args.threads)
-    device = E.resolve_device(args.device)
+    device = dist.init_from_env(args.device).device  # torchrun: joins the group, one GPU per local rank
     torch.manual_seed(args.seed)
     prepared = E.prepare_model(_settings(args), device)
     model, settings = prepared.model, prepared.settings
+    say = (lambda m: print(m, file=sys.stderr)) if dist.is_main() else (lambda m: None)
     for note in prepared.notes:
-        print(f"note: {note}", file=sys.stderr)
+        say(f"note: {note}")
     samples = E.load_eval_data(prepared)
     budgets, unit, steps = _budgets_and_steps(args, samples.info["dataset"], samples.info["spec"])
     robustbench_eps = _robustbench_eps(args, budgets, unit)
-    print(f"data: {samples.info['detected']}", file=sys.stderr)  # after the checks: an error stays one line
+    say(f"data: {samples.info['detected']}")  # after the checks: an error stays one line
     plain, plain_label = _plain_model(args, settings, device)
-    ctx = RunContext.create(out, "audit", overwrite=args.overwrite, progress=not args.no_progress,
-                            log=lambda m: print(m, file=sys.stderr))
-    report = AU.run_audit(model, samples.x, samples.y, _audit_config(args, prepared, samples, plain_label),
-                          ctx, plain_model=plain)
+    ctx = RunContext.create(out, "audit", overwrite=args.overwrite, progress=not args.no_progress, log=say)
+    try:
+        report = AU.run_audit(model, samples.x, samples.y, _audit_config(args, prepared, samples, plain_label),
+                              ctx, plain_model=plain)
+    finally:
+        dist.cleanup()
+    failed = report.verdict == AU.FAIL or (args.strict and report.verdict == AU.WARN)
+    if not ctx.is_main:  # every rank holds the same report: the main rank alone writes and prints it
+        return EXIT_CHECK_FAILED if failed else EXIT_OK
     if robustbench_eps is not None:
         _write_robustbench(args, report, robustbench_eps, prepared, samples,
                            None if out is None else out / "audit.json")
@@ -272,7 +279,6 @@ def cmd_audit(args) -> int:
     if out is not None:
         print(f"audit: {out / 'audit.json'} (+ audit.md, audit.png, cache.json); {report.seconds:.0f} s",
               file=sys.stderr)
-    failed = report.verdict == AU.FAIL or (args.strict and report.verdict == AU.WARN)
     return EXIT_CHECK_FAILED if failed else EXIT_OK
 
 
