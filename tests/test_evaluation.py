@@ -203,3 +203,14 @@ def test_eval_never_writes_into_another_commands_folder(tmp_path, capsys):
                      "--K", "1", "--budgets", "0", "--no-progress", "--threads", "1", "--out", str(tmp_path)])
     assert code == 2 and "holds the results of nrpm audit, not of nrpm eval" in capsys.readouterr().err
     assert not (tmp_path / "results.json").exists()
+
+
+def test_library_errors_name_arguments_and_the_cli_says_its_flags(capsys):
+    from nrpm.cli.args import with_flags
+    from nrpm.evaluation import prepare_model
+
+    with pytest.raises(ValueError) as error:
+        prepare_model(EvalSettings(model="mlp3", checkpoint="none", lams=["trained"]))
+    assert "reprogramming=FILE" in str(error.value) and "--" not in str(error.value)
+    assert "give --reprogramming FILE or a paradigm-3 model.pt as --checkpoint FILE" in with_flags(str(error.value))
+    assert with_flags("/runs/model=3 and --model-arg width=2") == "/runs/model=3 and --model-arg width=2"

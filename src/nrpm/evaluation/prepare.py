@@ -259,15 +259,21 @@ def _check_fits(model: nn.Module, samples: D.Samples, prepared: PreparedModel) -
                          f"{spec} has labels up to {int(samples.y.max())}: the model must give one logit per class")
 
 
+def _sample_count(settings: EvalSettings, spec: D.DataSpec) -> int | None:
+    """``n_samples``, else 1000 of a dataset, else (None) every sample of a user's tensors file: a file made for
+    the evaluation is meant whole, and a default count larger than it would only be refused."""
+    if settings.n_samples is not None:
+        return settings.n_samples
+    return None if spec.kind == "tensors" else DEFAULT_N_SAMPLES
+
+
 def load_eval_data(prepared: PreparedModel) -> D.Samples:
     """The samples of ``prepared.settings`` (data spec, split, n), read as its model takes them (imagefolder:
     the model's input size and channels) and checked against it; ``info["detected"]`` says what was read and
     ``info["n"]`` how many (``n_samples`` None: 1000 of a named dataset, all of a tensors file)."""
     settings, shape = prepared.settings, prepared.input_shape
     spec = D.parse_data_spec(_data_spec(settings, prepared.dataset))
-    n = settings.n_samples if settings.n_samples is not None else None if spec.kind == "tensors" else \
-        DEFAULT_N_SAMPLES
-    samples = D.load_samples(spec, settings.split, n,
+    samples = D.load_samples(spec, settings.split, _sample_count(settings, spec),
                              root=settings.data_root, image_size=settings.image_size or (shape[-1] if shape else None),
                              channels=shape[0] if shape else None)
     _check_fits(prepared.model, samples, prepared)
