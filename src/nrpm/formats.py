@@ -117,9 +117,11 @@ def _short_reason(error: BaseException) -> str:
     """One line out of torch.load's multi-line errors: the line that names the actual problem."""
     lines = [line.strip() for line in _ANSI.sub("", str(error)).splitlines() if line.strip()]
     reason = lines[0] if lines else "unexpected end of file"
-    if reason.startswith("Weights only load failed"):  # the cause follows the boilerplate
-        marker = next((i for i, line in enumerate(lines) if "WeightsUnpickler error" in line), None)
-        reason = lines[marker] if marker is not None else reason
+    marker = next((i for i, line in enumerate(lines) if "WeightsUnpickler error:" in line), None)
+    if marker is not None:  # the cause follows torch's boilerplate, on the marker's line or the next
+        detail = lines[marker].split("WeightsUnpickler error:", 1)[1].strip()
+        detail = detail or (lines[marker + 1] if marker + 1 < len(lines) else reason)
+        reason = f"weights-only unpickling refused it: {detail}"
     return f"{type(error).__name__}: {reason}"
 
 

@@ -291,7 +291,8 @@ def add_model_args(p: argparse.ArgumentParser, *, whole_tensors_file: bool = Fal
     add_data_spec_args(p)
     p.add_argument("--data-root", default=None, help="data folder (default $NRPM_DATA or ../shared/data)")
     p.add_argument("--n-samples", type=positive_int, default=None if whole_tensors_file else 1000,
-                   help="how many images" + (" (default: 1000; all of a tensors:FILE)" if whole_tensors_file else ""))
+                   help="how many images" + ("; a tensors:FILE without it is read whole (default: 1000)"
+                                             if whole_tensors_file else ""))
     p.add_argument("--split", choices=["test", "val"], default="test",
                    help="test: first N test images; val: last N training images (to choose lam without the test "
                         "set); tensors: the first / last N of the file; imagefolder: of test/ / train/")
