@@ -219,7 +219,7 @@ def test_eval_on_an_image_folder(factories, tmp_path, capsys):
 @pytest.mark.parametrize("shape,extra,fragment", [
     ((3, 4, 4), [], "gives 3x4x4 inputs, --model lenet takes 1x28x28"),
     ((1, 28, 28), ["--model-arg", "num_classes=5"], "has labels up to 7: the model must give one logit per class"),
-    ((1, 28, 28), ["--normalize", "0.5", "0.5", "0.1", "0.1"], "--normalize gives 2 means and stds"),
+    ((1, 28, 28), ["--normalize", "0.5", "0.5", "0.1", "0.1"], "--normalize 0.5 0.5 0.1 0.1 gives 2 means and stds"),
 ])
 def test_data_that_does_not_fit_the_model_is_refused_in_words(shape, extra, fragment, tmp_path, capsys):
     torch.save({"x": torch.rand(8, *shape), "y": torch.arange(8)}, tmp_path / "d.pt")

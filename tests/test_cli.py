@@ -248,12 +248,13 @@ def test_bad_estimator_combinations_exit_2(capsys):
 
 
 def test_download_fetches_the_dataset_and_checkpoint_before_the_run(monkeypatch, tmp_path, capsys):
-    import nrpm.download
+    import nrpm.data.download
+    import nrpm.models.hub
 
     calls = []
-    monkeypatch.setattr(nrpm.download, "ensure_dataset", lambda name, root=None: calls.append(("data", name, root))
-                        or tmp_path)
-    monkeypatch.setattr(nrpm.download, "ensure_pretrained", lambda name, path=None: calls.append(("ckpt", name)))
+    monkeypatch.setattr(nrpm.data.download, "ensure_dataset",
+                        lambda name, root=None: calls.append(("data", name, root)) or tmp_path)
+    monkeypatch.setattr(nrpm.models.hub, "ensure_pretrained", lambda name, path=None: calls.append(("ckpt", name)))
     code, _, err = run(["eval", "--model", "lenet", "--download", "--n-samples", "1", "--budgets", "0",
                         "--no-progress", "--data-root", str(tmp_path / "nowhere")], capsys)
     assert calls[:2] == [("data", "mnist", str(tmp_path / "nowhere")), ("ckpt", "lenet")]

@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from nrpm import data, download, paths
+from nrpm import data, fetch, paths
+from nrpm.data import download
+from nrpm.models import hub
 from nrpm.data import load_cifar10, load_mnist, resolve_data_root
 from nrpm.models import create_model, load_pretrained, registry, resolve_pretrained_dir
 
@@ -166,7 +168,7 @@ def files_under(folder: Path) -> list[str]:
 
 def test_fetch_writes_the_file_after_checking_sha256(server, tmp_path):
     url = server.put("blob.bin", b"x" * 5000)
-    dest = download.fetch(url, tmp_path / "out" / "blob.bin", sha256=sha256(b"x" * 5000))
+    dest = fetch.fetch(url, tmp_path / "out" / "blob.bin", sha256=sha256(b"x" * 5000))
     assert dest.read_bytes() == b"x" * 5000
     assert files_under(tmp_path / "out") == ["blob.bin"]  # no .part file left
 
@@ -175,7 +177,7 @@ def test_fetch_bad_hash_fails_and_leaves_no_file(server, tmp_path):
     url = server.put("blob.bin", b"tampered")
     wanted = sha256(b"original")
     with pytest.raises(ValueError) as err:
-        download.fetch(url, tmp_path / "out" / "blob.bin", sha256=wanted)
+        fetch.fetch(url, tmp_path / "out" / "blob.bin", sha256=wanted)
     message = str(err.value)
     assert url in message and wanted in message and sha256(b"tampered") in message
     assert files_under(tmp_path / "out") == []
@@ -184,14 +186,14 @@ def test_fetch_bad_hash_fails_and_leaves_no_file(server, tmp_path):
 def test_fetch_checks_md5_too(server, tmp_path):
     url = server.put("blob.bin", b"abc")
     with pytest.raises(ValueError, match=f"md5 check: expected {md5(b'xyz')}, got {md5(b'abc')}"):
-        download.fetch(url, tmp_path / "blob.bin", md5=md5(b"xyz"))
-    assert download.fetch(url, tmp_path / "blob.bin", md5=md5(b"abc")).read_bytes() == b"abc"
+        fetch.fetch(url, tmp_path / "blob.bin", md5=md5(b"xyz"))
+    assert fetch.fetch(url, tmp_path / "blob.bin", md5=md5(b"abc")).read_bytes() == b"abc"
 
 
 def test_fetch_404_is_a_clear_one_line_error(server, tmp_path):
     url = server.url + "nowhere.bin"
     with pytest.raises(FileNotFoundError) as err:
-        download.fetch(url, tmp_path / "nowhere.bin", hint="do something else")
+        fetch.fetch(url, tmp_path / "nowhere.bin", hint="do something else")
     message = str(err.value)
     assert url in message and "HTTP 404" in message and "do something else" in message
     assert "\n" not in message and files_under(tmp_path) == []
@@ -203,13 +205,13 @@ def test_fetch_unreachable_server_is_a_clear_error(tmp_path):
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/file.bin"
     with pytest.raises(FileNotFoundError, match=f"could not download {url}"):
-        download.fetch(url, tmp_path / "file.bin", timeout=5)
+        fetch.fetch(url, tmp_path / "file.bin", timeout=5)
     assert files_under(tmp_path) == []
 
 
 def test_fetch_replaces_an_existing_file_atomically(server, tmp_path):
     (tmp_path / "blob.bin").write_bytes(b"old")
-    download.fetch(server.put("blob.bin", b"new"), tmp_path / "blob.bin")
+    fetch.fetch(server.put("blob.bin", b"new"), tmp_path / "blob.bin")
     assert (tmp_path / "blob.bin").read_bytes() == b"new"
 
 
@@ -348,7 +350,7 @@ def served_lenet(server, monkeypatch, tmp_path):
 
 
 def test_download_pretrained_then_load_pretrained_finds_it(served_lenet, tmp_path):
-    path = download.ensure_pretrained("lenet")
+    path = hub.ensure_pretrained("lenet")
     assert path == tmp_path / "home" / "pretrained" / "lenet_mnist_model.pth"
     model, info = load_pretrained("lenet")  # no path: found in the cache by the lookup order
     assert info["source"] == str(path)
@@ -360,29 +362,29 @@ def test_download_pretrained_then_load_pretrained_finds_it(served_lenet, tmp_pat
 def test_ensure_pretrained_with_explicit_paths(served_lenet, server, tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
-    assert download.ensure_pretrained("lenet", folder) == folder / "lenet_mnist_model.pth"
+    assert hub.ensure_pretrained("lenet", folder) == folder / "lenet_mnist_model.pth"
     asked = len(server.requests)
-    assert download.ensure_pretrained("lenet", folder / "lenet_mnist_model.pth").is_file()
+    assert hub.ensure_pretrained("lenet", folder / "lenet_mnist_model.pth").is_file()
     custom = tmp_path / "custom.pth"
     custom.write_bytes(b"anything")
-    assert download.ensure_pretrained("lenet", custom) == custom  # existing file: as is
+    assert hub.ensure_pretrained("lenet", custom) == custom  # existing file: as is
     assert len(server.requests) == asked
     with pytest.raises(FileNotFoundError, match="only the released lenet_mnist_model.pth"):
-        download.ensure_pretrained("lenet", tmp_path / "missing.pth")
+        hub.ensure_pretrained("lenet", tmp_path / "missing.pth")
     target = tmp_path / "new" / "lenet_mnist_model.pth"
-    assert download.ensure_pretrained("lenet", target) == target and target.is_file()
+    assert hub.ensure_pretrained("lenet", target) == target and target.is_file()
 
 
 def test_ensure_pretrained_downloads_into_nrpm_pretrained(served_lenet, tmp_path, monkeypatch):
     monkeypatch.setenv("NRPM_PRETRAINED", str(tmp_path / "env"))
-    assert download.ensure_pretrained("lenet") == tmp_path / "env" / "lenet_mnist_model.pth"
+    assert hub.ensure_pretrained("lenet") == tmp_path / "env" / "lenet_mnist_model.pth"
 
 
 def test_pretrained_bad_hash_leaves_no_file(server, monkeypatch, tmp_path):
     server.put("weights/lenet_mnist_model.pth", b"not the released file")
     monkeypatch.setenv("NRPM_PRETRAINED_URL", server.url + "weights")
     with pytest.raises(ValueError) as err:
-        download.download_pretrained("lenet")
+        hub.download_pretrained("lenet")
     message = str(err.value)
     assert registry.model_entry("lenet").pretrained.sha256 in message
     assert server.url + "weights/lenet_mnist_model.pth" in message
@@ -392,14 +394,14 @@ def test_pretrained_bad_hash_leaves_no_file(server, monkeypatch, tmp_path):
 def test_pretrained_404_and_models_without_release(server, monkeypatch):
     monkeypatch.setenv("NRPM_PRETRAINED_URL", server.url)
     with pytest.raises(FileNotFoundError, match="HTTP 404.*NRPM_PRETRAINED"):
-        download.ensure_pretrained("mlp3")
+        hub.ensure_pretrained("mlp3")
     with pytest.raises(ValueError, match="no released checkpoint for model 'resnet34'"):
-        download.ensure_pretrained("resnet34")
+        hub.ensure_pretrained("resnet34")
 
 
 def test_pretrained_url_defaults_to_the_registry():
-    assert download.pretrained_url("lenet") == registry.model_entry("lenet").pretrained.url
-    assert download.pretrained_url("lenet").startswith(registry.OFFICIAL_RAW_URL)
+    assert hub.pretrained_url("lenet") == registry.model_entry("lenet").pretrained.url
+    assert hub.pretrained_url("lenet").startswith(registry.OFFICIAL_RAW_URL)
 
 
 def test_downloaded_truncated_checkpoint_is_a_value_error(server, monkeypatch, tmp_path):
@@ -410,8 +412,8 @@ def test_downloaded_truncated_checkpoint_is_a_value_error(server, monkeypatch, t
     patched = dataclasses.replace(entry.pretrained, sha256=sha256(content))
     monkeypatch.setitem(registry._REGISTRY, "lenet", dataclasses.replace(entry, pretrained=patched))
     monkeypatch.setenv("NRPM_PRETRAINED_URL", server.url + "w/")
-    with pytest.raises(ValueError, match="is not a readable PyTorch checkpoint"):
-        load_pretrained("lenet", path=download.ensure_pretrained("lenet"))
+    with pytest.raises(ValueError, match="is not readable by torch.load"):
+        load_pretrained("lenet", path=hub.ensure_pretrained("lenet"))
 
 
 # --------------------------------------------------------------------------- lookup order

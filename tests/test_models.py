@@ -176,7 +176,7 @@ def test_unreadable_checkpoint_is_a_clear_value_error(tmp_path, kind):
     with pytest.raises(ValueError) as err:
         load_checkpoint(create_model("lenet"), path)
     message = str(err.value)
-    assert message.startswith(f"checkpoint {path} is not a readable PyTorch checkpoint (")
+    assert message.startswith(f"checkpoint {path} is not readable by torch.load (")
     assert "\n" not in message
 
 
@@ -184,7 +184,7 @@ def test_truncated_released_checkpoint_via_load_pretrained(shared_dir, tmp_path,
     real = shared_dir / "pretrained" / "lenet_mnist_model.pth"
     (tmp_path / real.name).write_bytes(real.read_bytes()[:100])
     monkeypatch.setenv("NRPM_PRETRAINED", str(tmp_path))
-    with pytest.raises(ValueError, match="is not a readable PyTorch checkpoint"):
+    with pytest.raises(ValueError, match="is not readable by torch.load"):
         load_pretrained("lenet")
 
 

@@ -268,5 +268,5 @@ def test_the_saved_learnable_flag_is_honoured(net, tmp_path):
 def test_a_corrupt_reprogramming_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "rp.pt"
     bad.write_bytes(b"not a torch file")
-    with pytest.raises(ValueError, match="is not a readable nrpm reprogramming state"):
+    with pytest.raises(ValueError, match=r"reprogramming state .*rp\.pt is not readable by torch\.load"):
         nrpm.load_reprogramming(SmallNet(), bad)

@@ -1,18 +1,15 @@
-"""Result files: atomic writes, markdown tables, CSV and accuracy-vs-budget plots."""
+"""Result files: atomic text and JSON writes, budget labels and accuracy-vs-budget plots (the eval grid's own
+table and CSV are :mod:`nrpm.evaluation.grid`'s)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
-from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from ._io import atomic_write
 
-__all__ = ["atomic_write_text", "write_json", "read_json", "markdown_grid", "write_grid_csv", "plot_curves",
-           "format_budget", "jsonable"]
+__all__ = ["atomic_write_text", "write_json", "read_json", "plot_curves", "format_budget", "jsonable"]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -27,22 +24,6 @@ def write_json(path, obj) -> None:
 def read_json(path):
     with open(path, encoding="utf-8") as f:
         return json.load(f)
-
-
-def read_results_file(path: Path, fmt: str, what: str, fix: str):
-    """The JSON object in results file ``path`` of format ``fmt``, or None when there is no file.
-
-    Unreadable JSON or another format raises one ValueError naming the file, ``what`` it should be and the ``fix``.
-    """
-    if not path.exists():
-        return None
-    try:
-        previous = read_json(path)
-    except (ValueError, UnicodeDecodeError) as error:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"{path} is not valid JSON ({error}): {fix}") from None
-    if not isinstance(previous, dict) or previous.get("format") != fmt:
-        raise ValueError(f"{path} is not {what} (format {fmt!r}): {fix}")
-    return previous
 
 
 def jsonable(obj):
@@ -61,36 +42,6 @@ def format_budget(budget: float, unit: float = 1.0) -> str:
     if unit != 1.0:
         return f"{budget * unit:g}/{unit:g}"
     return f"{budget:g}"
-
-
-def cell_map(cells: Iterable[dict]) -> dict[tuple[float, float], dict]:
-    """Result cells keyed by (lam, budget), rounded so that float noise never splits one cell in two."""
-    return {(round(c["lam"], 6), round(c["budget"], 9)): c for c in cells}
-
-
-def markdown_grid(cells: Sequence[dict], lams: Sequence[float], budgets: Sequence[float], *, unit: float = 1.0,
-                  row_label: str = "lam", value_key: str = "accuracy") -> str:
-    """Rows lam, columns budgets (clean = budget 0 first), values in %; missing cells show as '…'."""
-    lookup = cell_map(cells)
-    header = [row_label] + [("clean" if b == 0 else format_budget(b, unit)) for b in budgets]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for lam in lams:
-        row = [f"{lam:g}"]
-        for b in budgets:
-            cell = lookup.get((round(lam, 6), round(b, 9)))
-            row.append("…" if cell is None else f"{100 * cell[value_key]:.1f}")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
-
-
-def write_grid_csv(path, cells: Sequence[dict]) -> None:
-    fields = ["lam", "budget", "attack", "accuracy", "correct", "n", "seconds"]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    for cell in sorted(cells, key=lambda c: (-c["lam"], c["budget"])):
-        writer.writerow(cell)
-    atomic_write_text(path, buf.getvalue())
 
 
 def plot_curves(path, curves: dict[str, tuple[Sequence[float], Sequence[float]]], *, title: str,

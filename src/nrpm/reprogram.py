@@ -16,15 +16,14 @@ import difflib
 import os
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from . import functional as RF
-from ._io import atomic_write
 from .coverage import unreprogrammed_weights, warn_unreprogrammed
+from .formats import REPROGRAMMING_FORMAT, read_tagged, write_tagged
 from .nn import BACKWARD_MODES, RobustConv2d, RobustLinear, RobustMixin
 from .nn_attention import AGGREGATION_NAME, ATTENTION_PARTS, PROJECTION_NAMES, RobustMultiheadAttention
 from .targets import canonical_name, matches, module_aliases, normalize_pattern
@@ -44,10 +43,9 @@ __all__ = [
     "save_reprogramming",
     "load_reprogramming",
     "print_trainable_parameters",
-    "atomic_torch_save",
 ]
 
-_FORMAT = "nrpm-reprogramming/1"
+_FORMAT = REPROGRAMMING_FORMAT
 _SUPPORTED = {nn.Linear: RobustLinear, nn.Conv2d: RobustConv2d, nn.MultiheadAttention: RobustMultiheadAttention}
 _TYPE_NAMES = {"linear": nn.Linear, "conv2d": nn.Conv2d, "conv": nn.Conv2d, "attention": nn.MultiheadAttention,
                "attention_projections": nn.MultiheadAttention, "attention_aggregation": nn.MultiheadAttention}
@@ -377,11 +375,6 @@ def _undo_attention(model: nn.Module) -> None:
                 _replace(model, name, plain)
 
 
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temp file in the same folder, then rename: a crash never leaves a half-written file."""
-    atomic_write(path, lambda f: torch.save(obj, f), binary=True)
-
-
 def reprogramming_state(model: nn.Module) -> dict:
     """The small reprogramming state: config and per-layer lam (no weights)."""
     layers = _require_robust(model)
@@ -395,22 +388,16 @@ def reprogramming_state(model: nn.Module) -> dict:
 
 def save_reprogramming(model: nn.Module, path: str | os.PathLike) -> None:
     """Save only the reprogramming state (config + per-layer lam), atomically; a few hundred bytes."""
-    atomic_torch_save(reprogramming_state(model), path)
+    write_tagged(path, reprogramming_state(model))
 
 
 def _read_state(path_or_state) -> dict:
-    state = path_or_state
-    if not isinstance(state, dict):
-        path = Path(path_or_state)
-        if not path.is_file():
-            raise FileNotFoundError(f"reprogramming state not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # truncated or foreign file: name it instead of a pickle traceback
-            raise ValueError(f"{path} is not a readable nrpm reprogramming state: {error}") from None
-    if not isinstance(state, dict) or state.get("format") != _FORMAT:
+    if not isinstance(path_or_state, dict):
+        return read_tagged(path_or_state, _FORMAT, "an nrpm reprogramming state",
+                           "give a reprogramming.pt of nrpm reprogram or of nrpm.save_reprogramming")
+    if path_or_state.get("format") != _FORMAT:
         raise ValueError(f"not an nrpm reprogramming state (expected format {_FORMAT!r})")
-    return state
+    return path_or_state
 
 
 def _layers_by_canonical_name(model: nn.Module) -> dict[str, RobustMixin]:

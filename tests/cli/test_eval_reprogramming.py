@@ -142,9 +142,9 @@ def test_resuming_refuses_an_artifact_retrained_in_place(runs, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("extra,fragment", [
-    (["--layers", "fc1"], "--layers cannot be combined with the reprogramming stored in"),
-    (["--layer-types", "linear"], "--layer-types cannot be combined"),
-    (["--skip", "fc3"], "--skip cannot be combined"),
+    (["--layers", "fc1"], "--layers fc1 cannot be combined with the reprogramming stored in"),
+    (["--layer-types", "linear"], "--layer-types linear cannot be combined"),
+    (["--skip", "fc3"], "--skip fc3 cannot be combined"),
 ])
 def test_layer_options_are_refused_next_to_a_stored_reprogramming(runs, extra, fragment, tmp_path, capsys):
     code, _, err = run(eval_argv(tmp_path, "--checkpoint", str(runs[3] / "model.pt"), *extra), capsys)
@@ -185,16 +185,17 @@ def test_a_trained_row_after_a_numeric_row_keeps_the_stored_lam(tmp_path, capsys
     args = ["eval", "--model", "mlp3", "--checkpoint", "none", "--reprogramming", str(tmp_path / "rp.pt"),
             "--data", f"tensors:{tmp_path / 'data.pt'}", "--n-samples", "16", "--budgets", "0", "--no-progress"]
     seen = []
-    real = nrpm.evaluation.evaluate_grid
+    import nrpm.evaluation.runner as runner
+
+    real = runner.evaluate_grid
 
     def spy(model, *a, **k):
         seen.append(nrpm.lam_table(model))
         return real(model, *a, **k)
 
-    import nrpm.evaluation
-    nrpm.evaluation.evaluate_grid = spy
+    runner.evaluate_grid = spy
     try:
         assert cli.main(args + ["--lam", "0.5", "trained"]) == 0
     finally:
-        nrpm.evaluation.evaluate_grid = real
+        runner.evaluate_grid = real
     assert all(v == pytest.approx(0.9, abs=1e-4) for v in seen[0].values())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import tempfile
 from pathlib import Path
 
@@ -22,7 +23,7 @@ __all__ = ["UsageError", "Parser", "HelpFormatter", "positive_int", "nonneg_int"
            "normalization", "NormalizeAction", "device_spec", "key_value", "add_model_args", "add_model_spec_args",
            "add_data_spec_args", "model_settings", "add_threads_arg", "set_threads", "in_input_units",
            "add_estimator_args", "attack_options", "refuse_linf_budgets_over_range",
-           "estimator_from_args", "add_download_arg", "download_if_asked",
+           "estimator_from_args", "add_download_arg", "download_if_asked", "with_flags", "SETTING_FLAGS",
            "check_output_folder", "TRAINED", "EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
 # The exit statuses of every command (nrpm.cli.main maps the exceptions to them)
@@ -290,12 +291,13 @@ def add_data_spec_args(p) -> None:
                         "(default: the model's input size, else 32)")
 
 
-def add_model_args(p: argparse.ArgumentParser, *, seed_help: str = "seed of the attacks' random starts, drawn per "
-                   "sample") -> None:
+def add_model_args(p: argparse.ArgumentParser, *, whole_tensors_file: bool = False,
+                   seed_help: str = "seed of the attacks' random starts, drawn per sample") -> None:
     """The model, its weights and reprogramming, the samples and the device: shared by eval, audit and certify
     (:func:`model_settings` turns them into EvalSettings fields).
 
-    ``--lam`` is each command's own (eval sweeps a list, audit takes one value).
+    ``--lam`` is each command's own (eval sweeps a list, audit takes one value). ``whole_tensors_file``: without
+    --n-samples a tensors:FILE is read whole (a named dataset: 1000 images), as nrpm.evaluation does.
     """
     add_model_spec_args(p)
     p.add_argument("--checkpoint", default="pretrained",
@@ -320,7 +322,9 @@ def add_model_args(p: argparse.ArgumentParser, *, seed_help: str = "seed of the 
                    help="linear and/or conv2d (default: both)")
     add_data_spec_args(p)
     p.add_argument("--data-root", default=None, help="data folder (default $NRPM_DATA or ../shared/data)")
-    p.add_argument("--n-samples", type=positive_int, default=1000, help="how many images")
+    p.add_argument("--n-samples", type=positive_int, default=None if whole_tensors_file else 1000,
+                   help="how many images" + ("; a tensors:FILE without it is read whole (default: 1000)"
+                                             if whole_tensors_file else ""))
     p.add_argument("--split", choices=["test", "val"], default="test",
                    help="test: first N test images; val: last N training images (to choose lam without the test "
                         "set); tensors: the first / last N of the file; imagefolder: of test/ / train/")
@@ -408,7 +412,8 @@ def download_if_asked(args, model: str, checkpoint: str | None = "pretrained") -
     if not getattr(args, "download", False):
         return
     from ..data import DOWNLOADABLE
-    from ..download import ensure_dataset, ensure_pretrained
+    from ..data.download import ensure_dataset
+    from ..models.hub import ensure_pretrained
     from ..models import is_registry_name, model_entry
 
     dataset = _named_dataset(args, model)
@@ -470,6 +475,20 @@ def refuse_linf_budgets_over_range(budgets, unit: float, flag: str = "--budgets"
         check_linf_budgets(budgets, unit, flag)
     except ValueError as error:
         raise UsageError(str(error)) from None
+
+
+# The library names settings as arguments (``checkpoint=PATH``); the CLI says the flag that sets each instead.
+SETTING_FLAGS = {"model": "--model", "checkpoint": "--checkpoint", "reprogramming": "--reprogramming",
+                 "model_args": "--model-arg", "normalize": "--normalize", "data": "--data", "lams": "--lam",
+                 "layers": "--layers", "skip": "--skip", "layer_types": "--layer-types", "n_samples": "--n-samples",
+                 "data_root": "--data-root", "image_size": "--image-size", "split": "--split"}
+# 'name=' not inside a word, a path or a flag (so /runs/model=3 and --model-arg width=2 stay as they are)
+_SETTING = re.compile(r"(?<![\w.\-/])(" + "|".join(sorted(SETTING_FLAGS, key=len, reverse=True)) + r")=")
+
+
+def with_flags(message: str) -> str:
+    """A library message with each ``setting=VALUE`` said as the CLI's ``--flag VALUE``."""
+    return _SETTING.sub(lambda m: SETTING_FLAGS[m.group(1)] + " ", message)
 
 
 def check_output_folder(folder, flag: str = "--out") -> None:

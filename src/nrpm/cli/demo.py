@@ -37,8 +37,7 @@ def cmd_demo(args) -> int:
 
     from .. import attacks as A
     from .. import data as D
-    from .. import reports
-    from ..evaluation import evaluate_grid
+    from ..evaluation.grid import evaluate_grid, markdown_grid
     from ..models import load_pretrained
     from ..reprogram import ReprogramConfig, reprogram
 
@@ -56,7 +55,7 @@ def cmd_demo(args) -> int:
     torch.manual_seed(0)
     cells = evaluate_grid(model, x, y, args.lam, budgets, lambda e: A.FGSM(e), batch_size=args.batch_size,
                           progress=not args.no_progress, attack_name="fgsm")
-    print(reports.markdown_grid(cells, args.lam, budgets))
+    print(markdown_grid(cells, args.lam, budgets))
     print("\nsingle-step FGSM overstates robustness; run `nrpm audit` before trusting a robust number")
     print(f"time: {time.perf_counter() - start:.1f} s on {torch.get_num_threads()} threads "
           f"(torch {torch.__version__})")

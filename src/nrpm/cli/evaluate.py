@@ -26,7 +26,7 @@ def add_eval_parser(subparsers) -> None:
         description="Accuracy of a reprogrammed model for every (lam, budget). With --out the results are saved "
                     "after every cell and a rerun resumes. A stored reprogramming (a paradigm-3 model.pt as "
                     "--checkpoint, or --reprogramming FILE) is applied as trained: row 'trained'.")
-    add_model_args(p)
+    add_model_args(p, whole_tensors_file=True)
     p.add_argument("--lam", nargs="+", type=lam_or_trained, default=None,
                    help=f"lam rows: numbers in [0, 1] (1 = original model) set every robust layer to that value; "
                         f"'{TRAINED}' keeps each layer's lam of a stored reprogramming (default: 1, or "
@@ -62,15 +62,17 @@ def eval_settings(args):
 def cmd_eval(args) -> int:
     from .. import distributed as dist
     from ..evaluation import run_eval
+    from ..runs import RunContext
 
     download_if_asked(args, args.model, args.checkpoint)
     settings = eval_settings(args)
     if args.out:
         check_output_folder(args.out)
     set_threads(args.threads)
+    ctx = RunContext.create(args.out, "eval", overwrite=args.overwrite, progress=not args.no_progress,
+                            log=lambda m: print(m, file=sys.stderr))
     try:
-        result = run_eval(settings, args.out, device=args.device, progress=not args.no_progress,
-                          overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
+        result = run_eval(settings, ctx, device=args.device)
         if dist.is_main():
             print(result["table"])
             if args.out:

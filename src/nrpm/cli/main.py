@@ -10,7 +10,7 @@ import os
 import sys
 
 from .._io import OutputFolderInUse
-from .args import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser
+from .args import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser, with_flags
 from .audit import add_audit_parser
 from .certify import add_certify_parser
 from .demo import add_demo_parser
@@ -81,5 +81,6 @@ def main(argv=None) -> int:
         # ValueError: bad values (UsageError included), unreadable checkpoints, results of other settings;
         # OSError: missing or unwritable files; OutputFolderInUse: another run writes into --out.
         # Other exceptions are bugs, and keep their traceback.
-        print(f"nrpm {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        # the library names its arguments (checkpoint=PATH); here they are said as this command's flags
+        print(f"nrpm {args.command}: error: {with_flags(_one_line(error))}", file=sys.stderr)
         return EXIT_USAGE

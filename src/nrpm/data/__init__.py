@@ -7,7 +7,7 @@ Everything is plain torch/numpy: no torchvision. Images come back as float32 in 
   (``<root>/MNIST/raw/*-ubyte[.gz]``), CIFAR-10 (``<root>/cifar-10-batches-py/``), CIFAR-100
   (``<root>/cifar-100-python/{train,test}``) and SVHN (``<root>/{train,test}_32x32.mat``, needs scipy).
   The root is found by :func:`resolve_data_root` (:mod:`nrpm.paths`' order); only MNIST and CIFAR-10
-  can be downloaded (``download=True`` / ``--download``, see :mod:`nrpm.download`).
+  can be downloaded (``download=True`` / ``--download``, see :mod:`nrpm.data.download`).
 * A user's own data: ``tensors:FILE`` (:mod:`.tensors`) and ``imagefolder:PATH`` (:mod:`.imagefolder`).
 * :func:`load_samples` reads the N samples of a split (test / val) of any of them (:mod:`.sources`).
 """
@@ -19,8 +19,8 @@ from .common import MissingDependency
 from .imagefolder import IMAGE_EXTENSIONS, load_imagefolder
 from .mnist import MNIST_FILES
 from .mnist import read_idx as _read_idx
-from .named import (DATASETS, DOWNLOADABLE, clear_cache, dataset_key, list_datasets, load_cifar10, load_cifar100,
-                    load_dataset, load_mnist, load_svhn, missing_files, resolve_data_root)
+from .datasets import clear_cache, load_cifar10, load_cifar100, load_dataset, load_mnist, load_svhn
+from .named import DATASETS, DOWNLOADABLE, dataset_key, list_datasets, missing_files, resolve_data_root
 from .sources import DataSpec, Samples, load_samples, parse_data_spec
 from .svhn import SVHN_FILES
 from .tensors import load_tensor_file

@@ -1,5 +1,5 @@
-"""The datasets known by name (MNIST, CIFAR-10, CIFAR-100, SVHN): where their root is, which files are missing, and
-loading them as float tensors in [0, 1], (N, C, H, W), cached in memory as uint8.
+"""The datasets known by name (MNIST, CIFAR-10, CIFAR-100, SVHN): how each is read, where their root is and which
+files are missing (:mod:`.datasets` loads them, :mod:`.download` fetches MNIST and CIFAR-10).
 
 Data root resolution (:func:`resolve_data_root`) follows :mod:`nrpm.paths`: explicit argument (``--data-root``),
 else ``$NRPM_DATA``, else the cache ``$NRPM_HOME/data`` or the shared mirror beside a source checkout when it holds
@@ -8,7 +8,6 @@ the dataset, else the cache (where ``download=True`` / ``--download`` writes, MN
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +18,11 @@ import torch
 from .. import paths
 from .cifar import (cifar10_missing, cifar10_not_found, cifar100_missing, cifar100_not_found, read_cifar10,
                     read_cifar100)
-from .common import DOWNLOAD_HINT, LOCAL_HINT
 from .mnist import mnist_missing, mnist_not_found, read_mnist
 from .svhn import read_svhn, svhn_missing, svhn_not_found
 
 __all__ = ["NamedDataset", "DATASETS", "DOWNLOADABLE", "resolve_data_root", "dataset_key", "list_datasets",
-           "missing_files", "load_dataset", "load_mnist", "load_cifar10", "load_cifar100", "load_svhn",
-           "clear_cache"]
+           "missing_files"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +35,7 @@ class NamedDataset:
     missing: Callable[[Path, bool], list[str]]  # the files of the split absent under the root
     not_found: Callable[[Path, bool], str]  # "X not found under ...: expected ..."
     read: Callable[[Path, bool], tuple[torch.Tensor, torch.Tensor]]  # uint8 (N, C, H, W), int64 (N,)
-    downloadable: bool = False  # nrpm.download can fetch it
+    downloadable: bool = False  # nrpm.data.download can fetch it
 
 
 DATASETS = {d.key: d for d in (
@@ -92,69 +89,3 @@ def resolve_data_root(
         return any(not missing_files(key, folder, train) for key in keys)
 
     return paths.resolve("data", root, holds)
-
-
-def _dataset_root(key: str, root, train: bool, download: bool) -> Path:
-    """The absolute root holding split ``train`` of ``key``; downloads it first if asked."""
-    dataset = DATASETS[key]
-    if download and not dataset.downloadable:
-        raise ValueError(f"nrpm cannot download {dataset.title} (only {', '.join(DOWNLOADABLE)}): put its files "
-                         f"under a data root yourself; {dataset.not_found(paths.cache_dir('data'), train)}")
-    if download:
-        from ..download import ensure_dataset  # here, not at the top: download imports data
-
-        return ensure_dataset(key, root, train=train).resolve()
-    folder = resolve_data_root(root, key, train=train)
-    if dataset.missing(folder, train):
-        hint = DOWNLOAD_HINT if dataset.downloadable else LOCAL_HINT
-        raise FileNotFoundError(f"{dataset.not_found(folder, train)}; {paths.looked_in('data', root)}; {hint}")
-    return folder.resolve()
-
-
-@functools.lru_cache(maxsize=8)
-def _cached(key: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    # Cached as uint8 (cheap); every public call converts to a fresh float tensor.
-    return DATASETS[key].read(root, train)
-
-
-def clear_cache() -> None:
-    """Forget the in-memory copies of loaded datasets (e.g. after files changed on disk)."""
-    _cached.cache_clear()
-
-
-def load_dataset(
-    name: str, root: str | os.PathLike | None = None, train: bool = False, download: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load a named dataset as ``(x, y)``: x float32 (N, C, H, W) in [0, 1], y int64 (N,); fresh copies, so
-    callers may modify them in place. ``name``: see :func:`list_datasets` (case-insensitive, 'cifar-10' too)."""
-    key = dataset_key(name)
-    images, labels = _cached(key, _dataset_root(key, root, train, download), train)
-    return images.float().div_(255.0), labels.clone()
-
-
-def load_mnist(
-    root: str | os.PathLike | None = None, train: bool = False, download: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST: x (N, 1, 28, 28) from ``<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``.
-
-    With ``download=True`` missing files are fetched first (see :func:`nrpm.download.ensure_dataset`).
-    """
-    return load_dataset("mnist", root, train, download)
-
-
-def load_cifar10(
-    root: str | os.PathLike | None = None, train: bool = False, download: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """CIFAR-10: x (N, 3, 32, 32) from ``<root>/cifar-10-batches-py/{data_batch_1..5 | test_batch}``; each batch must
-    hold 10000 rows of 3072 bytes. With ``download=True`` the archive is fetched when batches are missing."""
-    return load_dataset("cifar10", root, train, download)
-
-
-def load_cifar100(root: str | os.PathLike | None = None, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """CIFAR-100 (fine labels 0..99): x (N, 3, 32, 32) from ``<root>/cifar-100-python/{train | test}``."""
-    return load_dataset("cifar100", root, train)
-
-
-def load_svhn(root: str | os.PathLike | None = None, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """SVHN (digit 0 as label 0): x (N, 3, 32, 32) from ``<root>/{train,test}_32x32.mat`` (needs scipy)."""
-    return load_dataset("svhn", root, train)

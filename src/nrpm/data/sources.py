@@ -18,7 +18,8 @@ import torch
 
 from .batching import subset
 from .imagefolder import load_imagefolder
-from .named import dataset_key, load_dataset
+from .datasets import load_dataset
+from .named import dataset_key
 from .tensors import load_tensor_file
 
 __all__ = ["DataSpec", "Samples", "parse_data_spec", "load_samples", "SPLITS", "DEFAULT_IMAGE_SIZE"]
@@ -77,8 +78,10 @@ def _named(spec: DataSpec, split: str, n: int, root) -> tuple[torch.Tensor, torc
     return x[-n:], y[-n:], f"{spec.value}: the last {n} training images (split val)"
 
 
-def _tensors(spec: DataSpec, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+def _tensors(spec: DataSpec, split: str, n: int | None) -> tuple[torch.Tensor, torch.Tensor, str]:
     data = load_tensor_file(spec.value)
+    if n is None:  # a user's own file is evaluated whole unless a count is asked for
+        return data.x, data.y, f"{data.detected}; all {len(data.x)} samples of the file"
     if n > len(data.x):
         raise ValueError(f"--n-samples {n} exceeds the {len(data.x)} samples in {spec.value}: pass --n-samples "
                          f"{len(data.x)} or fewer")
@@ -88,10 +91,11 @@ def _tensors(spec: DataSpec, split: str, n: int) -> tuple[torch.Tensor, torch.Te
             f"{data.detected}; split val = the last {n} samples of the file (a file has no training part)")
 
 
-def load_samples(spec: DataSpec | str, split: str = "test", n: int = 1000, *,
+def load_samples(spec: DataSpec | str, split: str = "test", n: int | None = 1000, *,
                  root: str | os.PathLike | None = None, image_size: int | None = None,
                  channels: int | None = None) -> Samples:
-    """The ``n`` samples of ``split`` (see the module docstring) as float (N, C, H, W) in [0, 1] and int64 labels.
+    """The ``n`` samples of ``split`` (see the module docstring) as float (N, C, H, W) in [0, 1] and int64 labels;
+    ``n`` None takes every sample of a tensors file (a named dataset or an imagefolder needs a count).
 
     ``root``: the data root of named datasets (``--data-root``); ``image_size`` and ``channels``: how imagefolder
     images are read (default 32, RGB).

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..formats import read_torch_file
+
 __all__ = ["TensorData", "load_tensor_file", "TENSOR_SUFFIXES"]
 
 TENSOR_SUFFIXES = (".pt", ".pth", ".npz")
@@ -38,13 +40,7 @@ class TensorData:
 
 
 def _read_pt(path: Path) -> tuple[object, object]:
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    # torch.load reports foreign bytes as RuntimeError, UnpicklingError, EOFError...: any of them means "not readable"
-    except Exception as error:  # noqa: BLE001
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        raise ValueError(f"tensors file {path} is not readable by torch.load: {type(error).__name__}: "
-                         f"{first_line}") from None
+    raw = read_torch_file(path, "tensors file", "save it with torch.save({'x': x, 'y': y}, FILE)")
     if not isinstance(raw, dict) or "x" not in raw or "y" not in raw:
         found = sorted(map(str, raw)) if isinstance(raw, dict) else type(raw).__name__
         raise ValueError(f"tensors file {path} holds {found}, expected a dict with 'x' (images) and 'y' (labels): "

@@ -9,6 +9,7 @@ from .checkpoints import load_checkpoint, load_pretrained, model_from_checkpoint
 from .external import (NormalizedModel, describe_model, inner_model, is_registry_name, parse_model_spec,
                        resolve_model_spec, with_normalization)
 from .layers import Normalize
+from .loading import LoadedModel, load_model
 from .mnist import MLP2, MLP3, LeNet, LinearClassifier
 from .registry import (ModelEntry, PretrainedFile, create_model, default_robust_layers, list_models, model_entry,
                        register_model)
@@ -22,6 +23,8 @@ __all__ = [
     "load_checkpoint",
     "load_pretrained",
     "model_from_checkpoint",
+    "load_model",
+    "LoadedModel",
     "resolve_pretrained_dir",
     "model_entry",
     "ModelEntry",

@@ -2,14 +2,12 @@
 
 Released checkpoints are found by the order of :mod:`nrpm.paths`: an explicit path, else
 ``$NRPM_PRETRAINED``, else the cache ``$NRPM_HOME/pretrained`` or the shared mirror beside a
-source checkout when it holds the file, else the cache (where :mod:`nrpm.download` writes).
+source checkout when it holds the file, else the cache (where :mod:`nrpm.models.hub` writes).
 """
 
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import paths
+from ..formats import read_torch_file
 from .registry import create_model, list_models, model_entry
 
 __all__ = ["load_checkpoint", "load_pretrained", "model_from_checkpoint", "resolve_pretrained_dir"]
@@ -47,49 +46,23 @@ def resolve_pretrained_dir(folder: str | os.PathLike | None = None, name: str | 
     return paths.resolve("pretrained", folder, holds)
 
 
-# What torch.load raises on bytes that are not a checkpoint (truncated zip, random data, ...);
-# its zip reader reports some truncations as OSError (EINVAL), hence OSError too.
-_UNREADABLE = (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, zipfile.BadZipFile,
-               UnicodeDecodeError, IndexError, KeyError, AttributeError, OSError)
+def _read_checkpoint(path: Path) -> Any:
+    # the released files are plain tensors/numbers: formats' weights-only read, with its one-line errors
+    return read_torch_file(path, "checkpoint", "re-download or re-save it as a state_dict")
 
 
-def _read_checkpoint(path: Path, map_location) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        # weights_only=True: the released files are plain tensors/numbers, no pickled code needed.
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except PermissionError:  # a real OS problem, not a broken file: let it say so itself
-        raise
-    except _UNREADABLE as err:
-        raise ValueError(
-            f"checkpoint {path} is not a readable PyTorch checkpoint (truncated, corrupt or not "
-            f"written by torch.save; re-download or re-save it): {_short_reason(err)}"
-        ) from err
-
-
-def _short_reason(err: BaseException) -> str:
-    """One line out of torch.load's multi-line errors: the line that names the actual problem."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    reason = lines[0] if lines else "unexpected end of file"
-    if reason.startswith("Weights only load failed"):  # the cause follows the boilerplate
-        marker = next((i for i, line in enumerate(lines) if "WeightsUnpickler error" in line), None)
-        detail = lines[marker + 1] if marker is not None and marker + 1 < len(lines) else reason
-        reason = f"weights-only unpickling refused it: {detail}"
-    return f"{type(err).__name__}: {reason}"
-
-
-def _split_checkpoint(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _split_checkpoint(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state_dict, metadata) from a plain state_dict or {'net'|'state_dict'|'model': sd, ...}."""
     if not isinstance(obj, Mapping):
-        raise ValueError(f"checkpoint is a {type(obj).__name__}, expected a state_dict mapping")
+        raise ValueError(f"checkpoint {source} is a {type(obj).__name__}, expected a state_dict mapping: save it "
+                         f"with torch.save(model.state_dict(), PATH)")
     for key in _WRAPPER_KEYS:
         if isinstance(obj.get(key), Mapping):
             meta = {k: v for k, v in obj.items() if k != key and not isinstance(v, Mapping)}
             return dict(obj[key]), meta
     if not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(
-            "checkpoint is neither a state_dict nor a dict with one of the keys "
+            f"checkpoint {source} is neither a state_dict nor a dict with one of the keys "
             f"{list(_WRAPPER_KEYS)}; top-level keys: {list(obj)[:_MAX_LISTED]}"
         )
     return dict(obj), {}
@@ -130,6 +103,8 @@ def load_checkpoint(
     model: nn.Module,
     path_or_state_dict: str | os.PathLike | Mapping[str, Any],
     map_location="cpu",
+    *,
+    source: str | None = None,
 ) -> dict[str, Any]:
     """Load weights into ``model`` (strictly) and return an info dict.
 
@@ -138,15 +113,17 @@ def load_checkpoint(
     copied into the info). A 'module.' prefix is stripped, and the original code's
     '...robust_sum.lmbd' / '...robust_sum.beta' slots are ignored unless the model has them.
 
+    ``source`` names an already loaded object's file in errors and in the info.
+
     Returns ``{'source', 'ignored_keys', **metadata}``. Raises FileNotFoundError for a missing
     file and ValueError listing missing / unexpected keys and shape mismatches.
     """
     if isinstance(path_or_state_dict, Mapping):
-        source, raw = "<state_dict>", path_or_state_dict
+        source, raw = source or "<state_dict>", path_or_state_dict
     else:
         path = Path(path_or_state_dict).expanduser()
-        source, raw = str(path), _read_checkpoint(path, map_location)
-    state_dict, meta = _split_checkpoint(raw)
+        source, raw = str(path), _read_checkpoint(path)
+    state_dict, meta = _split_checkpoint(raw, source)
     state_dict = _strip_prefix(state_dict)
 
     model_keys = set(model.state_dict())
@@ -169,7 +146,7 @@ def load_pretrained(
 
     ``name`` is one of 'mlp3', 'lenet', 'resnet18_narrow'. The file defaults to
     ``<pretrained dir>/<file>`` (see ``resolve_pretrained_dir``; FileNotFoundError listing the
-    places looked in if it is absent; :func:`nrpm.download.ensure_pretrained` fetches it). The
+    places looked in if it is absent; :func:`nrpm.models.hub.ensure_pretrained` fetches it). The
     model is put in eval mode and on ``map_location``. ``info`` has 'source', 'ignored_keys'
     and, for the .t7, the stored 'acc', 'adv_acc' and 'epoch'. An unreadable file raises
     ValueError.

@@ -22,8 +22,10 @@ import torch
 from torch import nn
 
 from .. import reports
+from ..formats import (CHECKPOINT_FORMAT, MODEL_FORMAT, REPROGRAMMING_FORMAT, RUN_FORMAT, TEST_FORMAT, read_tagged,
+                       write_tagged)
 from ..models import inner_model, load_checkpoint, model_from_checkpoint, resolve_model_spec
-from ..reprogram import atomic_torch_save, load_reprogramming, reprogram, reprogramming_state
+from ..reprogram import load_reprogramming, reprogram, reprogramming_state
 from .config import TestSettings, TrainConfig
 from .sources import loadable_spec, normalized
 
@@ -32,10 +34,6 @@ __all__ = ["CHECKPOINT_FORMAT", "MODEL_FORMAT", "RUN_FORMAT", "TEST_FORMAT", "CH
            "load_trained", "write_logs", "open_tensorboard", "log_tensorboard", "epoch_line", "write_test_files",
            "write_run_json"]
 
-CHECKPOINT_FORMAT = "nrpm-train-checkpoint/1"
-MODEL_FORMAT = "nrpm-model/1"
-RUN_FORMAT = "nrpm-train-run/1"
-TEST_FORMAT = "nrpm-train-test/1"
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
@@ -53,29 +51,21 @@ def check_writable(out: Path) -> None:
 # ------------------------------------------------------------------------------------------------ checkpoints
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load and check a training checkpoint written by :func:`~nrpm.train.run_training`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated or foreign file
-        raise ValueError(f"{path} is not a readable nrpm training checkpoint: {error}") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an nrpm training checkpoint (expected format {CHECKPOINT_FORMAT!r})")
-    return state
+    return read_tagged(path, CHECKPOINT_FORMAT, "an nrpm training checkpoint",
+                       "give the checkpoint.pt of an nrpm train / reprogram run")
 
 
 def write_checkpoint(path: Path, config: TrainConfig, model: nn.Module, *, epoch: int, optimizer, scheduler,
                      generator: torch.Generator, rng: list, history: list, train_seconds: float,
                      wall_seconds: float, world_size: int) -> None:
     """The state after ``epoch``: enough to continue as if never stopped (``rng`` holds every rank's states)."""
-    atomic_torch_save({"format": CHECKPOINT_FORMAT, "identity": config.identity(),
-                       "config": config.to_dict(), "model_source": loadable_spec(config.model), "epoch": epoch,
-                       "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                       "generator": generator.get_state(), "rng": rng, "history": history,
-                       "train_seconds": train_seconds, "wall_seconds": wall_seconds,
-                       "world_size": world_size}, path)
+    write_tagged(path, {"format": CHECKPOINT_FORMAT, "identity": config.identity(),
+                        "config": config.to_dict(), "model_source": loadable_spec(config.model), "epoch": epoch,
+                        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "generator": generator.get_state(), "rng": rng, "history": history,
+                        "train_seconds": train_seconds, "wall_seconds": wall_seconds,
+                        "world_size": world_size})
 
 
 def _plain_state_dict(model: nn.Module) -> dict:
@@ -105,13 +95,14 @@ def write_artifacts(out: Path, config: TrainConfig, model: nn.Module, epoch: int
         rp = reprogramming_state(network)
         if config.paradigm == 2:  # the artifact alone names what it applies to
             rp.update(_model_spec_fields(config, "base_"), base_checkpoint=config.checkpoint)
-        atomic_torch_save(rp, out / "reprogramming.pt")
+        write_tagged(out / "reprogramming.pt", rp)
         written.append("reprogramming.pt")
     if config.paradigm in (0, 3):
-        atomic_torch_save({"format": MODEL_FORMAT, **_model_spec_fields(config), "paradigm": config.paradigm,
-                           "epoch": epoch, "state_dict": _plain_state_dict(network),
-                           "reprogramming": reprogramming_state(network) if config.paradigm else None,
-                           "config": config.to_dict()}, out / "model.pt")
+        write_tagged(out / "model.pt", {"format": MODEL_FORMAT, **_model_spec_fields(config),
+                                        "paradigm": config.paradigm, "epoch": epoch,
+                                        "state_dict": _plain_state_dict(network),
+                                        "reprogramming": reprogramming_state(network) if config.paradigm else None,
+                                        "config": config.to_dict()})
         written.append("model.pt")
     return written
 
@@ -160,9 +151,7 @@ def _from_checkpoint(path: Path) -> tuple[nn.Module, dict]:
 
 
 def _from_model_file(path: Path) -> tuple[nn.Module, dict]:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict) or obj.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path} is not an nrpm model file (expected format {MODEL_FORMAT!r})")
+    obj = read_tagged(path, MODEL_FORMAT, "an nrpm model file", "give the model.pt of an nrpm train run")
     network = _rebuild(obj["model"], obj.get("model_source"), obj.get("model_args"))
     info = load_checkpoint(network, obj)
     if obj.get("reprogramming"):
@@ -172,7 +161,8 @@ def _from_model_file(path: Path) -> tuple[nn.Module, dict]:
 
 
 def _from_reprogramming(path: Path) -> tuple[nn.Module, dict]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_tagged(path, REPROGRAMMING_FORMAT, "an nrpm reprogramming state",
+                        "give the reprogramming.pt of an nrpm reprogram run")
     name, base = state.get("base_model"), state.get("base_checkpoint")
     if name is None:
         raise ValueError(f"{path} does not name its base model; load the base model yourself and call "

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..evaluation import load_model
+from ..models.loading import load_model
 from ..models import inner_model
 from ..reprogram import lam_parameters, reprogram, robust_layers
 from .config import TrainConfig
