@@ -99,7 +99,7 @@ def irls_forward(x, w, z0, geom, K: int, eps: float, with_s: bool, with_q: bool,
     D = w.shape[2] * w.shape[3] * w.shape[4]
     inv_d = 1.0 / D
     votes = receptive_fields(x, geom, z0.shape[1], z0.shape[2]) * w[None, None, None, :, :, :, :, :, None]
-    scales = [irls_scale(votes, z0, inv_d, eps)] if est is not None and est[3] else []
+    scales = [irls_scale(votes, z0, inv_d, eps)] if est is not None and est.relative else []
     params = None if est is None else estimator_params(est, _per_output(scales[0]) if scales else None, eps)
     z = z0
     zs, ss, qs = [], [], []
@@ -158,11 +158,10 @@ def _vote_gradient(votes, z_prev, first, cdelta, eps: float, detach: bool, est=N
             # unclamped, w = u + beta and -w' = u^2, so with u |r| = 1 - eps u the bracket
             # c w - (-w')(c |r| + sign(r) c delta) is c beta + u^2 (eps c - sign(r) c delta): the L1 term
             # shifted (c = first / eps); clamped, it is c lo or c hi (w' = 0 there)
-            _, lo, hi, _, _, beta_e, lo_e, hi_e = params
-            if not (isinstance(beta_e, float) and beta_e == 0.0):
-                term = term + c * beta_e
-            term = clamped(term, clamp_masks(a, params),
-                           (None if lo is None else c * lo_e, None if hi is None else c * hi_e))
+            if not (isinstance(params.beta_e, float) and params.beta_e == 0.0):
+                term = term + c * params.beta_e
+            term = clamped(term, clamp_masks(a, params), (None if params.lo is None else c * params.lo_e,
+                                                          None if params.hi is None else c * params.hi_e))
         grad = term if grad is None else grad + term
     return grad
 
@@ -381,7 +380,7 @@ def _eager_chunks(x, w, z_shape, geom, budget_bytes):
 
 
 def _eager_forward(x, w, z0, geom, K, eps, with_s, with_q, budget_bytes, est):
-    n_scale = int(est is not None and est[3])
+    n_scale = int(est is not None and est.relative)
     outs = [torch.empty_like(z0) for _ in range(K * (1 + with_s + with_q) + n_scale)]
     for ns, hs, os_ in _eager_chunks(x, w, z0.shape, geom, budget_bytes):
         xs = x[ns, :, :, hs] if geom == ONE_BY_ONE else x[ns]

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 
 from . import _kernels
 from ._kernels import get_backend, set_backend
+from ._weightings import Estimator
 from .validation import (DEFAULT_DELTA, DEFAULT_GAMMA, DEFAULT_NORM, DEFAULT_SCALE, ESTIMATORS, SCALES, LamType,
                          check_eps, check_estimator, check_floating, check_K, check_lam)
 
@@ -118,7 +119,7 @@ def robust_sum(
     ``scale``: the estimator (see :data:`ESTIMATORS`).
     """
     K, eps, lam = check_K(K), check_eps(eps), check_lam(lam)
-    est = check_estimator(norm, gamma, delta, scale)
+    est = _estimator(norm, gamma, delta, scale)
     check_floating(votes, "votes")
     D = votes.shape[dim]
     z_lpm = votes.sum(dim)
@@ -216,9 +217,15 @@ def _linear_nrpm(x2d, weight, z_lpm2d, K, eps, detach_weights, est):
 
 
 # ----------------------------------------------------------------------------------------------- linear
+def _estimator(norm, gamma, delta, scale) -> Estimator | None:
+    """The estimator validated, as the kernels take it (None: L1)."""
+    key = check_estimator(norm, gamma, delta, scale)
+    return None if key is None else Estimator(*key)
+
+
 def _check_irls(K, eps, lam, norm, gamma, delta, scale):
-    """(K, eps, lam, estimator key) validated, as the kernels take them."""
-    return check_K(K), check_eps(eps), check_lam(lam), check_estimator(norm, gamma, delta, scale)
+    """(K, eps, lam, estimator) validated, as the kernels take them."""
+    return check_K(K), check_eps(eps), check_lam(lam), _estimator(norm, gamma, delta, scale)
 
 
 def _check_operands(x, weight, weight_dims: int, weight_layout: str) -> None:
