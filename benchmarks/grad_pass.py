@@ -38,6 +38,9 @@ from nrpm._weightings import runtime_estimator
 from nrpm import functional as RF
 
 
+BUDGET = 1 << 28  # the eager kernels' working memory (bytes); the parts timed here run compiled
+
+
 def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -68,9 +71,9 @@ def core_inputs(layer, x):
     return xb, w.view(1, O, Cg, kh, kw), z0b, (kh, kw, 1, 1, 1, 1)
 
 
-def backward_stats(xb, w, z0b, geom, K, eps, est):
+def backward_stats(xb, w, z0b, geom, settings):
     """The stats run_backward receives, from a forward with statistics and a random output gradient."""
-    zs, ss, qs, scale = _kernels.run_forward(xb, w, z0b, geom, K, eps, True, True, 1 << 28, est)
+    zs, ss, qs, scale = _kernels.run_forward(xb, w, z0b, geom, settings, with_stats=True, budget_bytes=BUDGET)
     return _kernels.step_statistics([z0b] + zs, ss, qs, scale, torch.randn_like(z0b), w[0, 0].numel(), False)[0]
 
 
@@ -100,10 +103,10 @@ def main(argv=None) -> int:
             layer.weight.copy_(plain.weight)
         for q in list(plain.parameters()) + list(layer.parameters()):
             q.requires_grad_(False)
-        est = None if args.norm == "l1" else RF.check_estimator(args.norm, 4.0, 3.0, args.scale)
-        est_rt = runtime_estimator(est, x, eps)[0]
+        settings = RF.IRLSSettings.create(K=K, eps=eps, **est_kw)
+        settings = settings._replace(estimator=runtime_estimator(settings.estimator, x, eps)[0])
         xb, w, z0b, geom = core_inputs(layer, x)
-        stats = backward_stats(xb, w, z0b, geom, K, eps, est_rt)
+        stats = backward_stats(xb, w, z0b, geom, settings)
 
         fwdgx, infer = steps_on(x)
 
@@ -112,12 +115,13 @@ def main(argv=None) -> int:
             "plain fwd+gx": lambda: fwdgx(plain),
             "fwd": lambda: infer(layer),
             "fwd+gx": lambda: fwdgx(layer),
-            "core fwd": lambda: _kernels.run_forward(xb, w, z0b, geom, K, eps, False, False, 1 << 28, est_rt),
-            "core fwd+stats": lambda: _kernels.run_forward(xb, w, z0b, geom, K, eps, True, True, 1 << 28, est_rt),
-            "core grad_x": lambda: _kernels.run_backward(xb, w, stats, geom, eps, False, True, False, 1 << 28,
-                                                         est_rt),
-            "core grad_w": lambda: _kernels.run_backward(xb, w, stats, geom, eps, False, False, True, 1 << 28,
-                                                         est_rt),
+            "core fwd": lambda: _kernels.run_forward(xb, w, z0b, geom, settings, budget_bytes=BUDGET),
+            "core fwd+stats": lambda: _kernels.run_forward(xb, w, z0b, geom, settings, with_stats=True,
+                                                           budget_bytes=BUDGET),
+            "core grad_x": lambda: _kernels.run_backward(xb, w, stats, geom, settings, True, False,
+                                                         budget_bytes=BUDGET),
+            "core grad_w": lambda: _kernels.run_backward(xb, w, stats, geom, settings, False, True,
+                                                         budget_bytes=BUDGET),
         }
         parts = {k: v for k, v in parts.items() if k in args.parts}
         measure(parts, args.repeats, f"K={K}, conv64, batch {args.batch}, norm {args.norm}/{args.scale}")

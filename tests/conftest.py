@@ -34,6 +34,17 @@ def single_thread():
 
 
 @pytest.fixture
+def backend():
+    """Switch the NRPM kernels' backend inside a test (``backend("eager")``); always back to the previous one
+    (e.g. from NRPM_BACKEND) afterwards."""
+    from nrpm import functional as RF
+
+    previous = RF.get_backend()
+    yield RF.set_backend
+    RF.set_backend(previous)
+
+
+@pytest.fixture
 def shared_dir():
     if not SHARED.is_dir():
         pytest.skip("../shared not present")

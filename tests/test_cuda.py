@@ -4,7 +4,6 @@ against the eager ones and the naive reference, forward and gradients, linear an
 import pytest
 import torch
 
-from nrpm import functional as RF
 from nrpm.functional import robust_conv2d, robust_linear
 from nrpm.reference import naive_conv2d, naive_linear
 
@@ -13,13 +12,6 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 ESTIMATORS = [dict(norm="l1"), dict(norm="mcp", gamma=0.06), dict(norm="huber", delta=0.03),
               dict(norm="hm", gamma=2.0, delta=0.5, scale="relative")]
 IDS = [e["norm"] for e in ESTIMATORS]
-
-
-@pytest.fixture
-def backend():
-    previous = RF.get_backend()
-    yield RF.set_backend
-    RF.set_backend(previous)
 
 
 def _outputs_and_grads(fn, inputs):

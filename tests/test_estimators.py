@@ -4,7 +4,6 @@ from their formulas (nrpm.reference), forward and gradients, linear and conv, ea
 import pytest
 import torch
 
-from nrpm import functional as RF
 from nrpm.functional import robust_conv2d, robust_linear, robust_sum
 from nrpm.reference import naive_conv2d, naive_irls, naive_linear, naive_weights
 
@@ -130,20 +129,16 @@ def test_bad_estimator_arguments_are_refused(kwargs, message):
         robust_linear(x, w, b, lam=0.2, **kwargs)
 
 
-def test_compiled_kernels_match_eager_for_an_estimator():
+def test_compiled_kernels_match_eager_for_an_estimator(backend):
     """One compiled geometry (HM, relative: both clamps and the scale), forward and both gradients."""
-    previous = RF.get_backend()
     x = torch.rand(32, 40, requires_grad=True)
     w = (torch.randn(6, 40) / 6).requires_grad_(True)
     est = dict(norm="hm", gamma=2.0, delta=0.5, scale="relative")
     results = []
-    try:
-        for backend in ("eager", "compiled"):
-            RF.set_backend(backend)
-            out = robust_linear(x, w, None, lam=0.2, K=2, eps=EPS, **est)
-            results.append((out, *torch.autograd.grad(out.square().sum(), (x, w))))
-    finally:
-        RF.set_backend(previous)
+    for name in ("eager", "compiled"):
+        backend(name)
+        out = robust_linear(x, w, None, lam=0.2, K=2, eps=EPS, **est)
+        results.append((out, *torch.autograd.grad(out.square().sum(), (x, w))))
     for eager, compiled in zip(*results):
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
@@ -151,44 +146,36 @@ def test_compiled_kernels_match_eager_for_an_estimator():
 @pytest.mark.parametrize("est", [dict(norm="mcp", gamma=1.5, delta=1.0, scale="relative"),
                                  dict(norm="hm", gamma=0.3, delta=0.05, scale="absolute")],
                          ids=["mcp-relative", "hm-absolute"])
-def test_compiled_conv_kernels_match_eager_for_an_estimator(est):
+def test_compiled_conv_kernels_match_eager_for_an_estimator(backend, est):
     """The direct convolution (batch in the lanes, the gathered input gradient, border cropped) compiled against
     eager: mcp relative (per-output parameters precomputed for the backward, the structural alpha = 1) and hm
     absolute (both clamps, parameters precomputed once; gamma, delta in vote units so both clamps are active)."""
-    previous = RF.get_backend()
     gen = torch.Generator().manual_seed(3)
     # float64: in float32 a vote within rounding of a clamp's threshold may fall on either side in the two
     # backends (the weight is continuous there, its derivative is not), which is not what this test is about
     x = torch.rand(32, 3, 6, 6, generator=gen, dtype=torch.float64).requires_grad_(True)
     w = (torch.randn(4, 3, 3, 3, generator=gen, dtype=torch.float64) / 3).requires_grad_(True)
     results = []
-    try:
-        for backend in ("eager", "compiled"):
-            RF.set_backend(backend)
-            out = robust_conv2d(x, w, None, padding=1, lam=0.2, K=2, eps=EPS, **est)
-            results.append((out, *torch.autograd.grad(out.square().sum(), (x, w))))
-    finally:
-        RF.set_backend(previous)
+    for name in ("eager", "compiled"):
+        backend(name)
+        out = robust_conv2d(x, w, None, padding=1, lam=0.2, K=2, eps=EPS, **est)
+        results.append((out, *torch.autograd.grad(out.square().sum(), (x, w))))
     for eager, compiled in zip(*results):
         torch.testing.assert_close(compiled, eager, rtol=1e-9, atol=1e-11)
 
 
-def test_a_parameter_sweep_reuses_the_compiled_kernels(monkeypatch):
+def test_a_parameter_sweep_reuses_the_compiled_kernels(backend, monkeypatch):
     """gamma / delta are runtime values of the compiled kernels: a new value must not compile new kernels."""
-    from nrpm import _kernels
+    from nrpm._backend import STATE
 
     keys = []
-    real_get = _kernels._compiled.get
-    monkeypatch.setattr(_kernels._compiled, "get", lambda kernel, key: (keys.append(key), real_get(kernel, key))[1])
-    previous = RF.get_backend()
+    real_get = STATE.compiled.get
+    monkeypatch.setattr(STATE.compiled, "get", lambda kernel, key: (keys.append(key), real_get(kernel, key))[1])
     x = torch.rand(32, 40)
     w = torch.randn(6, 40) / 6
-    try:
-        RF.set_backend("compiled")
-        outs = [robust_linear(x, w, None, lam=0.2, K=2, eps=EPS, norm="hm", gamma=g, delta=0.5, scale="relative")
-                for g in (2.0, 3.0)]
-    finally:
-        RF.set_backend(previous)
+    backend("compiled")
+    outs = [robust_linear(x, w, None, lam=0.2, K=2, eps=EPS, norm="hm", gamma=g, delta=0.5, scale="relative")
+            for g in (2.0, 3.0)]
     assert len(set(keys)) == 1 and len(keys) == 2
     assert not torch.allclose(outs[0], outs[1])
     want = naive_linear(x, w, None, 0.2, 2, EPS, norm="hm", gamma=3.0, delta=0.5, scale="relative")

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nrpm import _kernels
 from nrpm import functional as RF
+from nrpm._backend import AUTO_MIN_VOTE_STEPS, BACKENDS, STATE, CompiledKernels
 from nrpm.functional import robust_conv2d, robust_linear
 from nrpm.reference import naive_conv2d, naive_linear
 
@@ -21,14 +21,6 @@ EPS = 1e-2
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-@pytest.fixture
-def backend():
-    """Switch backends inside a test; always back to the previous one (e.g. from NRPM_BACKEND) afterwards."""
-    previous = RF.get_backend()
-    yield RF.set_backend
-    RF.set_backend(previous)
-
-
 def outputs_and_grads(fn, inputs):
     out = fn(*inputs)
     grads = torch.autograd.grad((out * torch.linspace(-1, 2, out.numel()).view(out.shape)).sum(), inputs)
@@ -70,8 +62,8 @@ def test_conv2d_compiled_matches_eager_and_naive(backend):
 ])
 def test_conv2d_layouts_on_eager_kernels(backend, monkeypatch, batch, stride, padding, dilation, groups):
     """Each layout, run by the eager kernels (the compiled ones are the same functions, checked above)."""
-    monkeypatch.setattr(_kernels, "will_compile", lambda device, steps: True)  # pick the layout of compiled runs
-    monkeypatch.setattr(_kernels, "_call_compiled", eager_instead)
+    monkeypatch.setattr(STATE, "will_compile", lambda device, steps: True)  # pick the layout of compiled runs
+    monkeypatch.setattr(STATE, "call_compiled", eager_instead)
     x, w = leaf(batch, 4, 9, 8), leaf(6, 4 // groups, 3, 3, scale=0.3)
     b, lam = leaf(6), torch.tensor(0.6).requires_grad_()
     args = (stride, padding, dilation, groups)
@@ -124,30 +116,30 @@ def test_inference_and_input_only_gradient(backend):
 
 # ------------------------------------------------------------------------------------ backend selection
 def test_backend_switch_validates_and_reports():
-    assert RF.get_backend() in _kernels.BACKENDS
+    assert RF.get_backend() in BACKENDS
     with pytest.raises(ValueError, match="backend"):
         RF.set_backend("fast")
 
 
 def test_auto_compiles_only_large_problems(backend, monkeypatch):
-    monkeypatch.setattr(_kernels._compiled, "failure", None)
+    monkeypatch.setattr(STATE.compiled, "failure", None)
     cpu = torch.device("cpu")
     backend("auto")
-    assert not _kernels.will_compile(cpu, 1000)
-    assert _kernels.will_compile(cpu, _kernels.AUTO_MIN_VOTE_STEPS)
+    assert not STATE.will_compile(cpu, 1000)
+    assert STATE.will_compile(cpu, AUTO_MIN_VOTE_STEPS)
     backend("eager")
-    assert not _kernels.will_compile(cpu, 10**12)
+    assert not STATE.will_compile(cpu, 10**12)
     backend("compiled")
-    assert _kernels.will_compile(cpu, 1)
+    assert STATE.will_compile(cpu, 1)
 
 
 def test_compile_failure_warns_once_and_falls_back(backend, monkeypatch):
     def broken(kernel, key):
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setattr(_kernels._compiled, "get", broken)
-    monkeypatch.setattr(_kernels._compiled, "failure", None)
-    monkeypatch.setattr(_kernels, "AUTO_MIN_VOTE_STEPS", 0)  # make a small problem "large"
+    monkeypatch.setattr(STATE.compiled, "get", broken)
+    monkeypatch.setattr(STATE.compiled, "failure", None)
+    monkeypatch.setattr(STATE, "auto_min_vote_steps", 0)  # make a small problem "large"
     x, w = leaf(5, 12), leaf(3, 12)
     backend("auto")
     with pytest.warns(RuntimeWarning, match="falling back"):
@@ -160,14 +152,14 @@ def test_compile_failure_warns_once_and_falls_back(backend, monkeypatch):
     assert_all_close(got, want)
     assert_all_close(again, want)
     backend("compiled")  # forced: the failure is raised, not hidden
-    monkeypatch.setattr(_kernels._compiled, "failure", None)
+    monkeypatch.setattr(STATE.compiled, "failure", None)
     with pytest.raises(RuntimeError, match="no C"):
         robust_linear(x, w, lam=0.2, K=2)
 
 
 def test_the_first_compilation_of_a_geometry_is_announced_once(capsys):
-    kernels = _kernels._CompiledKernels()
+    kernels = CompiledKernels()
     for key in (("forward", (3, 3, 1, 1, 1, 1), 1), ("grad_x", (3, 3, 1, 1, 1, 1), 1), ("forward", (5, 5, 1, 1, 1, 1))):
-        kernels._announce(key)
+        kernels.announce(key)
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and all(line.startswith("nrpm: compiling the NRPM kernels") for line in err)

@@ -214,3 +214,28 @@ def test_full_width_conv_forward_backward_stays_under_memory_bound():
     assert out.returncode == 0, out.stderr
     peak_mb = int(out.stdout.strip().splitlines()[-1])
     assert peak_mb < MEMORY_LIMIT_MB, f"peak RSS {peak_mb} MB >= {MEMORY_LIMIT_MB} MB"
+
+
+# ---------------------------------------------------------------------------------------------- settings
+def test_settings_value_equals_the_keyword_arguments():
+    """IRLSSettings in place of K/eps/detach_weights/estimator: the same numbers, bit for bit; hashable."""
+    x, w = torch.randn(5, 9, requires_grad=True), torch.randn(4, 9)
+    xc, wc = torch.randn(2, 3, 6, 6), torch.randn(4, 3, 3, 3)
+    options = dict(K=2, eps=1e-2, detach_weights=True, norm="hm", gamma=2.0, delta=0.5, scale="relative")
+    settings = RF.IRLSSettings.create(**options)
+    assert hash(settings) == hash(RF.IRLSSettings.create(**options)) and settings.options() == options
+    assert torch.equal(robust_linear(x, w, lam=0.3, settings=settings), robust_linear(x, w, lam=0.3, **options))
+    assert torch.equal(robust_conv2d(xc, wc, None, 1, 1, lam=0.3, settings=settings),
+                       robust_conv2d(xc, wc, None, 1, 1, lam=0.3, **options))
+    votes = torch.randn(3, 7)
+    assert torch.equal(robust_sum(votes, settings=settings), robust_sum(votes, **options))
+
+
+def test_settings_are_validated_and_exclusive_with_the_options():
+    x, w = torch.randn(5, 9), torch.randn(4, 9)
+    with pytest.raises(ValueError, match="not both"):
+        robust_linear(x, w, K=2, settings=RF.IRLSSettings(K=3))
+    with pytest.raises(ValueError, match="eps must be"):
+        robust_linear(x, w, settings=RF.IRLSSettings(eps=0.0))
+    with pytest.raises(ValueError, match="HM estimator needs gamma > delta"):
+        robust_linear(x, w, settings=RF.IRLSSettings(estimator=RF.Estimator("hm", 1.0, 2.0, False)))

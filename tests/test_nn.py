@@ -275,3 +275,17 @@ def test_irls_override_smooths_and_restores():
         smooth = model(x)
     assert (model[0].eps, model[0].K) == (1e-3, 3)
     torch.testing.assert_close(smooth, RF.robust_linear(x, layer.weight, layer.bias, lam=0.3, K=1, eps=1e-2))
+
+
+def test_layers_take_a_settings_value():
+    settings = RF.IRLSSettings.create(K=2, eps=1e-2, detach_weights=True, norm="mcp", gamma=0.5)
+    layer = RobustConv2d(2, 3, 3, lam=0.2, settings=settings)
+    assert (layer.K, layer.eps, layer.backward_mode) == (2, 1e-2, "detached")
+    assert layer.estimator() == {"norm": "mcp", "gamma": 0.5, "delta": 3.0, "scale": "absolute"}
+    assert layer.irls_settings() == settings
+    x = torch.rand(2, 2, 5, 5)
+    assert torch.equal(layer(x), RF.robust_conv2d(x, layer.weight, layer.bias, lam=0.2, settings=settings))
+    linear = RobustLinear(4, 3, settings=RF.IRLSSettings(K=1))
+    assert linear.irls_settings() == RF.IRLSSettings(K=1) and linear.norm == "l1"
+    with pytest.raises(ValueError, match="not both"):
+        RobustLinear(4, 3, eps=0.1, settings=settings)

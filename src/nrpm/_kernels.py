@@ -28,34 +28,26 @@ Two ways to run the same Python kernels:
 * eager: the kernels as plain PyTorch ops over chunks sized from the memory budget (the votes of a chunk are
   materialised). Used for small problems (not worth compiling), when compilation is unavailable or fails, and when
   forced with ``set_backend("eager")`` / ``NRPM_BACKEND=eager``.
+
+Which one runs, the memory budget and the compiled kernels are the state of :mod:`nrpm._backend`; this module is
+the math and the entry points (:func:`run_forward`, :func:`run_backward`) that take one IRLS run's ``settings``
+(an :class:`nrpm.functional.IRLSSettings`: K, eps, detach_weights, estimator).
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import types
-import warnings
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 
+from ._backend import STATE, CompileFailed
 from ._weightings import (broadcast_params, clamp_masks, clamped, estimator_params, per_output_params,
                           runtime_estimator, signed_like, weights, with_relative_params)
 
-__all__ = ["LANES", "BACKENDS", "ONE_BY_ONE", "CompileFailed", "set_backend", "get_backend", "irls_forward",
-           "irls_grad_x", "positions_first", "irls_grad_w_per_block", "run_forward", "run_backward", "will_compile",
-           "estimator_params", "weights"]
+__all__ = ["LANES", "ONE_BY_ONE", "irls_forward", "irls_grad_x", "positions_first", "irls_grad_w_per_block",
+           "run_forward", "step_statistics", "run_backward", "estimator_params", "weights"]
 
 LANES = 16
-BACKENDS = ("auto", "compiled", "eager")
 ONE_BY_ONE = (1, 1, 1, 1, 1, 1)  # geom of linear layers and of unfold's columns
-
-# "auto" compiles only problems with at least this many vote-steps (votes x K): below it eager is already fast
-# (< ~10 ms) and the first call's compilation (seconds) would never pay back; this also keeps tiny problems such
-# as unit tests from compiling anything.
-AUTO_MIN_VOTE_STEPS = 1 << 22
 
 # The eager kernels hold about this many vote-sized temporaries at once.
 EAGER_TEMPORARIES_PER_VOTE = 8
@@ -99,7 +91,7 @@ def irls_forward(x, w, z0, geom, K: int, eps: float, with_s: bool, with_q: bool,
     D = w.shape[2] * w.shape[3] * w.shape[4]
     inv_d = 1.0 / D
     votes = receptive_fields(x, geom, z0.shape[1], z0.shape[2]) * w[None, None, None, :, :, :, :, :, None]
-    scales = [irls_scale(votes, z0, inv_d, eps)] if est is not None and est[3] else []
+    scales = [irls_scale(votes, z0, inv_d, eps)] if est is not None and est.relative else []
     params = None if est is None else estimator_params(est, _per_output(scales[0]) if scales else None, eps)
     z = z0
     zs, ss, qs = [], [], []
@@ -158,11 +150,10 @@ def _vote_gradient(votes, z_prev, first, cdelta, eps: float, detach: bool, est=N
             # unclamped, w = u + beta and -w' = u^2, so with u |r| = 1 - eps u the bracket
             # c w - (-w')(c |r| + sign(r) c delta) is c beta + u^2 (eps c - sign(r) c delta): the L1 term
             # shifted (c = first / eps); clamped, it is c lo or c hi (w' = 0 there)
-            _, lo, hi, _, _, beta_e, lo_e, hi_e = params
-            if not (isinstance(beta_e, float) and beta_e == 0.0):
-                term = term + c * beta_e
-            term = clamped(term, clamp_masks(a, params),
-                           (None if lo is None else c * lo_e, None if hi is None else c * hi_e))
+            if not (isinstance(params.beta_e, float) and params.beta_e == 0.0):
+                term = term + c * params.beta_e
+            term = clamped(term, clamp_masks(a, params), (None if params.lo is None else c * params.lo_e,
+                                                          None if params.hi is None else c * params.hi_e))
         grad = term if grad is None else grad + term
     return grad
 
@@ -244,111 +235,6 @@ def irls_grad_w_per_block(x, w, z_prev, coef, cdelta, scale, geom, eps: float, d
     return (grad * fields).sum((1, 2, 8))
 
 
-# ---------------------------------------------------------------------------------------------------- backend
-_backend = os.environ.get("NRPM_BACKEND", "auto").strip().lower() or "auto"
-if _backend not in BACKENDS:
-    warnings.warn(f"NRPM_BACKEND={_backend!r} is not one of {BACKENDS}; using 'auto'", stacklevel=1)
-    _backend = "auto"
-
-
-def set_backend(name: str) -> None:
-    """Choose how the NRPM core runs: 'auto' (compile large problems, eager otherwise), 'compiled', 'eager'."""
-    global _backend
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-    _backend = name
-
-
-def get_backend() -> str:
-    """The current backend setting ('auto', 'compiled' or 'eager'; env NRPM_BACKEND)."""
-    return _backend
-
-
-# Inductor materialises a fused expression that reads many buffers or has many ops; here that expression is a
-# vote-sized tensor, the very thing the kernels exist to avoid, so those limits are lifted for these kernels only.
-# realize_reads_threshold too: the clamped estimators read their raw weight, and the relative ones the votes, more
-# than Inductor's default 4 times, which made it materialise a vote-sized buffer (measured 10-25x slower).
-_INDUCTOR_OPTIONS = {"realize_acc_reads_threshold": 1_000_000, "realize_opcount_threshold": 10_000,
-                     "realize_reads_threshold": 1_000_000}
-
-
-class _CompiledKernels:
-    """torch.compile'd kernels, one per static configuration, and the record of a failed compilation."""
-
-    def __init__(self):
-        self._fns: dict[tuple, Callable] = {}
-        self._announced: set = set()
-        self.failure: str | None = None
-
-    def get(self, kernel: Callable, key: tuple) -> Callable:
-        fn = self._fns.get(key)
-        if fn is None:
-            self._announce(key)
-            # A private copy of the code object gives each configuration its own Dynamo cache, so configurations
-            # never count against each other's recompile limit nor add guards to each other's calls.
-            code = kernel.__code__.replace()
-            copy = types.FunctionType(code, kernel.__globals__, kernel.__name__, kernel.__defaults__)
-            fn = self._fns[key] = torch.compile(copy, fullgraph=True, options=_INDUCTOR_OPTIONS)
-        return fn
-
-    def _announce(self, key: tuple) -> None:
-        # the first compilation of a kernel geometry takes 15-50 s on a CPU; say so instead of hanging silently
-        geom = key[1]
-        if geom not in self._announced:
-            self._announced.add(geom)
-            print(f"nrpm: compiling the NRPM kernels for kernel geometry {geom} (the first call takes up to a minute; "
-                  f"later runs reuse torch's on-disk cache)", file=sys.stderr, flush=True)
-
-    def disable(self, error: BaseException) -> None:
-        self.failure = f"{type(error).__name__}: {error}"
-        warnings.warn(f"nrpm: compiling the NRPM kernels failed ({self.failure.splitlines()[0][:300]}); falling back "
-                      "to the eager kernels (slower, same results). Set NRPM_BACKEND=eager to silence this.",
-                      RuntimeWarning, stacklevel=4)
-
-
-_compiled = _CompiledKernels()
-
-
-# out-of-memory is not a compilation failure: never hidden by the fallback (torch.OutOfMemoryError is torch >= 2.5)
-_OUT_OF_MEMORY = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
-
-
-def _is_compiling() -> bool:
-    is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
-    return is_compiling()
-
-
-class CompileFailed(Exception):
-    """The compiled kernels failed and are now disabled: the caller reruns on the eager ones."""
-
-
-def will_compile(device: torch.device, vote_steps: int) -> bool:
-    """Whether a problem of this size on this device runs on the compiled kernels (under the current backend)."""
-    if _backend == "eager" or _is_compiling():
-        return False  # inside a user's torch.compile the plain kernels are traced into their graph instead
-    if _backend == "compiled":
-        return True
-    usable = _compiled.failure is None and device.type in ("cpu", "cuda")
-    return usable and vote_steps >= AUTO_MIN_VOTE_STEPS
-
-
-def _call_compiled(kernel, key, args, dynamic):
-    """Run a compiled kernel; in 'auto' mode a failure warns once, disables them and raises CompileFailed."""
-    try:
-        for tensors, dims in dynamic:
-            for t in tensors:
-                for d in dims:
-                    torch._dynamo.maybe_mark_dynamic(t, d)
-        return _compiled.get(kernel, key)(*args)
-    except _OUT_OF_MEMORY:
-        raise
-    except Exception as error:  # noqa: BLE001 - any compiler/toolchain failure: fall back, do not crash
-        if _backend == "compiled":
-            raise
-        _compiled.disable(error)
-        raise CompileFailed from error
-
-
 # The sizes that vary between layers and batches are compiled as dynamic; LANES, G and the geometry stay static.
 _X_DYN, _XP_DYN, _W_DYN, _Z_DYN = (0, 2, 3, 4), (0, 1, 2, 4), (1, 2), (0, 1, 2, 4)
 
@@ -380,20 +266,22 @@ def _eager_chunks(x, w, z_shape, geom, budget_bytes):
                 yield slice(n0, n0 + n_chunk), slice(h0, h0 + h_chunk), slice(o0, o0 + o_chunk)
 
 
-def _eager_forward(x, w, z0, geom, K, eps, with_s, with_q, budget_bytes, est):
-    n_scale = int(est is not None and est[3])
+def _eager_forward(x, w, z0, geom, settings, with_s, with_q, budget_bytes):
+    K, est = settings.K, settings.estimator
+    n_scale = int(est is not None and est.relative)
     outs = [torch.empty_like(z0) for _ in range(K * (1 + with_s + with_q) + n_scale)]
     for ns, hs, os_ in _eager_chunks(x, w, z0.shape, geom, budget_bytes):
         xs = x[ns, :, :, hs] if geom == ONE_BY_ONE else x[ns]
-        parts = irls_forward(xs, w[:, os_], z0[ns, hs, :, :, os_], geom, K, eps, with_s, with_q, est)
+        parts = irls_forward(xs, w[:, os_], z0[ns, hs, :, :, os_], geom, K, settings.eps, with_s, with_q, est)
         for out, part in zip(outs, parts[0] + parts[1] + parts[2] + parts[3]):
             out[ns, hs, :, :, os_] = part
     n_q = K + K * with_s
     return outs[:K], outs[K:n_q], outs[n_q:n_q + K * with_q], outs[n_q + K * with_q:]
 
 
-def _eager_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes, est, crop=(0, 0)):
+def _eager_backward(x, w, stats, geom, settings, need_x, need_w, budget_bytes, crop):
     z_prev = stats[0]
+    vote_args = (geom, settings.eps, settings.detach_weights, settings.estimator)
     grad_x = torch.zeros_like(x) if need_x else None
     grad_w = torch.zeros_like(w) if need_w else None
     for ns, hs, os_ in _eager_chunks(x, w, z_prev[0].shape, geom, budget_bytes):
@@ -401,7 +289,7 @@ def _eager_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes
         chunk = tuple(part(s) for s in stats)
         xs = x[ns, :, :, hs] if geom == ONE_BY_ONE else x[ns]
         if need_x:
-            gx = irls_grad_x(positions_first(xs, crop), w[:, os_], *chunk, geom, eps, detach, est, 1, crop)
+            gx = irls_grad_x(positions_first(xs, crop), w[:, os_], *chunk, *vote_args, 1, crop)
             if crop != (0, 0):
                 grad_x[ns, :, :, crop[0]:x.shape[3] - crop[0], crop[1]:x.shape[4] - crop[1]] += gx
             elif geom == ONE_BY_ONE:
@@ -409,7 +297,7 @@ def _eager_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes
             else:
                 grad_x[ns] += gx
         if need_w:
-            grad_w[:, os_] += irls_grad_w_per_block(xs, w[:, os_], *chunk, geom, eps, detach, est).sum(0)
+            grad_w[:, os_] += irls_grad_w_per_block(xs, w[:, os_], *chunk, *vote_args).sum(0)
     return grad_x, grad_w
 
 
@@ -419,15 +307,23 @@ def _vote_steps(w, z_shape, steps):
     return N * Ho * Wo * L * G * Og * w.shape[2] * w.shape[3] * w.shape[4] * max(steps, 1)
 
 
-def run_forward(x, w, z0, geom, K: int, eps: float, with_s: bool, with_q: bool, budget_bytes: int, est=None):
-    """irls_forward on the chosen backend. Raises CompileFailed if compilation fails (the caller reruns)."""
+def run_forward(x, w, z0, geom, settings, with_stats: bool = False, budget_bytes: int | None = None):
+    """irls_forward on the chosen backend, with ``settings``' K, eps and estimator. Raises CompileFailed if
+    compilation fails (the caller reruns).
+
+    ``with_stats``: also the per-step statistics the backward needs (S always, Q unless settings.detach_weights).
+    ``budget_bytes``: the eager kernels' working memory (default: the backend's, :func:`nrpm.set_memory_budget`).
+    """
     x, w, z0 = _plain(x, w, z0)
-    if will_compile(x.device, _vote_steps(w, z0.shape, K)):
-        est, kind = runtime_estimator(est, z0, eps)
-        return _call_compiled(irls_forward, ("forward", geom, K, eps, with_s, with_q, kind),
-                              (x, w, z0, geom, K, eps, with_s, with_q, est),
-                              [((x,), _X_DYN), ((w,), _W_DYN), ((z0,), _Z_DYN)])
-    return _eager_forward(x, w, z0, geom, K, eps, with_s, with_q, budget_bytes, est)
+    K, eps = settings.K, settings.eps
+    with_s, with_q = with_stats, with_stats and not settings.detach_weights
+    if STATE.will_compile(x.device, _vote_steps(w, z0.shape, K)):
+        est, kind = runtime_estimator(settings.estimator, z0, eps)
+        return STATE.call_compiled(irls_forward, ("forward", geom, K, eps, with_s, with_q, kind),
+                                   (x, w, z0, geom, K, eps, with_s, with_q, est),
+                                   [((x,), _X_DYN), ((w,), _W_DYN), ((z0,), _Z_DYN)])
+    budget = STATE.memory_budget_bytes if budget_bytes is None else budget_bytes
+    return _eager_forward(x, w, z0, geom, settings, with_s, with_q, budget)
 
 
 def step_statistics(zs, ss, qs, scale, grad_out, D: int, detach: bool):
@@ -451,53 +347,63 @@ def step_statistics(zs, ss, qs, scale, grad_out, D: int, detach: bool):
     return (z_prev, coef, cdelta, scale), g
 
 
-def run_backward(x, w, stats, geom, eps: float, detach: bool, need_x: bool, need_w: bool, budget_bytes: int,
-                 est=None, crop=(0, 0)):
+def run_backward(x, w, stats, geom, settings, need_x: bool, need_w: bool, crop=(0, 0),
+                 budget_bytes: int | None = None):
     """(dL/dx, dL/dw) of the unrolled IRLS on the chosen backend; None for a gradient not needed.
 
     ``stats = (z_prev, coef, cdelta, scale)``: per step z_{k-1}/D, c_k and c_k delta_k (see ``_vote_gradient``;
-    scale: [] or the relative estimators' per-output scale); ``est`` the estimator (None: L1). A compilation
-    failure here falls back to the eager kernels directly (the forward already ran in this layout).
-    ``crop = (ch, cw)``: x's outer rows and columns that are zero padding whose gradient the caller discards (not
-    computed, returned as 0; see irls_grad_x).
+    scale: [] or the relative estimators' per-output scale); ``settings``: the forward's (its eps,
+    detach_weights and estimator). A compilation failure here falls back to the eager kernels directly (the
+    forward already ran in this layout). ``crop = (ch, cw)``: x's outer rows and columns that are zero padding
+    whose gradient the caller discards (not computed, returned as 0; see irls_grad_x). ``budget_bytes``: as in
+    :func:`run_forward`.
     """
     x, w = _plain(x, w)
     stats = tuple(_plain(*s) for s in stats)
-    if will_compile(x.device, _vote_steps(w, stats[0][0].shape, len(stats[0]))):
+    budget = STATE.memory_budget_bytes if budget_bytes is None else budget_bytes
+    if STATE.will_compile(x.device, _vote_steps(w, stats[0][0].shape, len(stats[0]))):
         try:
-            return _compiled_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes, est, crop)
+            return _compiled_backward(x, w, stats, geom, settings, need_x, need_w, budget, crop)
         except CompileFailed:
             pass
-    return _eager_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes, est, crop)
+    return _eager_backward(x, w, stats, geom, settings, need_x, need_w, budget, crop)
 
 
-def _compiled_backward(x, w, stats, geom, eps, detach, need_x, need_w, budget_bytes, est, crop):
+def _compiled_backward(x, w, stats, geom, settings, need_x, need_w, budget_bytes, crop):
     # one kernel per gradient: a vote gradient feeding two reductions would be materialised (vote-sized)
-    steps = len(stats[0])
-    est, kind = runtime_estimator(est, x, eps)
+    steps, eps, detach = len(stats[0]), settings.eps, settings.detach_weights
+    est, kind = runtime_estimator(settings.estimator, x, eps)
     est = with_relative_params(est, stats[3], eps)
     grad_x = grad_w = None
     if need_x:
         xp = positions_first(x, crop)  # one input-sized copy, outside the kernel: it fixes the kernel's loop order
         block = 1  # see irls_grad_x: 2 channel slices hit an Inductor symbolic-shape error (torch 2.13)
-        grad_x = _call_compiled(irls_grad_x, ("grad_x", geom, steps, eps, detach, kind, block, tuple(crop)),
-                                (xp, w, *stats, geom, eps, detach, est, block, tuple(crop)),
-                                [((xp,), _XP_DYN), ((w,), _W_DYN),
-                                 ([t for s in stats for t in s] + per_output_params(est), _Z_DYN)])
+        grad_x = STATE.call_compiled(irls_grad_x, ("grad_x", geom, steps, eps, detach, kind, block, tuple(crop)),
+                                     (xp, w, *stats, geom, eps, detach, est, block, tuple(crop)),
+                                     [((xp,), _XP_DYN), ((w,), _W_DYN),
+                                      ([t for s in stats for t in s] + per_output_params(est), _Z_DYN)])
         if crop != (0, 0):  # the border outside the kernel: padding a reduction's output inside it failed to compile
             full = x.new_zeros(x.shape)
             full[:, :, :, crop[0]:x.shape[3] - crop[0], crop[1]:x.shape[4] - crop[1]] = grad_x
             grad_x = full
     if need_w:
-        per_block = w.numel() * x.element_size()
-        n_chunk = max(1, budget_bytes // per_block)  # bounds the per-block partial sums
-        grad_w = torch.zeros_like(w)
-        for n0 in range(0, x.shape[0], n_chunk):
-            xs = x[n0:n0 + n_chunk]
-            part = tuple([t[n0:n0 + n_chunk] for t in s] for s in stats)
-            est_part = broadcast_params(est, lambda t: t[n0:n0 + n_chunk])  # noqa: B023 - used at once
-            grad_w += _call_compiled(irls_grad_w_per_block, ("grad_w", geom, steps, eps, detach, kind),
-                                     (xs, w, *part, geom, eps, detach, est_part),
-                                     [((xs,), _X_DYN), ((w,), _W_DYN),
-                                      ([t for s in part for t in s] + per_output_params(est_part), _Z_DYN)]).sum(0)
+        grad_w = _compiled_grad_w(x, w, stats, geom, (eps, detach, est, kind), budget_bytes)
     return grad_x, grad_w
+
+
+def _compiled_grad_w(x, w, stats, geom, vote_settings, budget_bytes):
+    """dL/dw summed over blocks of lanes, in chunks of blocks that bound the per-block partial sums."""
+    eps, detach, est, kind = vote_settings
+    steps = len(stats[0])
+    per_block = w.numel() * x.element_size()
+    n_chunk = max(1, budget_bytes // per_block)
+    grad_w = torch.zeros_like(w)
+    for n0 in range(0, x.shape[0], n_chunk):
+        xs = x[n0:n0 + n_chunk]
+        part = tuple([t[n0:n0 + n_chunk] for t in s] for s in stats)
+        est_part = broadcast_params(est, lambda t: t[n0:n0 + n_chunk])  # noqa: B023 - used at once
+        grad_w += STATE.call_compiled(irls_grad_w_per_block, ("grad_w", geom, steps, eps, detach, kind),
+                                      (xs, w, *part, geom, eps, detach, est_part),
+                                      [((xs,), _X_DYN), ((w,), _W_DYN),
+                                       ([t for s in part for t in s] + per_output_params(est_part), _Z_DYN)]).sum(0)
+    return grad_w

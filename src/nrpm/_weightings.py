@@ -4,17 +4,55 @@ its derivative, and the sign trick of the statistics. Kept apart from the kernel
 
 from __future__ import annotations
 
+from typing import NamedTuple, Union
+
 import torch
 
-__all__ = ["estimator_params", "broadcast_params", "per_output_params", "with_relative_params", "clamp_masks",
+__all__ = ["Estimator", "WeightingParams", "estimator_params", "broadcast_params", "per_output_params", "with_relative_params", "clamp_masks",
            "clamped", "weights", "signed_like", "runtime_estimator"]
 
 
-def estimator_params(est, scale, eps: float):
+Number = Union[float, torch.Tensor]  # a Python float, a 0-d tensor, or a per-output tensor (6-d, as z)
+
+
+class WeightingParams(NamedTuple):
+    """The parameters of one clamped weighting, as :func:`estimator_params` computes them."""
+
+    beta: Number
+    lo: Number | None
+    hi: Number | None
+    a_lo: Number | None
+    a_hi: Number | None
+    beta_e: Number
+    lo_e: Number | None
+    hi_e: Number | None
+
+
+class Estimator(NamedTuple):
+    """A robust estimator other than L1 (L1 travels as None, the kernels' fast path).
+
+    ``gamma`` / ``delta`` are floats as validated (then the estimator is hashable), or 0-d tensors in a runtime
+    estimator (:func:`runtime_estimator`). ``params``: its :class:`WeightingParams` when precomputed outside the
+    compiled kernels (see :func:`runtime_estimator`, :func:`with_relative_params`), else None.
+    """
+
+    norm: str
+    gamma: Number
+    delta: Number
+    relative: bool
+    params: WeightingParams | None = None
+
+    def options(self) -> dict:
+        """The keyword arguments that name this estimator: {'norm', 'gamma', 'delta', 'scale'}."""
+        return {"norm": self.norm, "gamma": float(self.gamma), "delta": float(self.delta),
+                "scale": "relative" if self.relative else "absolute"}
+
+
+def estimator_params(est: Estimator, scale, eps: float) -> WeightingParams:
     """(beta, lo, hi, a_lo, a_hi, beta_e, lo_e, hi_e) of a weighting ``w = clamp(u + beta, lo, hi)``, u = 1/a,
     a = |r| + eps; the weighting of the official code divided by its factor alpha (below).
 
-    ``est = (norm, gamma, delta, relative)`` (static); the weightings of the official code, each of the form
+    ``est``: an :class:`Estimator`; the weightings of the official code, each of the form
     clamp(alpha u + beta, lo, hi): mcp ``max(u - 1/gamma, eps)``, huber ``min(delta u, 1)``, hm
     ``clamp(delta/(gamma - delta) (gamma u - 1), eps, 1)``. ``relative``: gamma and delta are in units of
     ``scale`` (per output, broadcast against the votes), the mean absolute residual at the LPM start (see
@@ -30,21 +68,21 @@ def estimator_params(est, scale, eps: float):
     delta > 0, gamma > delta for hm), so the inequalities keep their direction. Structural constants (huber's
     beta = 0, mcp's lo = eps) stay Python floats, which the kernels skip or fold.
     """
-    norm, gamma, delta, relative = est[:4]
-    if len(est) > 4:  # precomputed outside the compiled kernels (see runtime_estimator)
-        return est[4]
-    if relative:
+    if est.params is not None:  # precomputed outside the compiled kernels (see runtime_estimator)
+        return est.params
+    norm, gamma, delta = est.norm, est.gamma, est.delta
+    if est.relative:
         gamma, delta = gamma * scale, delta * scale
     if norm == "mcp":  # alpha = 1
         beta = -1.0 / gamma
-        return beta, eps, None, 1.0 / (eps - beta), None, beta / eps, 1.0, None
+        return WeightingParams(beta, eps, None, 1.0 / (eps - beta), None, beta / eps, 1.0, None)
     if norm == "huber":  # alpha = delta
         hi = 1.0 / delta
-        return 0.0, None, hi, None, delta, 0.0, None, hi / eps
+        return WeightingParams(0.0, None, hi, None, delta, 0.0, None, hi / eps)
     if norm == "hm":  # alpha = delta gamma / (gamma - delta)
         beta, hi = -1.0 / gamma, (gamma - delta) / (delta * gamma)
         lo = eps * hi
-        return beta, lo, hi, 1.0 / (lo - beta), delta, beta / eps, hi, hi / eps  # lo / eps = hi
+        return WeightingParams(beta, lo, hi, 1.0 / (lo - beta), delta, beta / eps, hi, hi / eps)  # lo / eps = hi
     raise ValueError(f"unknown estimator {norm!r}")
 
 
@@ -56,28 +94,29 @@ def _per_output(p) -> bool:
 def broadcast_params(est, fn):
     """est with its precomputed per-output parameters passed through ``fn`` (the broadcast against a kernel's
     votes); other estimators unchanged."""
-    if est is None or len(est) < 5:
+    if est is None or est.params is None:
         return est
-    return est[:4] + (tuple(fn(p) if _per_output(p) else p for p in est[4]),)
+    params = WeightingParams(*(fn(p) if _per_output(p) else p for p in est.params))
+    return Estimator(est.norm, est.gamma, est.delta, est.relative, params)
 
 
 def per_output_params(est) -> list:
     """The precomputed per-output parameter tensors of est (for the compiled kernels' dynamic dimensions)."""
-    return [] if est is None or len(est) < 5 else [p for p in est[4] if _per_output(p)]
+    return [] if est is None or est.params is None else [p for p in est.params if _per_output(p)]
 
 
 def with_relative_params(est, scale, eps: float):
     """A relative estimator with its per-output parameters computed now, outside the compiled kernels: inside a
     gather (the input gradient) every vote reads other outputs' values, so Inductor recomputed their divisions
     per vote (measured: HM relative's input-gradient kernel 2x the absolute one's)."""
-    if est is None or not est[3] or not scale or len(est) > 4:
+    if est is None or not est.relative or not scale or est.params is not None:
         return est
-    return est + (estimator_params(est, scale[0], eps),)
+    return Estimator(est.norm, est.gamma, est.delta, est.relative, estimator_params(est, scale[0], eps))
 
 
 def clamp_masks(a, params):
     """(a >= a_lo, a <= a_hi): the votes whose weight is clamped at lo / at hi (None where no such clamp)."""
-    a_lo, a_hi = params[3:5]
+    a_lo, a_hi = params.a_lo, params.a_hi
     return (None if a_lo is None else a >= a_lo), (None if a_hi is None else a <= a_hi)
 
 
@@ -101,10 +140,10 @@ def weights(abs_r, eps: float, params, with_slope: bool = True):
     u = 1.0 / a
     if params is None:
         return u, (u * u if with_slope else None)
-    beta, lo, hi = params[:3]
+    beta = params.beta
     raw = u if isinstance(beta, float) and beta == 0.0 else u + beta
     masks = clamp_masks(a, params)
-    weight = clamped(raw, masks, (lo, hi))
+    weight = clamped(raw, masks, (params.lo, params.hi))
     if not with_slope:
         return weight, None
     return weight, clamped(u * u, masks, (0.0, 0.0))
@@ -139,10 +178,11 @@ def runtime_estimator(est, like: torch.Tensor, eps: float):
     floats, which the kernels skip."""
     if est is None:
         return None, None
-    if isinstance(est[1], torch.Tensor):  # already a runtime estimator
-        return est, (est[0], est[3])
-    norm, gamma, delta, relative = est
-    runtime = (norm, like.new_tensor(gamma), like.new_tensor(delta), relative)
-    if not relative:
-        runtime += (estimator_params(runtime, None, eps),)
-    return runtime, (norm, relative)
+    kind = (est.norm, est.relative)
+    if isinstance(est.gamma, torch.Tensor):  # already a runtime estimator
+        return est, kind
+    gamma, delta = like.new_tensor(est.gamma), like.new_tensor(est.delta)
+    runtime = Estimator(est.norm, gamma, delta, est.relative)
+    if not est.relative:
+        runtime = Estimator(est.norm, gamma, delta, False, estimator_params(runtime, None, eps))
+    return runtime, kind

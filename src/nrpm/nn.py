@@ -42,15 +42,31 @@ _LOGIT_CLAMP = 1e-4
 
 
 class RobustMixin:
-    """lam/K/eps handling shared by the robust layers."""
+    """lam/K/eps handling shared by the robust layers.
 
-    def _init_robust(self, lam, K, eps, learnable_lam, detach_weights, backward_mode, estimator):
-        self.K = check_K(K)
-        self.eps = check_eps(eps)
-        self.set_estimator(**estimator)
-        self.backward_mode = "detached" if detach_weights and backward_mode == "exact" else backward_mode
+    The layer's IRLS settings live in plain attributes (``K``, ``eps``, ``norm``, ``gamma``, ``delta``, ``scale``,
+    ``backward_mode``) that code such as :func:`irls_override` changes in place; :meth:`irls_settings` reads them
+    into one :class:`~nrpm.functional.IRLSSettings` per forward."""
+
+    def _init_robust(self, lam, learnable_lam, backward_mode, settings: RF.IRLSSettings | None, options: dict):
+        """``options``: the constructor's IRLS keyword arguments (K, eps, detach_weights, norm, gamma, delta,
+        scale), which ``settings`` replaces when given."""
+        resolved = RF.resolve_settings(settings, **options)
+        self.K, self.eps = resolved.K, resolved.eps
+        if settings is None:  # the estimator's options as given (an L1 layer keeps its gamma, delta and scale)
+            self.set_estimator(**{name: options[name] for name in ("norm", "gamma", "delta", "scale")})
+        else:
+            self.set_estimator(**({} if resolved.estimator is None else resolved.estimator.options()))
+        self.backward_mode = "detached" if resolved.detach_weights and backward_mode == "exact" else backward_mode
         device = self.weight.device if self.weight.device.type != "meta" else None
         self._set_lam_storage(float(check_lam(float(lam))), learnable_lam, device)
+
+    def irls_settings(self, detach_weights: bool | None = None) -> RF.IRLSSettings:
+        """This layer's IRLS settings (detach_weights: as its backward_mode says, unless given)."""
+        detach = self.detach_weights if detach_weights is None else detach_weights
+        estimator = None if self.norm == "l1" else RF.Estimator(self.norm, self.gamma, self.delta,
+                                                                self.scale == "relative")
+        return RF.IRLSSettings(self.K, self.eps, detach, estimator)
 
     def set_estimator(self, norm: str = RF.DEFAULT_NORM, gamma: float = RF.DEFAULT_GAMMA,
                       delta: float = RF.DEFAULT_DELTA, scale: str = RF.DEFAULT_SCALE) -> None:
@@ -187,10 +203,13 @@ class RobustLinear(RobustMixin, nn.Linear):
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *,
                  lam=RF.DEFAULT_LAM, K=RF.DEFAULT_K, eps=RF.DEFAULT_EPS, learnable_lam=False,
                  detach_weights=False, backward_mode="exact", norm=RF.DEFAULT_NORM, gamma=RF.DEFAULT_GAMMA,
-                 delta=RF.DEFAULT_DELTA, scale=RF.DEFAULT_SCALE):
+                 delta=RF.DEFAULT_DELTA, scale=RF.DEFAULT_SCALE, settings: RF.IRLSSettings | None = None):
+        """``settings``: an :class:`~nrpm.functional.IRLSSettings` in place of K, eps, detach_weights, norm,
+        gamma, delta and scale."""
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self._init_robust(lam, K, eps, learnable_lam, detach_weights, backward_mode,
-                          dict(norm=norm, gamma=gamma, delta=delta, scale=scale))
+        self._init_robust(lam, learnable_lam, backward_mode, settings,
+                          dict(K=K, eps=eps, detach_weights=detach_weights, norm=norm, gamma=gamma, delta=delta,
+                               scale=scale))
 
     _plain_type = nn.Linear
 
@@ -202,8 +221,8 @@ class RobustLinear(RobustMixin, nn.Linear):
         return self._forward_with_mode(x, super().forward, self._robust_forward)
 
     def _robust_forward(self, x: torch.Tensor, detach_weights: bool) -> torch.Tensor:
-        return RF.robust_linear(x, self.weight, self.bias, lam=self._lam_for_forward(), K=self.K, eps=self.eps,
-                                detach_weights=detach_weights, **self.estimator())
+        return RF.robust_linear(x, self.weight, self.bias, lam=self._lam_for_forward(),
+                                settings=self.irls_settings(detach_weights))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._robust_repr()}"
@@ -220,12 +239,15 @@ class RobustConv2d(RobustMixin, nn.Conv2d):
                  bias=True, padding_mode="zeros", device=None, dtype=None, *, lam=RF.DEFAULT_LAM,
                  K=RF.DEFAULT_K, eps=RF.DEFAULT_EPS, learnable_lam=False, detach_weights=False,
                  backward_mode="exact", norm=RF.DEFAULT_NORM, gamma=RF.DEFAULT_GAMMA, delta=RF.DEFAULT_DELTA,
-                 scale=RF.DEFAULT_SCALE):
+                 scale=RF.DEFAULT_SCALE, settings: RF.IRLSSettings | None = None):
+        """``settings``: an :class:`~nrpm.functional.IRLSSettings` in place of K, eps, detach_weights, norm,
+        gamma, delta and scale."""
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode, device=device,
                          dtype=dtype)
-        self._init_robust(lam, K, eps, learnable_lam, detach_weights, backward_mode,
-                          dict(norm=norm, gamma=gamma, delta=delta, scale=scale))
+        self._init_robust(lam, learnable_lam, backward_mode, settings,
+                          dict(K=K, eps=eps, detach_weights=detach_weights, norm=norm, gamma=gamma, delta=delta,
+                               scale=scale))
 
     _plain_type = nn.Conv2d
 
@@ -245,8 +267,7 @@ class RobustConv2d(RobustMixin, nn.Conv2d):
             x = torch.nn.functional.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
         return RF.robust_conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups,
-                                lam=self._lam_for_forward(), K=self.K, eps=self.eps,
-                                detach_weights=detach_weights, **self.estimator())
+                                lam=self._lam_for_forward(), settings=self.irls_settings(detach_weights))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._robust_repr()}"
