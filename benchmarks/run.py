@@ -36,7 +36,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nrpm  # noqa: E402
-from nrpm import _kernels  # noqa: E402
+from nrpm._backend import STATE as BACKEND  # noqa: E402
 from nrpm.models import create_model  # noqa: E402
 from naive import naive_forward, naive_memory_estimate, vote_counts  # noqa: E402
 
@@ -441,7 +441,7 @@ def machine_info(device) -> dict:
     info = {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
             "device": device, "nrpm_backend": nrpm.functional.get_backend(),
-            "compiled_kernels_failed": _kernels._compiled.failure,
+            "compiled_kernels_failed": BACKEND.compiled.failure,
             "env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_", "NRPM_", "TORCHINDUCTOR_"))}}
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
