@@ -61,8 +61,9 @@ class _LamPart(RobustMixin, nn.Module):
                  device=None):
         nn.Module.__init__(self)
         self._lam_device = None if device is None or torch.device(device).type == "meta" else torch.device(device)
-        self._init_robust(lam, K, eps, learnable_lam, detach_weights, backward_mode,
-                          dict(norm=norm, gamma=gamma, delta=delta, scale=scale))
+        self._init_robust(lam, learnable_lam, backward_mode, None,
+                          dict(K=K, eps=eps, detach_weights=detach_weights, norm=norm, gamma=gamma, delta=delta,
+                               scale=scale))
 
     @property
     def weight(self) -> torch.Tensor:
