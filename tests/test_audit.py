@@ -546,8 +546,8 @@ def test_older_caches_resume_and_only_the_new_attacks_run(samples, tmp_path, mon
 
 
 def test_new_audit_options_are_validated(samples):
-    with pytest.raises(ValueError, match="skip_attacks may only name"):
-        AU.AuditConfig(budgets=[0.1], skip_attacks=("pgd",))
+    with pytest.raises(ValueError, match="skip_attacks may only name"):  # checked against the plan, before any work
+        AU.run_audit(_reprogrammed(_trained_linear()), *samples, AU.AuditConfig(budgets=[0.1], skip_attacks=("pgd",)))
     with pytest.raises(ValueError, match="spsa_samples must be even"):
         AU.AuditConfig(budgets=[0.1], spsa_samples=5)
     with pytest.raises(ValueError, match="spsa_steps must be an integer"):

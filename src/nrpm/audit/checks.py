@@ -21,6 +21,7 @@ import torch
 from .. import reports
 from .plan import (ADAPTIVE, AUTOATTACK, BLACK_BOX, DIRECT_PGD, NOISE, SINGLE_STEP, STEP_VARIANT, UNBOUNDED,
                    WHITE_BOX, attack, keys_with_role)
+from .config import Tolerances
 from .probes import ForwardProbe, GradientProbe
 
 __all__ = ["PASS", "WARN", "FAIL", "SKIP", "Tolerances", "CheckResult", "Evidence", "grade", "grade_ratio", "worst",
@@ -30,29 +31,6 @@ __all__ = ["PASS", "WARN", "FAIL", "SKIP", "Tolerances", "CheckResult", "Evidenc
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 _SEVERITY = {SKIP: 0, PASS: 1, WARN: 2, FAIL: 3}
-
-# ----------------------------------------------------------------------------------------------- tolerances
-@dataclass
-class Tolerances:
-    """What each check accepts. Accuracy tolerances are fractions (0.02 = 2 percentage points); each passes
-    within ``tol``, warns within ``2 * tol`` and fails beyond, with ``tol`` never below one sample (1/n)."""
-
-    logits_rtol: float = 1e-4         # 1: max |logits(lam=1) - logits(base)| / (1 + max |logits(base)|)
-    determinism_rtol: float = 1e-6    # 1: same between two identical forward passes (warn up to 1e-3)
-    gradient_fraction: float = 0.99   # 2: fraction of samples with finite, non-zero gradient (warn down to 0.9)
-    monotone: float = 0.02            # 3: accuracy may rise with the budget by at most this
-    unbounded: float = 0.02           # 3: accuracy left at the unbounded budget
-    steps: float = 0.02               # 4: extra accuracy drop from x4 steps / x5 restarts / half step
-    blackbox: float = 0.02            # 5: lead of Square / SPSA / noise over the best white-box attack
-    transfer: float = 0.02            # 6: lead of transfer / BPDA / detached / smoothed PGD over direct PGD
-    autoattack: float = 0.02          # 7: AutoAttack vs the strongest other attack
-
-    @classmethod
-    def uniform(cls, tol: float, **overrides) -> "Tolerances":
-        """All accuracy tolerances set to ``tol`` (a fraction), then ``overrides``."""
-        names = ("monotone", "unbounded", "steps", "blackbox", "transfer", "autoattack")
-        return cls(**{**{n: tol for n in names}, **overrides})
-
 
 @dataclass
 class CheckResult:

@@ -11,10 +11,32 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from .checks import Tolerances
-from .plan import optional_keys
 
-__all__ = ["AuditConfig"]
+__all__ = ["AuditConfig", "Tolerances"]
+
+
+# ----------------------------------------------------------------------------------------------- tolerances
+@dataclass
+class Tolerances:
+    """What each check accepts. Accuracy tolerances are fractions (0.02 = 2 percentage points); each passes
+    within ``tol``, warns within ``2 * tol`` and fails beyond, with ``tol`` never below one sample (1/n)."""
+
+    logits_rtol: float = 1e-4         # 1: max |logits(lam=1) - logits(base)| / (1 + max |logits(base)|)
+    determinism_rtol: float = 1e-6    # 1: same between two identical forward passes (warn up to 1e-3)
+    gradient_fraction: float = 0.99   # 2: fraction of samples with finite, non-zero gradient (warn down to 0.9)
+    monotone: float = 0.02            # 3: accuracy may rise with the budget by at most this
+    unbounded: float = 0.02           # 3: accuracy left at the unbounded budget
+    steps: float = 0.02               # 4: extra accuracy drop from x4 steps / x5 restarts / half step
+    blackbox: float = 0.02            # 5: lead of Square / SPSA / noise over the best white-box attack
+    transfer: float = 0.02            # 6: lead of transfer / BPDA / detached / smoothed PGD over direct PGD
+    autoattack: float = 0.02          # 7: AutoAttack vs the strongest other attack
+
+    @classmethod
+    def uniform(cls, tol: float, **overrides) -> "Tolerances":
+        """All accuracy tolerances set to ``tol`` (a fraction), then ``overrides``."""
+        names = ("monotone", "unbounded", "steps", "blackbox", "transfer", "autoattack")
+        return cls(**{**{n: tol for n in names}, **overrides})
+
 
 
 @dataclass
@@ -80,10 +102,6 @@ class AuditConfig:
                 raise ValueError(f"{name} must be a number > 0, got {value!r}")
         if self.spsa_samples % 2:
             raise ValueError(f"spsa_samples must be even (antithetic pairs), got {self.spsa_samples}")
-        self.skip_attacks = tuple(self.skip_attacks)
-        optional = optional_keys()
-        unknown = sorted(set(self.skip_attacks) - set(optional))
-        if unknown:
-            raise ValueError(f"skip_attacks may only name {', '.join(optional)}; got {unknown}")
+        self.skip_attacks = tuple(self.skip_attacks)  # their names are checked against the plan's (make_plan)
         if self.tolerances is None:
             self.tolerances = Tolerances()

@@ -21,7 +21,7 @@ import copy
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -32,9 +32,7 @@ from ..attacks.registry import ADAPTIVE, BLACK_BOX, WHITE_BOX
 from ..reprogram import undo_reprogramming
 from .adaptive import SMOOTHINGS, bpda_pgd, detached_irls_pgd, pgd_class, smoothed_pgd, transfer_pgd
 from .cells import AttackSpec
-
-if TYPE_CHECKING:  # the config imports this module (for the optional keys); only the type is needed here
-    from .config import AuditConfig
+from .config import AuditConfig
 
 __all__ = ["AuditAttack", "CATALOGUE", "catalogue", "attack", "sweep_keys", "plain_sweep_keys", "optional_keys",
            "keys_with_role", "OPTIONAL_ATTACKS", "AuditPlan", "make_plan", "WHITE_BOX", "BLACK_BOX", "NOISE",
@@ -63,7 +61,7 @@ class AuditAttack:
     key: str
     label: str
     role: str
-    build: Callable[["AuditConfig", "AuditPlan"], tuple[str, Callable[[float], A.Attack], str]] = \
+    build: Callable[[AuditConfig, "AuditPlan"], tuple[str, Callable[[float], A.Attack], str]] = \
         field(compare=False, repr=False)
     optional: bool = False
     plain_rank: int | None = None
@@ -71,13 +69,13 @@ class AuditAttack:
     needs_base: bool = False
     layers_to: str | None = None
 
-    def spec(self, config: "AuditConfig", plan: "AuditPlan") -> AttackSpec:
+    def spec(self, config: AuditConfig, plan: "AuditPlan") -> AttackSpec:
         label, make, params = self.build(config, plan)
         return AttackSpec(self.key, label, make, params)
 
 
 # ----------------------------------------------------------------------------------------------- builders
-def pgd_kwargs(config: "AuditConfig", eps: float, *, steps_factor=1, alpha_scale=1.0, restarts=None) -> dict:
+def pgd_kwargs(config: AuditConfig, eps: float, *, steps_factor=1, alpha_scale=1.0, restarts=None) -> dict:
     """The PGD settings of the audit at ``eps``, scaled for check 4's variants."""
     alpha = config.alpha if config.alpha is not None else 2.5 * eps / config.steps
     return dict(steps=config.steps * steps_factor, alpha=alpha * alpha_scale,
@@ -299,8 +297,11 @@ class AuditPlan:
         return AUTOATTACK not in self.skipped
 
 
-def make_plan(model, x, layers, config: "AuditConfig", base_model=None, plain_model=None) -> AuditPlan:
+def make_plan(model, x, layers, config: AuditConfig, base_model=None, plain_model=None) -> AuditPlan:
     """The plan of auditing ``model`` (robust ``layers``) on ``x``: its reference models, attacks and skips."""
+    unknown = sorted(set(config.skip_attacks) - set(optional_keys()))
+    if unknown:
+        raise ValueError(f"skip_attacks may only name {', '.join(optional_keys())}; got {unknown}")
     derived_base = False
     if base_model is None and layers:
         base_model = undo_reprogramming(copy.deepcopy(model))
@@ -325,7 +326,7 @@ def make_plan(model, x, layers, config: "AuditConfig", base_model=None, plain_mo
     return plan
 
 
-def _skipped(config: "AuditConfig", plan: AuditPlan) -> dict[str, str]:
+def _skipped(config: AuditConfig, plan: AuditPlan) -> dict[str, str]:
     """{key: why} of the attacks this audit cannot or need not run, in catalogue order, then ``skip_attacks``."""
     skipped = {}
     for a in catalogue():
