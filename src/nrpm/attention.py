@@ -141,15 +141,28 @@ def _half_to_float(*tensors):
     return [t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors]
 
 
+_IRLS_DEFAULTS = {"K": _DEFAULT_K, "eps": _DEFAULT_EPS, "norm": DEFAULT_NORM, "gamma": DEFAULT_GAMMA,
+                  "delta": DEFAULT_DELTA, "scale": DEFAULT_SCALE, "detach_weights": False}
+
+
+def _irls_options(irls: dict) -> dict:
+    """The IRLS options with their defaults; a misspelt one is an error naming the valid ones."""
+    unknown = sorted(set(irls) - set(_IRLS_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown robust_attention option {unknown[0]!r}; valid: {sorted(_IRLS_DEFAULTS)}")
+    return {**_IRLS_DEFAULTS, **irls}
+
+
 def robust_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     *,
     attn_mask: torch.Tensor | None = None,
-    lam: LamType = _DEFAULT_LAM, K: int = _DEFAULT_K, eps: float = _DEFAULT_EPS,
-    norm: str = DEFAULT_NORM, gamma: float = DEFAULT_GAMMA, delta: float = DEFAULT_DELTA, scale: str = DEFAULT_SCALE,
-    backward_mode: str = "exact", detach_weights: bool = False, softmax_scale: float | None = None,
+    lam: LamType = _DEFAULT_LAM,
+    backward_mode: str = "exact",
+    softmax_scale: float | None = None,
+    **irls,
 ) -> torch.Tensor:
     """Robust attention ``lam * A v + (1 - lam) * M_K`` (see the module docstring for the exact definition).
 
@@ -159,11 +172,14 @@ def robust_attention(
     inverted). ``softmax_scale``: the logits' factor, default 1/sqrt(d). ``backward_mode``: "exact" (autograd
     through every step), "detached" (``phi(D)`` a constant in the backward; A still carries its gradient; also
     ``detach_weights=True``) or "plain" (the value of the robust output, the gradient of plain attention:
-    ``plain + (robust - plain).detach()``, lam then gets no gradient).
+    ``plain + (robust - plain).detach()``, lam then gets no gradient). ``irls``: the IRLS options, named as
+    :func:`nrpm.functional.robust_linear`'s: ``K`` (3), ``eps`` (1e-3), ``norm`` / ``gamma`` / ``delta`` /
+    ``scale`` (the estimator; L1 by default) and ``detach_weights``.
     """
-    K, eps, lam = check_K(K), check_eps(eps), check_lam(lam)
-    est = check_estimator(norm, gamma, delta, scale)
-    mode = _check_mode(backward_mode, detach_weights)
+    o = _irls_options(irls)
+    K, eps, lam = check_K(o["K"]), check_eps(o["eps"]), check_lam(lam)
+    est = check_estimator(o["norm"], o["gamma"], o["delta"], o["scale"])
+    mode = _check_mode(backward_mode, o["detach_weights"])
     _check_qkv(q, k, v)
     out_dtype = v.dtype
     q, k, v = _half_to_float(q, k, v)

@@ -172,8 +172,9 @@ class RobustMultiheadAttention(nn.MultiheadAttention):
     """
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False, add_zero_attn=False,
-                 kdim=None, vdim=None, batch_first=False, device=None, dtype=None, *, parts=ATTENTION_PARTS,
-                 lam_per_part: dict[str, float] | None = None, **robust):
+                 kdim=None, vdim=None, batch_first=False, device=None, dtype=None, **robust):
+        parts = robust.pop("parts", ATTENTION_PARTS)
+        lam_per_part: dict[str, float] | None = robust.pop("lam_per_part", None)
         _check_supported(add_bias_kv, add_zero_attn)
         unknown = sorted(set(robust) - set(_ROBUST_KEYS))
         if unknown:
