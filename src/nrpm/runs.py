@@ -29,7 +29,8 @@ from typing import Any, Callable, Iterator
 
 from ._io import atomic_write, output_dir_lock
 
-__all__ = ["RunContext", "RunRefused", "ResultsFile", "resumable", "run_folder", "claim_folder", "differences",
+__all__ = ["RunContext", "RunRefused", "ResultsFile", "resumable", "run_folder", "claim_folder", "claimable",
+           "folder_owner", "differences",
            "file_digest", "MARKER", "START_AGAIN"]
 
 MARKER = "nrpm-run.json"
@@ -117,12 +118,18 @@ def run_folder(ctx: RunContext) -> Iterator[RunContext]:
         yield ctx
 
 
-def claim_folder(folder: Path, command: str) -> None:
-    """Mark ``folder`` as ``command``'s (nrpm-run.json); RunRefused if another command's run is there."""
-    owner = folder_owner(folder)
+def claimable(folder: Path, command: str) -> str | None:
+    """The command that owns ``folder`` (None: nobody yet); RunRefused if it is not ``command``'s to write into."""
+    owner = folder_owner(folder) if Path(folder).is_dir() else None
     if owner is not None and _family(owner) != _family(command):
         raise RunRefused(f"{folder} holds the results of nrpm {owner}, not of nrpm {command}: write these results "
                          f"into another folder (--out)")
+    return owner
+
+
+def claim_folder(folder: Path, command: str) -> None:
+    """Mark ``folder`` as ``command``'s (nrpm-run.json); RunRefused if another command's run is there."""
+    owner = claimable(folder, command)
     if owner is None or not (folder / MARKER).exists():
         text = json.dumps({"format": MARKER_FORMAT, "command": command}) + "\n"
         atomic_write(folder / MARKER, lambda f: f.write(text), binary=False)

@@ -17,7 +17,7 @@ import logging
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -224,8 +224,8 @@ def _report(runner: CellRunner, ev: Evidence, settings: dict, found: _Findings, 
                        versions=versions())
 
 
-def _audit(model, x, y, layers, config: AuditConfig, ctx: RunContext, base_model, plain_model, started: float
-           ) -> AuditReport:
+def _audit(model, x, y, layers, config: AuditConfig, ctx: RunContext, base_model, plain_model, started: float,
+           on_start) -> AuditReport:
     from tqdm.auto import tqdm
 
     plan = make_plan(model, x, layers, config, base_model, plain_model)
@@ -235,6 +235,8 @@ def _audit(model, x, y, layers, config: AuditConfig, ctx: RunContext, base_model
         bar = tqdm(total=_n_cells(config, plan), desc="audit cells", unit="cell", disable=not ctx.progress)
         try:
             runner = CellRunner(x, y, config.batch_size, cache_file(ctx, identity), bar, ctx.log)
+            if on_start is not None:
+                on_start()
             found = _run_attacks(model, x, y, config, plan, runner)
         finally:
             bar.close()
@@ -251,7 +253,8 @@ def _silent(_message: str) -> None:
 
 def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: AuditConfig | None = None,
               ctx: RunContext | None = None, *, base_model: nn.Module | None = None,
-              plain_model: nn.Module | None = None, **overrides) -> AuditReport:
+              plain_model: nn.Module | None = None, on_start: Callable[[], None] | None = None,
+              **overrides) -> AuditReport:
     """Audit ``model`` on ``(x, y)`` (inputs in [0, 1]); returns an :class:`~nrpm.audit.AuditReport`.
 
     ``config``: an :class:`AuditConfig`; ``overrides``: any of its fields, replacing the config's, so
@@ -262,6 +265,8 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: AuditC
     undone, or none for a model without robust layers (then check 1's lam part and check 6 skip).
     ``plain_model``: the model shown next to the audited one (default: ``base_model``), e.g. the original
     checkpoint when the audited weights were fine-tuned (paradigm 3); giving one compares it.
+    ``on_start()``: called once the output folder is held and its cache checked, before the first attack (the CLI
+    prints its data line there, so that a refused folder stays one line of error).
     """
     started = time.perf_counter()
     config = AuditConfig(**overrides) if config is None else replace(config, **overrides)
@@ -274,4 +279,4 @@ def run_audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: AuditC
     if config.lam is not None and not layers:
         raise ValueError("lam given, but the model has no robust layers (call nrpm.reprogram first)")
     with lam_override(model, config.lam) if config.lam is not None else contextlib.nullcontext():
-        return _audit(model, x, y, layers, config, ctx, base_model, plain_model, started)
+        return _audit(model, x, y, layers, config, ctx, base_model, plain_model, started, on_start)

@@ -195,13 +195,15 @@ class CertifySettings:
 
 
 def run_certify(model_factory_or_model, x: torch.Tensor, y: torch.Tensor, settings: CertifySettings | None = None,
-                ctx: RunContext | None = None, *, on_sample: Callable[[dict], None] | None = None) -> dict:
+                ctx: RunContext | None = None, *, on_sample: Callable[[dict], None] | None = None,
+                on_start: Callable[[], None] | None = None) -> dict:
     """Certify every sample of (x, y) (inputs in [0, 1]) for every (lam, sigma) of ``settings``; returns the results.
 
     ``ctx`` (:class:`nrpm.runs.RunContext`) says where results go: with an output folder the run resumes from and
     writes results.json, table.md, results.csv and certified.png (see the module docstring); ``ctx.overwrite``
     ignores an earlier results.json there. ``on_sample(sample)`` is called after each new sample is recorded
-    (e.g. to stop a test run).
+    (e.g. to stop a test run). ``on_start()``: called once the output folder is held and the results on file are
+    checked, before the first sample (the CLI prints its data line there, so a refused folder stays one line).
     """
     model = _as_model(model_factory_or_model)
     _check_data(x, y)
@@ -212,6 +214,8 @@ def run_certify(model_factory_or_model, x: torch.Tensor, y: torch.Tensor, settin
         previous = _read_cells(results)
         if ctx.out is not None:
             _check_labels(results.path, previous, y)
+        if on_start is not None:
+            on_start()
         run = _Run(model, x, y, settings, previous, results, ctx, on_sample=on_sample, device=_device_of(model))
         return run.execute()
 

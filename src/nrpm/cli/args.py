@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from ..evaluation import TRAINED  # the lam row that keeps each layer's lam of a stored reprogramming
+from ..reprogram import TARGET_TYPE_NAMES
 
 __all__ = ["UsageError", "Parser", "HelpFormatter", "positive_int", "nonneg_int", "irls_steps", "positive_float",
            "nonneg_float", "budget", "lam_number", "lam_or_trained", "model_name", "attack_name", "attack_list",
@@ -300,8 +301,9 @@ def add_model_args(p: argparse.ArgumentParser, *, whole_tensors_file: bool = Fal
     --n-samples a tensors:FILE is read whole (a named dataset: 1000 images), as nrpm.evaluation does.
     """
     add_model_spec_args(p)
-    p.add_argument("--checkpoint", default="pretrained",
-                   help="'pretrained' (the paper's released file, registry models only), a checkpoint path (a "
+    p.add_argument("--checkpoint", default=None,
+                   help="default: 'pretrained' for a registry model, and required for your own model. "
+                        "'pretrained' (the paper's released file, registry models only), a checkpoint path (a "
                         "state_dict of the model), or 'none' (the factory's own weights); a paradigm-3 model.pt of "
                         "nrpm reprogram brings its trained reprogramming along")
     p.add_argument("--reprogramming", default=None, metavar="FILE",
@@ -318,7 +320,7 @@ def add_model_args(p: argparse.ArgumentParser, *, whole_tensors_file: bool = Fal
                    help="module names/globs to reprogram (default: all Linear/Conv2d; ResNets: 3x3 block convs); "
                         "refused with a stored reprogramming, which fixes its layers")
     p.add_argument("--skip", nargs="+", default=None, help="module names/globs never reprogrammed")
-    p.add_argument("--layer-types", nargs="+", default=None, choices=["linear", "conv2d"],
+    p.add_argument("--layer-types", nargs="+", default=None, choices=TARGET_TYPE_NAMES,
                    help="linear and/or conv2d (default: both)")
     add_data_spec_args(p)
     p.add_argument("--data-root", default=None, help="data folder (default $NRPM_DATA or ../shared/data)")
@@ -346,7 +348,11 @@ def model_settings(args) -> dict:
     if args.data is None and not is_registry_name(args.model):
         raise UsageError(f"--model {args.model} is not a registry model, so nrpm does not know its data: give --data "
                          f"(mnist, cifar10, cifar100, svhn, imagefolder:PATH or tensors:FILE)")
-    return dict(model=args.model, checkpoint=args.checkpoint, model_args=dict(args.model_arg or []),
+    if args.checkpoint is None and not is_registry_name(args.model):
+        raise UsageError(f"--model {args.model} needs its weights: give --checkpoint PATH (a state_dict of the "
+                         f"model), or --checkpoint none to evaluate the factory's own initialisation")
+    checkpoint = "pretrained" if args.checkpoint is None else args.checkpoint
+    return dict(model=args.model, checkpoint=checkpoint, model_args=dict(args.model_arg or []),
                 normalize=args.normalize, data=args.data, image_size=args.image_size, K=args.K, eps=args.eps,
                 layers=args.layers, skip=args.skip or [], layer_types=args.layer_types, n_samples=args.n_samples,
                 batch_size=args.batch_size, seed=args.seed, data_root=args.data_root, split=args.split,
@@ -422,7 +428,8 @@ def download_if_asked(args, model: str, checkpoint: str | None = "pretrained") -
                          f"--data-root yourself (torchvision's layout), or drop --download")
     if dataset is not None:
         args.data_root = str(ensure_dataset(dataset, getattr(args, "data_root", None)))
-    if checkpoint == "pretrained" and is_registry_name(model) and model_entry(model).pretrained is not None:
+    # no --checkpoint means pretrained for a registry model (model_settings)
+    if checkpoint in ("pretrained", None) and is_registry_name(model) and model_entry(model).pretrained is not None:
         ensure_pretrained(model)
 
 
@@ -491,10 +498,18 @@ def with_flags(message: str) -> str:
     return _SETTING.sub(lambda m: SETTING_FLAGS[m.group(1)] + " ", message)
 
 
-def check_output_folder(folder, flag: str = "--out") -> None:
+def check_output_folder(folder, flag: str = "--out", command: str | None = None) -> None:
     """Fail before any work, naming the folder, when it cannot be created or written (read-only, no permission,
-    a file in the way): otherwise the first write, hours later or the lock file, dies with a bare OSError."""
+    a file in the way): otherwise the first write, hours later or the lock file, dies with a bare OSError.
+    With ``command``: also when the folder holds another command's results (the run would refuse it later)."""
+    from ..runs import RunRefused, claimable
+
     folder = Path(folder)
+    if command is not None:
+        try:
+            claimable(folder, command)
+        except RunRefused as error:
+            raise UsageError(str(error)) from None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):

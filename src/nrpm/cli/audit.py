@@ -246,7 +246,7 @@ def cmd_audit(args) -> int:
 
     out = Path(args.out) if args.out else None
     if out is not None:
-        check_output_folder(out)
+        check_output_folder(out, command="audit")
     if args.robustbench_json is not None:
         check_output_folder(Path(args.robustbench_json).parent, "--robustbench-json")
     download_if_asked(args, args.model, args.checkpoint)
@@ -261,12 +261,11 @@ def cmd_audit(args) -> int:
     samples = E.load_eval_data(prepared)
     budgets, unit, steps = _budgets_and_steps(args, samples.info["dataset"], samples.info["spec"])
     robustbench_eps = _robustbench_eps(args, budgets, unit)
-    say(f"data: {samples.info['detected']}")  # after the checks: an error stays one line
     plain, plain_label = _plain_model(args, settings, device)
     ctx = RunContext.create(out, "audit", overwrite=args.overwrite, progress=not args.no_progress, log=say)
     try:
         report = AU.run_audit(model, samples.x, samples.y, _audit_config(args, prepared, samples, plain_label),
-                              ctx, plain_model=plain)
+                              ctx, plain_model=plain, on_start=lambda: say(f"data: {samples.info['detected']}"))
     finally:
         dist.cleanup()
     failed = report.verdict == AU.FAIL or (args.strict and report.verdict == AU.WARN)

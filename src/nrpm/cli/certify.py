@@ -126,7 +126,7 @@ def cmd_certify(args) -> int:
     download_if_asked(args, args.model, args.checkpoint)
     settings = _eval_settings(args)
     if args.out:
-        check_output_folder(args.out)
+        check_output_folder(args.out, command="certify")
     set_threads(args.threads)
     log = lambda message: print(message, file=sys.stderr)
     device = dist.init_from_env(args.device).device  # torchrun: joins the group, one GPU per local rank
@@ -139,7 +139,6 @@ def cmd_certify(args) -> int:
         set_lam(prepared.model, prepared.reprogramming["lam"])  # row 'trained' = the stored per-layer lam
     # read and checked against the model as nrpm eval does (a factory or normalised model has no .dataset)
     samples = load_eval_data(prepared)
-    log(f"data: {samples.info['detected']}")
     K = prepared.reprogramming["K"] if prepared.reprogramming is not None else prepared.settings.K
     certify_settings = CertifySettings(lams=prepared.settings.lams, sigmas=args.sigma, n0=args.n0, n=args.n,
                                        alpha=args.alpha, batch_size=args.batch_size, seed=args.seed,
@@ -148,7 +147,8 @@ def cmd_certify(args) -> int:
                                        title=f"{args.model}: randomized smoothing, K={K}")
     ctx = RunContext.create(args.out, "certify", overwrite=args.overwrite, progress=not args.no_progress, log=log)
     try:
-        result = run_certify(prepared.model, samples.x, samples.y, certify_settings, ctx)
+        result = run_certify(prepared.model, samples.x, samples.y, certify_settings, ctx,
+                             on_start=lambda: log(f"data: {samples.info['detected']}"))
     finally:
         dist.cleanup()
     if not ctx.is_main:

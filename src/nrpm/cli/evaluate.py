@@ -67,14 +67,14 @@ def cmd_eval(args) -> int:
     download_if_asked(args, args.model, args.checkpoint)
     settings = eval_settings(args)
     if args.out:
-        check_output_folder(args.out)
+        check_output_folder(args.out, command="eval")
     set_threads(args.threads)
     ctx = RunContext.create(args.out, "eval", overwrite=args.overwrite, progress=not args.no_progress,
                             log=lambda m: print(m, file=sys.stderr))
     try:
         result = run_eval(settings, ctx, device=args.device)
         if dist.is_main():
-            print(result["table"])
+            print(f"{result['title']}\n\n{result['table']}")
             if args.out:
                 print(f"\nresults: {Path(args.out) / 'results.json'} (+ results.csv, table.md, accuracy.png); "
                       f"{result['seconds_this_run']:.1f} s this run", file=sys.stderr)

@@ -18,7 +18,7 @@ def subset(x: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, torc
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
     if n < 0 or n > len(x):
-        raise ValueError(f"cannot take {n} samples from a dataset of {len(x)}")
+        raise ValueError(f"cannot take {n} samples from a dataset of {len(x)}: pass n_samples={len(x)} or fewer")
     return x[:n], y[:n]
 
 

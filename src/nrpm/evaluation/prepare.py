@@ -18,7 +18,8 @@ from .. import data as D
 from ..formats import MODEL_FORMAT, REPROGRAMMING_FORMAT, format_of, read_tagged
 from ..models import default_robust_layers, inner_model, is_registry_name, model_entry, with_normalization
 from ..models.loading import load_model
-from ..reprogram import ReprogramConfig, lam_table, load_reprogramming, reprogram, robust_layers, set_lam
+from ..reprogram import (DEFAULT_TARGET_TYPES, ReprogramConfig, lam_table, load_reprogramming, reprogram,
+                         robust_layers, set_lam)
 from ..validation import check_eps, check_reprogram_K
 from .grid import TRAINED
 
@@ -28,7 +29,7 @@ __all__ = ["EvalSettings", "PreparedModel", "prepare_model", "load_plain_model",
 # (functional.DEFAULT_LAM, 0.5, is the lam a robust layer is built with; it is not this)
 UNREPROGRAMMED_LAM = 1.0
 DEFAULT_K, DEFAULT_EPS = 3, 1e-3
-DEFAULT_LAYER_TYPES = ("linear", "conv2d")
+DEFAULT_LAYER_TYPES = DEFAULT_TARGET_TYPES  # every module type nrpm reprograms
 DEFAULT_N_SAMPLES = 1000  # of a named dataset; a user's tensors file is evaluated whole
 
 
@@ -126,7 +127,9 @@ def _stored_reprogramming(settings: EvalSettings, raw) -> tuple[dict | None, str
 
 def _with_defaults(settings: EvalSettings, stored_source: str | None) -> EvalSettings:
     """``settings`` with None values filled in: the library defaults, or with a stored reprogramming its own."""
-    lams = list(settings.lams) if settings.lams else [TRAINED if stored_source else UNREPROGRAMMED_LAM]
+    # a value given twice is one row or column (dict keeps the first occurrence's order)
+    lams = list(dict.fromkeys(settings.lams)) if settings.lams else [TRAINED if stored_source else UNREPROGRAMMED_LAM]
+    settings = replace(settings, budgets=list(dict.fromkeys(settings.budgets)))
     if stored_source is None:
         if TRAINED in lams:
             raise ValueError(f"lam {TRAINED!r} means the per-layer lam of a stored reprogramming, and there is "

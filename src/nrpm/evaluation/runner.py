@@ -139,6 +139,7 @@ class _Run:
         if self.results.ctx.writes:  # also when every cell was already on file
             write_outputs(self.results, result, settings)
         result["table"] = markdown_grid(cells, settings.lams, settings.budgets, unit=settings.budget_unit)
+        result["title"] = table_title(settings, self.samples.info.get("detected"))
         return result
 
 
@@ -155,6 +156,14 @@ def write_outputs(results: ResultsFile, payload: dict, settings: EvalSettings) -
     K = applied["K"] if applied else settings.K
     plot_grid(out / "accuracy.png", cells, title=f"{settings.model}: {settings.attack}, K={K}",
               unit=settings.budget_unit)
+
+
+def table_title(settings: EvalSettings, samples: str | None) -> str:
+    """What the grid shows, in one line: model, attack, samples, reprogramming."""
+    attack = "clean only" if settings.budgets and max(settings.budgets) == 0 else \
+        f"{settings.attack}{' ' + str(settings.attack_kwargs) if settings.attack_kwargs else ''}"
+    return (f"# Accuracy (%) of {settings.model} under {attack}, on {samples or f'{settings.n_samples} samples'}: "
+            f"rows lam (1 = original model), columns budgets")
 
 
 def _table_doc(settings: EvalSettings, applied: dict | None, table: str, samples: str | None = None) -> str:
