@@ -151,3 +151,22 @@ def test_eval_on_two_processes_equals_one(byo):
     assert two.returncode == 0, two.stderr
     strip = lambda cs: sorted((c["lam"], c["budget"], c["correct"], c["n"]) for c in cs)
     assert strip(cells(byo / "eval2")) == strip(cells(byo / "eval1"))
+
+
+AUDIT = ["audit", "--lam", "0.5", "--K", "1", "--budgets", "0.05", "0.1", "--steps", "5", "--restarts", "1",
+         "--apgd-steps", "5", "--square-queries", "20", "--spsa-steps", "3", "--spsa-samples", "8",
+         "--n-samples", "10"]
+
+
+def test_the_audit_on_two_processes_equals_one(byo):
+    one = nrpm_run(byo, AUDIT, byo / "audit1")
+    assert one.returncode in (0, 1), one.stderr
+    two = nrpm_run(byo, AUDIT, byo / "audit2", nproc=2)
+    assert two.returncode == one.returncode, two.stderr
+    first, second = (json.loads((byo / name / "audit.json").read_text()) for name in ("audit1", "audit2"))
+    for key in ("verdict", "worst_case", "checks"):
+        assert first[key] == second[key], key
+    strip = lambda cells: [{k: v for k, v in c.items() if k != "seconds"} for c in cells]
+    assert strip(first["cells"]) == strip(second["cells"])
+    masks = lambda name: {k: c["mask"] for k, c in json.loads((byo / name / "cache.json").read_text())["cells"].items()}
+    assert masks("audit1") == masks("audit2")  # per-sample results, every cell
