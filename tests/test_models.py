@@ -267,3 +267,30 @@ def test_released_narrow_resnet(shared_dir):
     x, y = subset(*load_cifar10(shared_dir / "data"), 1000)
     # stored acc is 67.89 % over all 10000 test images; the first 1000 give 68.0 %
     assert _accuracy(model, x, y) == pytest.approx(68.0, abs=1.0)
+
+
+def test_a_bundled_release_is_found_in_the_package_and_checked(tmp_path, monkeypatch):
+    import hashlib
+
+    from torch import nn
+
+    from nrpm.models import checkpoints, hub, registry
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    path = tmp_path / "tiny_bundled.pt"
+    torch.save(model.state_dict(), path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.setattr(checkpoints, "BUNDLED_DIR", tmp_path)
+    registry.register_model("tiny_bundled_test", dataset="mnist", input_shape=(3,),
+                            pretrained=registry.bundled_file("tiny_bundled.pt", digest, "a test"))(
+        lambda: nn.Linear(3, 2))
+    try:
+        loaded, _ = checkpoints.load_pretrained("tiny_bundled_test")
+        assert torch.equal(loaded.weight, model.weight)
+        assert hub.ensure_pretrained("tiny_bundled_test") == path  # nothing to download
+        path.write_bytes(path.read_bytes() + b"x")
+        with pytest.raises(ValueError, match="reinstall nrpm"):
+            checkpoints.load_pretrained("tiny_bundled_test")
+    finally:
+        registry.unregister_model("tiny_bundled_test")

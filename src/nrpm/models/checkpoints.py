@@ -7,6 +7,8 @@ source checkout when it holds the file, else the cache (where :mod:`nrpm.models.
 
 from __future__ import annotations
 
+import hashlib
+
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -164,7 +166,26 @@ def load_pretrained(
     return model.eval(), info
 
 
+# checkpoints shipped with nrpm (registry entries made with bundled_file)
+BUNDLED_DIR = Path(__file__).resolve().parent / "released"
+
+
+def bundled_path(released) -> Path:
+    """The shipped file of a bundled release, checked against its sha256 (a damaged install fails by name)."""
+    path = BUNDLED_DIR / released.file
+    if not path.is_file():
+        raise FileNotFoundError(f"the bundled checkpoint {path} is missing: reinstall nrpm")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != released.sha256:
+        raise ValueError(f"the bundled checkpoint {path} has sha256 {digest}, not the registry's {released.sha256}: "
+                         f"reinstall nrpm")
+    return path
+
+
 def _find_released(name: str, file: str) -> Path:
+    released = model_entry(name).pretrained
+    if released is not None and released.bundled:
+        return bundled_path(released)
     path = resolve_pretrained_dir(name=name) / file
     if not path.is_file():
         raise FileNotFoundError(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import paths
 from ..fetch import base_url, fetch
-from .checkpoints import resolve_pretrained_dir
+from .checkpoints import bundled_path, resolve_pretrained_dir
 from .registry import PretrainedFile, list_models, model_entry
 
 __all__ = ["URL_ENV_VAR", "pretrained_url", "download_pretrained", "ensure_pretrained"]
@@ -42,6 +42,8 @@ def download_pretrained(name: str, folder: str | os.PathLike | None = None) -> P
     ``folder`` (default: the cache ``$NRPM_HOME/pretrained``), checking the registry's sha256, and
     return the file's path. An existing file is kept as it is."""
     released = _released(name)
+    if released.bundled:
+        return bundled_path(released)  # shipped with nrpm: nothing to fetch
     folder = Path(folder).expanduser() if folder is not None else paths.cache_dir("pretrained")
     dest = folder / released.file
     if dest.is_file():
@@ -65,6 +67,8 @@ def ensure_pretrained(name: str, path: str | os.PathLike | None = None) -> Path:
     FileNotFoundError when the file cannot be found or fetched.
     """
     released = _released(name)
+    if released.bundled and path is None:
+        return bundled_path(released)  # shipped with nrpm: nothing to fetch
     if path is None:
         return download_pretrained(name, resolve_pretrained_dir(name=name))
     path = Path(path).expanduser()

@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 from torch import nn
 
 __all__ = ["register_model", "create_model", "list_models", "model_entry", "ModelEntry", "PretrainedFile", "official_file",
+           "bundled_file", "unregister_model",
            "default_robust_layers", "unknown_model_message"]
 
 # The official code's repository and the commit the released checkpoints were taken from
@@ -27,11 +28,18 @@ OFFICIAL_RAW_URL = ("https://raw.githubusercontent.com/chris-hzc/Robustness-Repr
 
 @dataclass(frozen=True)
 class PretrainedFile:
-    """A released checkpoint: its file name, sha256 and the URL it is published at."""
+    """A released checkpoint: its file name, sha256 and where it comes from: the URL it is published at, or, for a
+    file ``bundled`` with nrpm (``nrpm/models/released/<file>``, small enough to ship), how it was made."""
 
     file: str
     sha256: str
     url: str
+    bundled: bool = False
+
+
+def bundled_file(file: str, sha256: str, source: str) -> PretrainedFile:
+    """A checkpoint shipped inside the package (made by ``source``, e.g. a committed training recipe)."""
+    return PretrainedFile(file, sha256, source, bundled=True)
 
 
 def official_file(file: str, sha256: str) -> PretrainedFile:
@@ -76,6 +84,11 @@ def register_model(name: str, *, dataset: str | None = None, input_shape: Sequen
         return builder
 
     return decorator
+
+
+def unregister_model(name: str) -> None:
+    """Remove the model registered as ``name`` (a plugin's, or a test's); KeyError if there is none."""
+    del _REGISTRY[name]
 
 
 def list_models(pretrained: bool = False) -> list[str]:
