@@ -125,7 +125,9 @@ def verdict_text(verdict: str, protocol: dict | None) -> str:
 
 def settings_text(s: dict) -> str:
     """The attack settings of a report in one phrase (the report's settings line and ``audit-table``)."""
-    spsa = f"SPSA {s['spsa_steps']} steps x {s['spsa_samples']} queries, " if "spsa_steps" in s else ""
+    # SPSA's settings only where it ran (reports saved before SPSA joined the audit have none)
+    ran_spsa = "spsa_steps" in s and "spsa" not in (s.get("skip_attacks") or [])
+    spsa = f"SPSA {s['spsa_steps']} steps x {s['spsa_samples']} queries, " if ran_spsa else ""
     skipped = f", skipped {', '.join(s['skip_attacks'])}" if s.get("skip_attacks") else ""
     return (f"PGD {s['steps']} steps x {s['restarts']} restart(s), APGD {s['apgd_steps']} steps, Square "
             f"{s['square_queries']} queries, {spsa}AutoAttack {'on' if s['autoattack'] else 'off'}{skipped}")

@@ -185,11 +185,14 @@ class AuditReport:
         more = [f"{n} at {reports.format_budget(b, unit)}" for b, n in counts.items() if n != base]
         return "; ".join([f"{base} attacks"] + more)
 
+    def half_width(self) -> float:
+        """The widest 95% (Wilson) half-width of the audited model's worst-case accuracies: their sampling noise."""
+        return widest_half_width(self.worst_case.get("nrpm", {}).values(), self.settings["n"])
+
     def sample_text(self) -> str:
         """'100 samples (worst-case accuracy +-9.8 pts, 95% Wilson interval)': how far the numbers can be trusted."""
-        n = self.settings["n"]
-        half = widest_half_width(self.worst_case.get("nrpm", {}).values(), n)
-        return f"{n} samples (worst-case accuracy ±{100 * half:.1f} pts, 95% Wilson interval)"
+        half = 100 * self.half_width()
+        return f"{self.settings['n']} samples (worst-case accuracy ±{half:.1f} pts, 95% Wilson interval)"
 
     def to_markdown(self) -> str:
         s = self.settings
@@ -208,7 +211,8 @@ class AuditReport:
             out.append(f"| {c.id} | {c.title} | **{c.verdict}** | {c.summary} | {c.tolerance} |")
         out += ["", "## Accuracy (%)", "", "Robust accuracy: a sample counts as robust only if it is classified "
                 "correctly both clean and under the attack. *Worst case*: robust against every attack run at "
-                "that budget (including the check-4 variants).", "", self.table_markdown(), ""]
+                "that budget (including the check-4 variants, which run at the check budget only: its row counts them "
+                "there).", "", self.table_markdown(), ""]
         if self.notes:
             out += ["## Notes", ""] + [f"* {n}" for n in self.notes] + [""]
         if self.errors:

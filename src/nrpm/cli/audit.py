@@ -189,7 +189,8 @@ def robustbench_entry(report, eps: float, *, dataset: str, architecture: str, nr
     attacks = worst_case_attacks(report.cells, "nrpm", eps)  # the count audit.md's worst-case row gives at eps
     footnote = (f"Robustness reprogramming (NRPM, Hou et al., ICLR 2025) of the model's layers at lam="
                 f"{nrpm.get('lam')}, K={nrpm.get('K')}, weights unchanged. {RECORDED_NRPM_FORWARD}. nrpm audit on "
-                f"{report.sample_text()} (RobustBench uses 10000); worst case over {len(attacks)} attacks"
+                f"{settings['n']} samples (RobustBench uses 10000; worst-case accuracy "
+                f"±{100 * report.half_width():.1f} pts, 95% Wilson interval); worst case over {len(attacks)} attacks"
                 f"{'' if autoattack is not None else '; AutoAttack not run'}; audit verdict "
                 f"{verdict_text(report.verdict, report.protocol)}.")
     protocol = report.protocol or {}
@@ -249,7 +250,8 @@ def _audit_config(args, prepared, samples, plain_label):
         skip_attacks=tuple(args.skip_attacks), autoattack=not args.no_autoattack, unbounded_eps=args.unbounded_eps,
         check_budget=None if args.check_budget is None else args.check_budget / unit, tolerances=_tolerances(args),
         seed=args.seed, batch_size=args.batch_size, title=args.title or f"{args.model} ({source})",
-        budget_unit=unit, dataset=samples.info["dataset"], provenance={k: reports.jsonable(v) for k, v in provenance.items()})
+        budget_unit=unit, dataset=samples.info["dataset"],
+        provenance={k: reports.jsonable(v) for k, v in provenance.items()})
 
 
 def cmd_audit(args) -> int:
