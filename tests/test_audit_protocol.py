@@ -14,7 +14,7 @@ from nrpm import audit as AU
 from nrpm.audit import protocol as P
 from nrpm.cli.audit import robustbench_entry
 
-from cli_helpers import run
+from cli_helpers import assert_usage_error, run
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models (conftest.py)
 
@@ -127,3 +127,10 @@ def test_an_audit_json_from_before_the_protocol_still_collates(tmp_path):
     assert "protocol unknown" in report.to_markdown()
     entry = robustbench_entry(report, report.settings["budgets"][0], dataset="cifar10", architecture="ResNet", nrpm={})
     assert entry["audit_protocol"] == "unknown" and entry["audit_reductions"] is None
+
+
+def test_a_damaged_protocol_entry_is_one_line_exit_2(tmp_path, capsys):
+    data = json.loads(OLD_REPORT.read_text())
+    (tmp_path / "audit.json").write_text(json.dumps({**data, "protocol": "full"}))
+    code, _, err = run(["audit-table", str(tmp_path)], capsys)
+    assert_usage_error(code, err, "audit-table", "damaged 'protocol' entry", "audit.json")

@@ -24,7 +24,7 @@ from dataclasses import fields
 from .config import AuditConfig, Tolerances
 
 __all__ = ["MIN_SAMPLES", "DATASET_STEPS", "protocol_steps", "assess_protocol", "wilson_half_width",
-           "widest_half_width", "describe", "verdict_text", "settings_text"]
+           "widest_half_width", "is_protocol", "describe", "verdict_text", "settings_text"]
 
 #: below this many samples a verdict is 'reduced': its accuracies' 95% interval is wider than ~+-10 points
 MIN_SAMPLES = 100
@@ -103,6 +103,14 @@ def _tolerance_reductions(settings: dict) -> list[str]:
     loose = [name for name, value in given.items()
              if isinstance(value, (int, float)) and value > getattr(default, name, math.inf)]
     return [f"looser tolerances ({', '.join(loose)})"] if loose else []
+
+
+def is_protocol(value) -> bool:
+    """Whether ``value`` reads as :func:`assess_protocol`'s dict, or is None (a report saved before it)."""
+    if value is None:
+        return True
+    return (isinstance(value, dict) and isinstance(value.get("full"), bool) and isinstance(value.get("n"), int)
+            and isinstance(value.get("reductions"), list))
 
 
 # ----------------------------------------------------------------------------------------------- wording

@@ -17,7 +17,7 @@ from typing import Sequence
 from .. import reports
 from .checks import FAIL, PASS, SKIP, WARN, CheckResult, format_num, format_pct, worst
 from .plan import ADAPTIVE, AUTOATTACK, BLACK_BOX, NOISE, SINGLE_STEP, STEP_VARIANT, UNBOUNDED, catalogue
-from .protocol import describe, settings_text, verdict_text, widest_half_width
+from .protocol import describe, is_protocol, settings_text, verdict_text, widest_half_width
 
 __all__ = ["AUDIT_FORMAT", "AuditReport", "collate_reports", "attack_family", "curve_styles", "WORST_CASE",
            "worst_case_attacks"]
@@ -311,6 +311,8 @@ def _read_reports(paths) -> tuple[list[tuple[Path, dict]], list[str]]:
         data = reports.read_json(p)
         if data.get("format") != AUDIT_FORMAT:
             raise ValueError(f"{p} is not an nrpm audit report")
+        if not is_protocol(data.get("protocol")):
+            raise ValueError(f"{p} has a damaged 'protocol' entry (expected full, reductions and n): rerun the audit")
         docs.append((p, data))
     return docs, unfinished
 
