@@ -131,7 +131,7 @@ def test_gradient_masked_model_fails(masked_report):
     assert verdicts[7] == SKIP                     # autoattack=False
     assert masked_report.check(2).numbers["fraction_margin"] == 0.0
     md = masked_report.to_markdown()
-    assert "**Verdict: FAIL**" in md and "plain (lam=1)" in md   # the plain model's rows are in the table
+    assert "**Verdict: FAIL (reduced protocol: no AutoAttack" in md and "plain (lam=1)" in md  # plain rows in the table
 
 
 def test_bpda_and_transfer_expose_a_robust_layer_with_a_broken_backward(samples):

@@ -39,6 +39,8 @@ The package, one module per concern:
 * :mod:`~nrpm.audit.cells`: running one (model, attack, budget) cell, and the resumable cache of their results (a
   :class:`nrpm.runs.ResultsFile`);
 * :mod:`~nrpm.audit.runner`: :func:`run_audit` (an :class:`AuditConfig` and a :class:`nrpm.runs.RunContext`);
+* :mod:`~nrpm.audit.protocol`: whether a run was the full protocol or a reduced one, and how
+  (:func:`assess_protocol`, stored in audit.json and shown with every verdict);
 * :mod:`~nrpm.audit.report`: :class:`AuditReport` (markdown, table, plot, files) and :func:`collate_reports`.
 """
 
@@ -50,7 +52,8 @@ from .checks import (CHECKS, FAIL, PASS, SKIP, WARN, CheckResult, Evidence, Tole
 from .config import AuditConfig
 from .plan import CATALOGUE, OPTIONAL_ATTACKS, AuditAttack, catalogue, keys_with_role, make_plan, optional_keys
 from .probes import ForwardProbe, GradientProbe, probe_forward, probe_gradients
-from .report import AUDIT_FORMAT, AuditReport, collate_reports, curve_styles
+from .protocol import MIN_SAMPLES, assess_protocol, wilson_half_width
+from .report import AUDIT_FORMAT, AuditReport, collate_reports, curve_styles, worst_case_attacks
 from .runner import run_audit
 
 __all__ = ["Tolerances", "CheckResult", "Evidence", "CHECKS", "AuditReport", "run_audit", "straight_through",
@@ -60,4 +63,4 @@ __all__ = ["Tolerances", "CheckResult", "Evidence", "CHECKS", "AuditReport", "ru
            "check_transfer", "check_autoattack", "transfer_pgd", "bpda_pgd", "detached_irls_pgd",
            "smoothed_pgd", "SMOOTHINGS", "OPTIONAL_ATTACKS", "AuditAttack", "CATALOGUE", "catalogue",
            "keys_with_role", "optional_keys", "make_plan", "ForwardProbe", "GradientProbe", "probe_forward",
-           "probe_gradients"]
+           "probe_gradients", "assess_protocol", "wilson_half_width", "MIN_SAMPLES", "worst_case_attacks"]

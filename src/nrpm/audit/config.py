@@ -59,6 +59,8 @@ class AuditConfig:
     unbounded_eps: budget at which accuracy must reach ~0 (default: Linf 1.0, L2 sqrt(input size)).
     check_budget: budget for check 4 (default: the one where PGD accuracy is closest to half the clean one).
     title, budget_unit: the report's title and the unit budgets are shown in (e.g. 255 for 8/255).
+    dataset: the dataset's name ('mnist', 'cifar10', ...), whose protocol (PGD steps) the run is compared with
+        to say whether it was a full audit (:mod:`~nrpm.audit.protocol`); None: this config's defaults.
     provenance: facts recorded in the report's settings as they are (the CLI's model, checkpoint and data
         descriptions); no number depends on them.
     """
@@ -84,6 +86,7 @@ class AuditConfig:
     batch_size: int = 256
     title: str | None = None
     budget_unit: float = 1.0
+    dataset: str | None = None
     provenance: dict = field(default_factory=dict)
 
     def __post_init__(self):

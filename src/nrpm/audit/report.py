@@ -17,8 +17,10 @@ from typing import Sequence
 from .. import reports
 from .checks import FAIL, PASS, SKIP, WARN, CheckResult, format_num, format_pct, worst
 from .plan import ADAPTIVE, AUTOATTACK, BLACK_BOX, NOISE, SINGLE_STEP, STEP_VARIANT, UNBOUNDED, catalogue
+from .protocol import describe, is_protocol, settings_text, verdict_text, widest_half_width
 
-__all__ = ["AUDIT_FORMAT", "AuditReport", "collate_reports", "attack_family", "curve_styles", "WORST_CASE"]
+__all__ = ["AUDIT_FORMAT", "AuditReport", "collate_reports", "attack_family", "curve_styles", "WORST_CASE",
+           "worst_case_attacks"]
 
 AUDIT_FORMAT = "nrpm-audit/1"
 
@@ -53,6 +55,15 @@ def attack_family(key: str) -> str:
     if key.startswith("pgd") or key == "cw":
         return "pgd"
     return "fgsm" if key == SINGLE_STEP else "other"
+
+
+def worst_case_attacks(cells: Sequence[dict], model: str, budget: float) -> list[str]:
+    """The keys of the attacks whose results make ``model``'s worst case at ``budget``: every attack that ran
+    there, the check-4 variants included (they run at the check budget only). The one count of attacks behind a
+    worst case, in audit.md and the RobustBench entry alike."""
+    keys = [c["attack"] for c in cells
+            if c["model"] == model and math.isclose(float(c["budget"]), float(budget), rel_tol=1e-9, abs_tol=1e-12)]
+    return list(dict.fromkeys(keys))
 
 
 def curve_styles(keys: Sequence[str]) -> dict[str, dict]:
@@ -90,6 +101,7 @@ class AuditReport:
     errors: list[str]
     seconds: float
     versions: dict = field(default_factory=dict)
+    protocol: dict | None = None  # protocol.assess_protocol's; None: a report saved before it was recorded
 
     @property
     def verdict(self) -> str:
@@ -120,7 +132,7 @@ class AuditReport:
                 "worst_case": {m: [{"budget": b, "accuracy": a} for b, a in wc.items()]
                                for m, wc in self.worst_case.items()},
                 "notes": self.notes, "errors": self.errors, "seconds": round(self.seconds, 2),
-                "versions": self.versions}
+                "versions": self.versions, "protocol": self.protocol}
 
     @classmethod
     def from_dict(cls, data: dict) -> "AuditReport":
@@ -128,7 +140,8 @@ class AuditReport:
         return cls(settings=data["settings"], checks=[CheckResult(**c) for c in data["checks"]],
                    cells=data["cells"], worst_case={m: {w["budget"]: w["accuracy"] for w in ws}
                                                     for m, ws in data["worst_case"].items()},
-                   notes=data["notes"], errors=data["errors"], seconds=data["seconds"])
+                   notes=data["notes"], errors=data["errors"], seconds=data["seconds"],
+                   versions=data.get("versions", {}), protocol=data.get("protocol"))
 
     def _table_attacks(self, model: str) -> list[str]:
         """The attack keys of ``model``'s sweep (not the extra check-3/4 runs), in the order they ran."""
@@ -159,22 +172,38 @@ class AuditReport:
                 row += [format_num(self.accuracy(key, b, model)) for b in budgets]
                 lines.append("| " + " | ".join(row) + " |")
             wc = self.worst_case.get(model, {})
-            lines.append("| " + " | ".join([f"**worst case ({len(keys)} attacks)**", name,
+            lines.append("| " + " | ".join([f"**worst case ({self._attack_count_text(model, budgets)})**", name,
                                             format_pct(clean.get(model))]
                                            + [f"**{format_num(wc.get(b))}**" for b in budgets]) + " |")
         return "\n".join(lines)
+
+    def _attack_count_text(self, model: str, budgets) -> str:
+        """'15 attacks', or '15 attacks; 18 at 0.1' where the check-4 variants (or the unbounded PGD) add some."""
+        unit = self.settings.get("budget_unit", 1.0)
+        counts = {b: len(worst_case_attacks(self.cells, model, b)) for b in budgets}
+        base = min(counts.values(), default=0)
+        more = [f"{n} at {reports.format_budget(b, unit)}" for b, n in counts.items() if n != base]
+        return "; ".join([f"{base} attacks"] + more)
+
+    def half_width(self) -> float:
+        """The widest 95% (Wilson) half-width of the audited model's worst-case accuracies: their sampling noise."""
+        return widest_half_width(self.worst_case.get("nrpm", {}).values(), self.settings["n"])
+
+    def sample_text(self) -> str:
+        """'100 samples (worst-case accuracy +-9.8 pts, 95% Wilson interval)': how far the numbers can be trusted."""
+        half = 100 * self.half_width()
+        return f"{self.settings['n']} samples (worst-case accuracy ±{half:.1f} pts, 95% Wilson interval)"
 
     def to_markdown(self) -> str:
         s = self.settings
         counts = {v: sum(c.verdict == v for c in self.checks) for v in (FAIL, WARN, PASS, SKIP)}
         tally = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
         out = [f"# nrpm audit: {s['title']}, {s['model_labels']['nrpm']}", "",
-               f"**Verdict: {self.verdict.upper()}** ({tally}{'; attack errors' if self.errors else ''})", "",
-               f"{s['n']} samples, norm {s['norm']}, budgets "
+               f"**Verdict: {verdict_text(self.verdict, self.protocol)}** "
+               f"({tally}{'; attack errors' if self.errors else ''})", "",
+               f"{self.sample_text()}, norm {s['norm']}, budgets "
                f"{', '.join(reports.format_budget(b, s.get('budget_unit', 1.0)) for b in s['budgets'])}; "
-               f"PGD {s['steps']} steps x {s['restarts']} restart(s), APGD {s['apgd_steps']} steps, Square "
-               f"{s['square_queries']} queries, {_spsa_text(s)}AutoAttack {'on' if s['autoattack'] else 'off'}; "
-               f"seed {s['seed']}. "
+               f"{settings_text(s)}; seed {s['seed']}. "
                f"Accuracy tolerances pass within tol, warn within 2 tol, fail beyond (tol never below one "
                f"sample = {100 / max(s['n'], 1):.2g} pts).", "",
                "| # | check | verdict | numbers | tolerance |", "|---|---|---|---|---|"]
@@ -182,7 +211,8 @@ class AuditReport:
             out.append(f"| {c.id} | {c.title} | **{c.verdict}** | {c.summary} | {c.tolerance} |")
         out += ["", "## Accuracy (%)", "", "Robust accuracy: a sample counts as robust only if it is classified "
                 "correctly both clean and under the attack. *Worst case*: robust against every attack run at "
-                "that budget (including the check-4 variants).", "", self.table_markdown(), ""]
+                "that budget (including the check-4 variants, which run at the check budget only: its row counts them "
+                "there).", "", self.table_markdown(), ""]
         if self.notes:
             out += ["## Notes", ""] + [f"* {n}" for n in self.notes] + [""]
         if self.errors:
@@ -233,13 +263,6 @@ class AuditReport:
         return paths
 
 
-def _spsa_text(settings: dict) -> str:
-    """The SPSA settings for the report's first line ('' for reports saved before SPSA joined the audit)."""
-    if "spsa_steps" not in settings:
-        return ""
-    return f"SPSA {settings['spsa_steps']} steps x {settings['spsa_samples']} queries, "
-
-
 # ----------------------------------------------------------------------------------------------- collating
 def collate_reports(paths: Sequence[str | Path]) -> str:
     """One markdown document from several audit.json files (or folders holding one): per run its verdict,
@@ -247,10 +270,17 @@ def collate_reports(paths: Sequence[str | Path]) -> str:
     docs, unfinished = _read_reports(paths)
     lines = ["# Robustness audit tables", "",
              "Worst case = a sample counts as robust only if no attack of the audit broke it. "
-             "Verdicts: see each run's audit.md for the numbers behind every check.", "",
-             "| run | model | verdict | checks 1-7 | clean | worst case per budget |", "|---|---|---|---|---|---|"]
+             "Verdicts: see each run's audit.md for the numbers behind every check. A verdict of a reduced protocol "
+             "(fewer samples, steps or attacks than the full audit) is not a full audit's.", "",
+             "| run | model | verdict | protocol | samples | settings | checks 1-7 | clean | worst case per budget |",
+             "|---|---|---|---|---:|---|---|---|---|"]
     for p, d in docs:
         lines += _summary_rows(p, d)
+    unknown = [p.parent.name for p, d in docs if not d.get("protocol")]
+    if unknown:  # older files: their settings are shown, but whether they were a full audit was not recorded
+        lines += ["", "Protocol unknown (audit.json written before nrpm recorded whether a run was a full audit; "
+                  "judge by the settings column, or rerun the same `nrpm audit` command): "
+                  + ", ".join(f"`{name}`" for name in unknown) + "."]
     if unfinished:
         lines += ["", "Not finished (cache.json but no audit.json yet; rerun the same `nrpm audit` command to resume): "
                   + ", ".join(f"`{name}`" for name in unfinished) + "."]
@@ -258,7 +288,8 @@ def collate_reports(paths: Sequence[str | Path]) -> str:
     for p, d in docs:
         report = AuditReport.from_dict(d)
         lines += [f"## {p.parent.name}: {d['settings']['title']}, {d['settings']['model_labels']['nrpm']} — "
-                  f"{report.verdict.upper()}", "",
+                  f"{verdict_text(report.verdict, report.protocol)}", "",
+                  f"{report.sample_text()}; {settings_text(d['settings'])}.", "",
                   report.table_markdown(), ""]
         lines += [f"* {n}" for n in d["notes"] if "overstates" in n]
         lines.append("")
@@ -280,8 +311,16 @@ def _read_reports(paths) -> tuple[list[tuple[Path, dict]], list[str]]:
         data = reports.read_json(p)
         if data.get("format") != AUDIT_FORMAT:
             raise ValueError(f"{p} is not an nrpm audit report")
+        if not is_protocol(data.get("protocol")):
+            raise ValueError(f"{p} has a damaged 'protocol' entry (expected full, reductions and n): rerun the audit")
         docs.append((p, data))
     return docs, unfinished
+
+
+def _samples_cell(n: int, worst_case: dict) -> str:
+    """'100 (±9.8)': the sample count and the widest 95% half-width (points) of the worst-case accuracies."""
+    half = widest_half_width(worst_case.values(), n)
+    return f"{n} (±{100 * half:.1f})"
 
 
 def _summary_rows(p: Path, d: dict) -> list[str]:
@@ -294,7 +333,9 @@ def _summary_rows(p: Path, d: dict) -> list[str]:
         if not wc:
             continue
         per = ", ".join(f"{reports.format_budget(b, unit)}: {100 * v:.1f}" for b, v in wc.items())
+        protocol = describe(d["protocol"]) if d.get("protocol") else "unknown"
+        run = (d["verdict"].upper(), protocol, _samples_cell(s["n"], wc), settings_text(s), checks)
         rows.append(f"| {p.parent.name} | {s['title']}, {s['model_labels'][tag]} | "
-                    f"{d['verdict'] if tag == 'nrpm' else ''} | {checks if tag == 'nrpm' else ''} | "
+                    + " | ".join(run if tag == "nrpm" else [""] * len(run)) + " | "
                     f"{format_pct(s['clean_accuracy'].get(tag))} | {per} |")
     return rows

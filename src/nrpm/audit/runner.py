@@ -34,6 +34,7 @@ from .checks import CHECKS, Evidence, fraction, single_step_notes
 from .config import AuditConfig
 from .plan import AUTOATTACK, DIRECT_PGD, AuditPlan, keys_with_role, make_plan
 from .probes import ForwardProbe, GradientProbe, probe_forward, probe_gradients
+from .protocol import assess_protocol
 from .report import AuditReport
 
 __all__ = ["run_audit", "capture_autoattack_flags", "layer_info"]
@@ -177,7 +178,7 @@ def _settings(model, x, config: AuditConfig, plan: AuditPlan, lam_info: dict, fo
             "steps": config.steps, "alpha": config.alpha, "restarts": config.restarts,
             "apgd_steps": config.apgd_steps, "square_queries": config.square_queries,
             "spsa_steps": config.spsa_steps, "spsa_samples": config.spsa_samples,
-            "skip_attacks": list(config.skip_attacks),
+            "skip_attacks": list(config.skip_attacks), "dataset": config.dataset,
             "autoattack": bool(config.autoattack), "unbounded_eps": plan.unbounded_eps, "seed": config.seed,
             "batch_size": config.batch_size, "tolerances": asdict(config.tolerances), "robust_layers": lam_info,
             "device": str(plan.device), "base_model": base, "skipped": plan.skipped,
@@ -221,7 +222,7 @@ def _report(runner: CellRunner, ev: Evidence, settings: dict, found: _Findings, 
     notes += [f"skipped {k}: {why}" for k, why in ev.skipped.items()]
     return AuditReport(settings=settings, checks=[check(ev) for check in CHECKS], cells=runner.cells,
                        worst_case=worst, notes=notes, errors=runner.errors, seconds=time.perf_counter() - started,
-                       versions=versions())
+                       versions=versions(), protocol=assess_protocol(settings, worst))
 
 
 def _audit(model, x, y, layers, config: AuditConfig, ctx: RunContext, base_model, plain_model, started: float,

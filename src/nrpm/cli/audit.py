@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..audit.plan import optional_keys
+from ..audit.protocol import DATASET_STEPS
 from .args import (EXIT_CHECK_FAILED, EXIT_OK, TRAINED, HelpFormatter, UsageError, add_model_args,
                    budget, check_output_folder, download_if_asked, in_input_units, key_value, lam_or_trained,
                    model_settings, nonneg_float, positive_float, positive_int, refuse_linf_budgets_over_range,
@@ -24,12 +25,13 @@ from .args import (EXIT_CHECK_FAILED, EXIT_OK, TRAINED, HelpFormatter, UsageErro
 __all__ = ["add_audit_parser", "cmd_audit", "cmd_audit_table", "robustbench_entry"]
 
 # The paper's budgets per dataset: (budgets, unit, PGD steps); CIFAR-100 and SVHN (not in the paper) take
-# CIFAR-10's, whose 8/255 is also RobustBench's Linf budget for CIFAR-100
+# CIFAR-10's, whose 8/255 is also RobustBench's Linf budget for CIFAR-100. The steps are the protocol's
+# (nrpm.audit.protocol), against which a run with fewer is labelled a reduced audit.
 DATASET_DEFAULTS = {
-    "mnist": ([0.05, 0.1, 0.15, 0.2, 0.25, 0.3], 1.0, 40),
-    "cifar10": ([8.0, 16.0, 32.0], 255.0, 20),
-    "cifar100": ([8.0, 16.0, 32.0], 255.0, 20),
-    "svhn": ([8.0, 16.0, 32.0], 255.0, 20),
+    "mnist": ([0.05, 0.1, 0.15, 0.2, 0.25, 0.3], 1.0, DATASET_STEPS["mnist"]),
+    "cifar10": ([8.0, 16.0, 32.0], 255.0, DATASET_STEPS["cifar10"]),
+    "cifar100": ([8.0, 16.0, 32.0], 255.0, DATASET_STEPS["cifar100"]),
+    "svhn": ([8.0, 16.0, 32.0], 255.0, DATASET_STEPS["svhn"]),
 }
 RECORDED_NRPM_FORWARD = ("NRPM needs no extra forward passes: its IRLS steps run inside each reprogrammed layer "
                          "during the one forward pass, so number_forward_passes is 1, as for the plain model")
@@ -41,8 +43,9 @@ _DESCRIPTION = (
     "unbounded; more PGD steps/restarts and a finer step find nothing more; Square and noise are not stronger than "
     "white-box attacks; transfer from lam=1, BPDA (plain backward) and PGD with detached IRLS weights are not "
     "stronger than direct PGD; AutoAttack agrees with the strongest attack. Prints markdown; --out writes "
-    "audit.json, audit.md, audit.png (and cache.json, so a rerun resumes). Exit status 1 when a check fails "
-    "(--strict: also on a warning), 2 on bad input.")
+    "audit.json, audit.md, audit.png (and cache.json, so a rerun resumes). A run with fewer samples (< 100), steps, "
+    "queries or attacks than the defaults is labelled a reduced protocol in its verdict. Exit status 1 when a check "
+    "fails (--strict: also on a warning), 2 on bad input.")
 
 
 def add_audit_parser(subparsers) -> None:
@@ -178,23 +181,38 @@ def robustbench_entry(report, eps: float, *, dataset: str, architecture: str, nr
     of ``report`` at budget ``eps`` (input units), with nrpm's worst case and verdict; ``fields`` override any."""
     from .. import audit as AU
     from .. import reports
+    from ..audit.protocol import verdict_text
+    from ..audit.report import worst_case_attacks
 
     pct = lambda value: None if value is None else f"{100 * value:.2f}"
     settings, unit = report.settings, report.settings.get("budget_unit", 1.0)
     autoattack = report.accuracy("autoattack", eps, "nrpm")
-    attacks = {c["attack"] for c in report.cells if c["model"] == "nrpm" and _at_budget({c["budget"]: 1}, eps)}
+    attacks = worst_case_attacks(report.cells, "nrpm", eps)  # the count audit.md's worst-case row gives at eps
     footnote = (f"Robustness reprogramming (NRPM, Hou et al., ICLR 2025) of the model's layers at lam="
                 f"{nrpm.get('lam')}, K={nrpm.get('K')}, weights unchanged. {RECORDED_NRPM_FORWARD}. nrpm audit on "
-                f"{settings['n']} samples (RobustBench uses 10000); worst case over {len(attacks)} attacks"
-                f"{'' if autoattack is not None else '; AutoAttack not run'}; audit verdict {report.verdict}.")
+                f"{settings['n']} samples (RobustBench uses 10000; worst-case accuracy "
+                f"±{100 * report.half_width():.1f} pts, 95% Wilson interval); worst case over {len(attacks)} attacks"
+                f"{'' if autoattack is not None else '; AutoAttack not run'}; audit verdict "
+                f"{verdict_text(report.verdict, report.protocol)}.")
+    protocol = report.protocol or {}
     entry = {"link": None, "name": settings.get("title"), "authors": "", "additional_data": False,
              "number_forward_passes": 1, "dataset": dataset, "venue": "N/A", "architecture": architecture,
              "eps": reports.format_budget(eps, unit), "clean_acc": pct(settings["clean_accuracy"]["nrpm"]),
              "reported": None, "autoattack_acc": pct(autoattack), "external": None, "footnote": footnote,
-             "unreliable": report.verdict == AU.FAIL, "threat_model": settings["norm"],
+             # a reduced audit cannot vouch for its number any more than a failed one
+             "unreliable": report.verdict == AU.FAIL or protocol.get("full") is False,
+             "threat_model": settings["norm"],
              "worst_case_acc": pct(_at_budget(report.worst_case.get("nrpm", {}), eps)),
-             "audit_verdict": report.verdict, "nrpm": nrpm}
+             "audit_verdict": report.verdict, "audit_protocol": _protocol_name(protocol),
+             "audit_reductions": protocol.get("reductions"), "audit_attacks": len(attacks), "nrpm": nrpm}
     return {**entry, **(fields or {})}
+
+
+def _protocol_name(protocol: dict) -> str:
+    """'full', 'reduced' or 'unknown' (a report saved before the protocol was recorded)."""
+    if "full" not in protocol:
+        return "unknown"
+    return "full" if protocol["full"] else "reduced"
 
 
 def _write_robustbench(args, report, eps, prepared, samples, audit_json) -> None:
@@ -233,7 +251,8 @@ def _audit_config(args, prepared, samples, plain_label):
         skip_attacks=tuple(args.skip_attacks), autoattack=not args.no_autoattack, unbounded_eps=args.unbounded_eps,
         check_budget=None if args.check_budget is None else args.check_budget / unit, tolerances=_tolerances(args),
         seed=args.seed, batch_size=args.batch_size, title=args.title or f"{args.model} ({source})",
-        budget_unit=unit, provenance={k: reports.jsonable(v) for k, v in provenance.items()})
+        budget_unit=unit, dataset=samples.info["dataset"],
+        provenance={k: reports.jsonable(v) for k, v in provenance.items()})
 
 
 def cmd_audit(args) -> int:
