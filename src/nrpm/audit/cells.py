@@ -140,13 +140,15 @@ class CellRunner:
     def attack_candidates(self, model, spec: AttackSpec, budget: float, candidates: torch.Tensor) -> torch.Tensor:
         """Attack the ``candidates`` samples (the others stay False) and return which ones stay correct.
 
-        Under torchrun each rank attacks its block of the candidates and every rank gets the whole mask; attacks
-        are seeded per sample, so the mask is one process's (pyautoattack's attacks, seeded per batch, excepted).
-        An attack that fails on any rank fails on all, so no rank waits for the others forever."""
+        Under torchrun the batches one process would form go round the ranks, whole, and every rank gets the whole
+        mask: nrpm's attacks are seeded per sample, and pyautoattack's (APGD, Square, AutoAttack), seeded per
+        batch, see the same batches, so the mask is one process's at the same batch size. An attack that fails on
+        any rank fails on all, so no rank waits for the others forever."""
         index = candidates.nonzero().squeeze(1)
-        start, stop = dist.shard_range(len(index))
+        batches = list(index.split(self.batch_size))[dist.get_rank()::dist.get_world_size()]
+        index = torch.cat(batches) if batches else index[:0]
         try:
-            mine = ("ok", index[start:stop].tolist(), self._survivors(model, spec.make(budget), index[start:stop]))
+            mine = ("ok", index.tolist(), self._survivors(model, spec.make(budget), index))
         except (RuntimeError, ValueError) as error:
             mine = ("error", type(error).__name__, str(error))
         result = torch.zeros(len(self.x), dtype=torch.bool)
