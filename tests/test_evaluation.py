@@ -41,9 +41,10 @@ def test_resume_skips_finished_cells(shared_dir, tmp_path, monkeypatch):
     _run(_settings(lams=[1.0]), tmp_path)
     calls = []
     real = A.robust_accuracy
-    monkeypatch.setattr(A, "robust_accuracy", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(A, "robust_accuracy", lambda model, attack, *a, **k: calls.append(id(attack)) or
+                        real(model, attack, *a, **k))
     _run(_settings(lams=[1.0, 0.5]), tmp_path)
-    assert len(calls) == 1  # only (lam 0.5, budget 0.1) is new; (1.0, 0.1) was resumed
+    assert len(set(calls)) == 1  # one attack, one cell: only (lam 0.5, budget 0.1) is new; (1.0, 0.1) was resumed
     saved = json.loads((tmp_path / "results.json").read_text())
     assert {(c["lam"], c["budget"]) for c in saved["cells"]} == {(1.0, 0.0), (1.0, 0.1), (0.5, 0.0), (0.5, 0.1)}
 

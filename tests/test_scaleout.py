@@ -170,3 +170,14 @@ def test_the_audit_on_two_processes_equals_one(byo):
     assert strip(first["cells"]) == strip(second["cells"])
     masks = lambda name: {k: c["mask"] for k, c in json.loads((byo / name / "cache.json").read_text())["cells"].items()}
     assert masks("audit1") == masks("audit2")  # per-sample results, every cell
+
+
+def test_eval_with_a_per_batch_seeded_attack_on_two_processes_equals_one(byo):
+    # Square (pyautoattack) seeds per batch: whole batches go round the ranks, so it sees one process's batches
+    argv = ["eval", "--lam", "1", "--attack", "square", "--attack-arg", "n_queries=15", "--budgets", "0.1",
+            "--batch-size", "3", "--n-samples", "10"]
+    one = nrpm_run(byo, argv, byo / "sq1")
+    assert one.returncode == 0, one.stderr
+    two = nrpm_run(byo, argv, byo / "sq2", nproc=2)
+    assert two.returncode == 0, two.stderr
+    assert [c["correct"] for c in cells(byo / "sq1")] == [c["correct"] for c in cells(byo / "sq2")]

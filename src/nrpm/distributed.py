@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
+    "batch_shards",
     "DistInfo",
     "init_from_env",
     "env_world_size",
@@ -203,6 +204,17 @@ def shard_indices(n: int, rank: int | None = None, world_size: int | None = None
     """This rank's indices of ``n`` items (a LongTensor; see :func:`shard_range`)."""
     start, stop = shard_range(n, rank, world_size)
     return torch.arange(start, stop, dtype=torch.long)
+
+
+def batch_shards(n: int, batch_size: int, rank: int | None = None, world_size: int | None = None
+                 ) -> list[tuple[int, int]]:
+    """This rank's batches (start, stop) of ``n`` samples cut into ``batch_size`` batches, dealt round the ranks.
+
+    The batches are the ones one process would form, so anything seeded per batch (pyautoattack's attacks) sees
+    the same batches on any number of ranks."""
+    rank = get_rank() if rank is None else rank
+    world_size = get_world_size() if world_size is None else world_size
+    return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)][rank::world_size]
 
 
 def per_rank_batch_size(batch_size: int, world_size: int | None = None) -> int:

@@ -66,14 +66,16 @@ def evaluate_grid(model, x, y, lams, budgets, make_attack: Callable[[float], A.A
 def _measure(model, x, y, lam, budget: float, make_attack, batch_size: int, attack_name: str) -> dict:
     """One cell at the model's current lam: clean accuracy for budget 0, else under ``make_attack(budget)``."""
     start = time.perf_counter()
-    if budget == 0:
-        measure = lambda xs, ys: A.clean_accuracy(model, xs, ys, batch_size=batch_size)
-    else:
-        attack = make_attack(budget)
-        first = dist.shard_range(len(x))[0]  # global index of this rank's first sample (seeds its attack)
-        measure = lambda xs, ys: A.robust_accuracy(model, attack, xs, ys, batch_size=batch_size,
-                                                   first_index=first)
-    correct = dist.sharded_correct(measure, x, y)  # this rank's block of x; counts summed over ranks
+    attack = None if budget == 0 else make_attack(budget)
+    correct = 0
+    # one process's batches, dealt round the ranks: per-sample seeds see their global index (first_index), and
+    # pyautoattack's per-batch seeding sees the same batches, so the counts are one process's on any world size
+    for first, stop in dist.batch_shards(len(x), batch_size):
+        xs, ys = x[first:stop], y[first:stop]
+        accuracy = A.clean_accuracy(model, xs, ys, batch_size=batch_size) if attack is None else \
+            A.robust_accuracy(model, attack, xs, ys, batch_size=batch_size, first_index=first)
+        correct += int(round(accuracy * (stop - first)))
+    correct = dist.all_reduce_sum(correct)
     return {"lam": lam, "budget": budget, "attack": "clean" if budget == 0 else attack_name,
             "accuracy": correct / len(x), "correct": correct, "n": len(x),
             "seconds": round(time.perf_counter() - start, 3)}
