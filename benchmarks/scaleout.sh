@@ -55,7 +55,8 @@ images, no AutoAttack, PGD-5, APGD-10, Square 100 queries, no C&W or SPSA; --thr
 | 2 | {t2:.1f} | {t1 / t2:.2f} |
 
 1 against 2 processes: {same}. Every attack nrpm seeds per sample gives the same per-sample results on any
-number of processes; pyautoattack's APGD and Square seed per batch, so their cells can differ by a few samples.
+number of processes; pyautoattack's APGD and Square seed per batch, and the ranks take one process's batches whole, so
+they match too.
 Machine: {os.cpu_count()} CPUs, load average
 {load} before the runs (other jobs were running: the times include that contention). Each process repeats the
 cheap shared work (loading, the forward and gradient probes, the clean pass) and splits every attack cell; on P
