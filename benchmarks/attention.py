@@ -1,0 +1,221 @@
+"""Robust attention vs plain attention: time (forward; forward + backward) and peak memory on the CPU.
+
+For each shape (B, H, N, d) and K, every estimator of :func:`nrpm.attention.robust_attention` is timed against
+plain attention, ``F.scaled_dot_product_attention`` (torch's fused kernel) and ``softmax(q k^T / sqrt(d)) v`` (the
+same ops the robust version starts with), and the ratio robust / plain is set against the issue's bound
+"(2K+1)x plain attention". Times are medians over interleaved repeats (each repeat runs every implementation once,
+in turn), so that a load change on a shared machine hits all of them alike.
+
+Peak memory is the highest live CPU memory the torch profiler records during one step (allocations minus frees,
+in time order) above what was live before it: the temporaries of the forward, and in fwd+bwd also the saved
+activations and the gradients. (tracemalloc sees only Python's allocator, not torch's tensors.)
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/attention.py --out results/bench_attention.json
+    # before/after an optimisation: the earlier JSON as --baseline adds its robust times as a "before" column
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from nrpm.attention import robust_attention  # noqa: E402
+
+SHAPES = [(8, 3, 65, 32), (32, 3, 65, 32), (8, 4, 197, 64), (16, 4, 197, 64)]
+ESTIMATORS = {"l1": {}, "mcp": {"norm": "mcp"}, "huber": {"norm": "huber"}, "hm": {"norm": "hm"}}
+MODES = ("forward", "fwd+bwd")
+
+
+def plain_sdpa(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def plain_manual(q, k, v):
+    return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1) @ v
+
+
+def implementations(K: int, estimators) -> dict:
+    impls = {"sdpa": plain_sdpa, "manual": plain_manual}
+    for name in estimators:
+        kw = ESTIMATORS[name]
+        impls[f"robust_{name}"] = lambda q, k, v, kw=kw: robust_attention(q, k, v, lam=0.5, K=K, **kw)
+    return impls
+
+
+def make_inputs(shape, grad: bool):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(*shape, generator=g).requires_grad_(grad) for _ in range(3)]
+
+
+def step(fn, inputs, mode: str) -> None:
+    if mode == "forward":
+        with torch.no_grad():
+            fn(*inputs)
+        return
+    for t in inputs:
+        t.grad = None
+    fn(*inputs).sum().backward()  # the gradient an attack needs, plus those of q and k (as in training)
+
+
+def time_shape(shape, K, impls, repeats: int) -> dict:
+    """{mode: {impl: median ms}} over interleaved repeats (one warm-up step each first)."""
+    out = {}
+    for mode in MODES:
+        inputs = make_inputs(shape, mode != "forward")
+        times = {name: [] for name in impls}
+        for name, fn in impls.items():
+            step(fn, inputs, mode)
+        for _ in range(repeats):
+            for name, fn in impls.items():
+                start = time.perf_counter()
+                step(fn, inputs, mode)
+                times[name].append(1e3 * (time.perf_counter() - start))
+        out[mode] = {name: statistics.median(ts) for name, ts in times.items()}
+    return out
+
+
+def peak_bytes(fn, inputs, mode: str) -> int:
+    """Peak live CPU memory of one step above its start, from the profiler's allocation events in time order."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step(fn, inputs, mode)
+    # only the allocator's own events: an op's event also carries the sum of the allocations made inside it
+    events = sorted((e for e in prof.events() if e.name == "[memory]"), key=lambda e: e.time_range.start)
+    live = peak = 0
+    for e in events:
+        live += e.cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+def memory_shape(shape, impls) -> dict:
+    out = {}
+    for mode in MODES:
+        inputs = make_inputs(shape, mode != "forward")
+        out[mode] = {name: peak_bytes(fn, inputs, mode) / 2**20 for name, fn in impls.items()}
+    return out
+
+
+def measure(args) -> list[dict]:
+    rows = []
+    for shape in args.shapes:
+        for K in args.ks:
+            impls = implementations(K, args.estimators)
+            timing = time_shape(shape, K, impls, args.repeats)
+            memory = memory_shape(shape, impls)
+            for mode in MODES:
+                rows.append(make_row(shape, K, mode, timing[mode], memory[mode]))
+            print(f"{shape} K={K} done  load {os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
+    return rows
+
+
+def make_row(shape, K, mode, ms: dict, mb: dict) -> dict:
+    """One (shape, K, mode): times, memory and each robust estimator's ratios against plain attention."""
+    row = {"shape": list(shape), "K": K, "mode": mode, "bound": 2 * K + 1, "ms": ms, "peak_mb": mb}
+    base = ms["manual"]
+    row["ratio_vs_manual"] = {n: ms[n] / base for n in ms if n.startswith("robust_")}
+    row["ratio_vs_sdpa"] = {n: ms[n] / ms["sdpa"] for n in ms if n.startswith("robust_")}
+    row["memory_ratio_vs_manual"] = {n: mb[n] / max(mb["manual"], 1e-9) for n in mb if n.startswith("robust_")}
+    return row
+
+
+def machine_info() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "load_average": os.getloadavg(),
+            "env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "NRPM_"))}}
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def before_times(baseline: dict | None) -> dict:
+    """{(shape, K, mode, impl): ms} of a baseline report, for the before/after column."""
+    if not baseline:
+        return {}
+    return {(tuple(r["shape"]), r["K"], r["mode"], n): v for r in baseline["rows"] for n, v in r["ms"].items()}
+
+
+def markdown(report: dict) -> str:
+    before = before_times(report.get("baseline"))
+    lines = ["# Robust attention vs plain attention (CPU)", "",
+             f"Command: `{report['command']}` (commit {report['commit']}).", "",
+             f"Machine: {report['machine']['cpu']}, {report['machine']['logical_cpus']} logical CPUs, "
+             f"{report['machine']['torch_threads']} torch thread(s), torch {report['machine']['torch']}; load "
+             f"average at start {report['machine']['load_average'][0]:.2f}, at end {report['load_end']:.2f}.",
+             "", "**The machine was loaded** (a ViT training ran on the other core throughout): absolute times are "
+             "noisy; medians of interleaved repeats keep the ratios comparable.", "",
+             "Ratio = robust / plain `softmax(q k^T/sqrt d) v` (same ops as robust_attention's start); "
+             "bound = 2K+1 (the issue's). `sdpa` = `F.scaled_dot_product_attention`. lam 0.5, float32.", ""]
+    if before:
+        lines += [f"`before` = the same robust_attention time at commit {report['baseline']['commit']} "
+                  "(the baseline JSON), measured in an earlier run.", ""]
+    head = "| B,H,N,d | K | mode | sdpa ms | plain ms | estimator | robust ms | ratio | bound | within | " + \
+           ("before ms | " if before else "") + "peak MB plain | peak MB robust |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in report["rows"]:
+        for name, ratio in r["ratio_vs_manual"].items():
+            key = (tuple(r["shape"]), r["K"], r["mode"], name)
+            cells = [",".join(map(str, r["shape"])), r["K"], r["mode"], f"{r['ms']['sdpa']:.2f}",
+                     f"{r['ms']['manual']:.2f}", name[7:], f"{r['ms'][name]:.2f}", f"{ratio:.2f}", r["bound"],
+                     "yes" if ratio <= r["bound"] else "**no**"]
+            if before:
+                cells.append(f"{before[key]:.2f}" if key in before else "-")
+            cells += [f"{r['peak_mb']['manual']:.1f}", f"{r['peak_mb'][name]:.1f}"]
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shapes", type=lambda s: tuple(int(x) for x in s.split(",")), nargs="+", default=SHAPES,
+                   help="B,H,N,d (default: %(default)s)")
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 3])
+    p.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=list(ESTIMATORS))
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--baseline", type=Path, help="an earlier report: its times become the 'before' column")
+    p.add_argument("--out", type=Path, default=Path("results/bench_attention.json"))
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.manual_seed(0)
+    report = {"command": " ".join(["benchmarks/attention.py", *(argv if argv is not None else sys.argv[1:])]),
+              "commit": git_commit(), "machine": machine_info()}
+    report["rows"] = measure(args)
+    report["load_end"] = os.getloadavg()[0]
+    if args.baseline:
+        report["baseline"] = json.loads(args.baseline.read_text())
+        report["baseline"].pop("baseline", None)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
