@@ -6,8 +6,8 @@ same ops the robust version starts with), and the ratio robust / plain is set ag
 "(2K+1)x plain attention". Times are medians over interleaved repeats (each repeat runs every implementation once,
 in turn), so that a load change on a shared machine hits all of them alike.
 
-Peak memory is the highest live CPU memory the torch profiler records during one step (allocations minus frees,
-in time order) above what was live before it: the temporaries of the forward, and in fwd+bwd also the saved
+Peak memory is the highest live CPU memory the torch profiler records during one step (each op's net allocation
+in time order, plus the frees outside ops) above what was live before it: the temporaries of the forward, and in fwd+bwd also the saved
 activations and the gradients. (tracemalloc sees only Python's allocator, not torch's tensors.)
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/attention.py --out results/bench_attention.json
@@ -92,11 +92,13 @@ def peak_bytes(fn, inputs, mode: str) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step(fn, inputs, mode)
-    # only the allocator's own events: an op's event also carries the sum of the allocations made inside it
-    events = sorted((e for e in prof.events() if e.name == "[memory]"), key=lambda e: e.time_range.start)
+    # an op's *self* memory (its net allocation, children excluded) counts at its start; frees outside any op
+    # come as "[memory]" events. The op totals (cpu_memory_usage) would count nested allocations twice.
+    changes = sorted((e.time_range.start, e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage)
+                     for e in prof.events())
     live = peak = 0
-    for e in events:
-        live += e.cpu_memory_usage
+    for _, change in changes:
+        live += change
         peak = max(peak, live)
     return peak
 
