@@ -11,7 +11,7 @@ in time order, plus the frees outside ops) above what was live before it: the te
 activations and the gradients. (tracemalloc sees only Python's allocator, not torch's tensors.)
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/attention.py --out results/bench_attention.json
-    # before/after an optimisation: the earlier JSON as --baseline adds its robust times as a "before" column
+    # also times benchmarks/attention_before.py (the code before the speed-up) in the same repeats (--no-before: not)
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attention_before import robust_attention as robust_attention_before  # noqa: E402
 from nrpm.attention import robust_attention  # noqa: E402
 
 SHAPES = [(8, 3, 65, 32), (32, 3, 65, 32), (8, 4, 197, 64), (16, 4, 197, 64)]
@@ -46,11 +48,14 @@ def plain_manual(q, k, v):
     return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1) @ v
 
 
-def implementations(K: int, estimators) -> dict:
+def implementations(K: int, estimators, before: bool) -> dict:
+    """sdpa, manual, robust_<est> and (``before``) before_<est>: the frozen pre-speed-up copy."""
     impls = {"sdpa": plain_sdpa, "manual": plain_manual}
     for name in estimators:
         kw = ESTIMATORS[name]
         impls[f"robust_{name}"] = lambda q, k, v, kw=kw: robust_attention(q, k, v, lam=0.5, K=K, **kw)
+        if before:
+            impls[f"before_{name}"] = lambda q, k, v, kw=kw: robust_attention_before(q, k, v, lam=0.5, K=K, **kw)
     return impls
 
 
@@ -115,7 +120,7 @@ def measure(args) -> list[dict]:
     rows = []
     for shape in args.shapes:
         for K in args.ks:
-            impls = implementations(K, args.estimators)
+            impls = implementations(K, args.estimators, args.before)
             timing = time_shape(shape, K, impls, args.repeats)
             memory = memory_shape(shape, impls)
             for mode in MODES:
@@ -131,6 +136,8 @@ def make_row(shape, K, mode, ms: dict, mb: dict) -> dict:
     row["ratio_vs_manual"] = {n: ms[n] / base for n in ms if n.startswith("robust_")}
     row["ratio_vs_sdpa"] = {n: ms[n] / ms["sdpa"] for n in ms if n.startswith("robust_")}
     row["memory_ratio_vs_manual"] = {n: mb[n] / max(mb["manual"], 1e-9) for n in mb if n.startswith("robust_")}
+    row["speedup_vs_before"] = {n: ms[f"before_{n[7:]}"] / ms[n] for n in row["ratio_vs_manual"]
+                                if f"before_{n[7:]}" in ms}
     return row
 
 
@@ -154,15 +161,8 @@ def git_commit() -> str:
         return "unknown"
 
 
-def before_times(baseline: dict | None) -> dict:
-    """{(shape, K, mode, impl): ms} of a baseline report, for the before/after column."""
-    if not baseline:
-        return {}
-    return {(tuple(r["shape"]), r["K"], r["mode"], n): v for r in baseline["rows"] for n, v in r["ms"].items()}
-
-
 def markdown(report: dict) -> str:
-    before = before_times(report.get("baseline"))
+    before = any(r["speedup_vs_before"] for r in report["rows"])
     lines = ["# Robust attention vs plain attention (CPU)", "",
              f"Command: `{report['command']}` (commit {report['commit']}).", "",
              f"Machine: {report['machine']['cpu']}, {report['machine']['logical_cpus']} logical CPUs, "
@@ -173,19 +173,19 @@ def markdown(report: dict) -> str:
              "Ratio = robust / plain `softmax(q k^T/sqrt d) v` (same ops as robust_attention's start); "
              "bound = 2K+1 (the issue's). `sdpa` = `F.scaled_dot_product_attention`. lam 0.5, float32.", ""]
     if before:
-        lines += [f"`before` = the same robust_attention time at commit {report['baseline']['commit']} "
-                  "(the baseline JSON), measured in an earlier run.", ""]
+        lines += ["`before` = robust_attention before the speed-up (benchmarks/attention_before.py, a frozen copy "
+                  "of commit 79b2ac4), timed in the same interleaved repeats; speed-up = before / robust.", ""]
     head = "| B,H,N,d | K | mode | sdpa ms | plain ms | estimator | robust ms | ratio | bound | within | " + \
-           ("before ms | " if before else "") + "peak MB plain | peak MB robust |"
+           ("before ms | speed-up | before ratio | " if before else "") + "peak MB plain | peak MB robust |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for r in report["rows"]:
         for name, ratio in r["ratio_vs_manual"].items():
-            key = (tuple(r["shape"]), r["K"], r["mode"], name)
             cells = [",".join(map(str, r["shape"])), r["K"], r["mode"], f"{r['ms']['sdpa']:.2f}",
                      f"{r['ms']['manual']:.2f}", name[7:], f"{r['ms'][name]:.2f}", f"{ratio:.2f}", r["bound"],
                      "yes" if ratio <= r["bound"] else "**no**"]
             if before:
-                cells.append(f"{before[key]:.2f}" if key in before else "-")
+                old = r["ms"][f"before_{name[7:]}"]
+                cells += [f"{old:.2f}", f"{old / r['ms'][name]:.2f}x", f"{old / r['ms']['manual']:.2f}"]
             cells += [f"{r['peak_mb']['manual']:.1f}", f"{r['peak_mb'][name]:.1f}"]
             lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines) + "\n"
@@ -198,7 +198,8 @@ def parse_args(argv=None):
     p.add_argument("--ks", type=int, nargs="+", default=[1, 3])
     p.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=list(ESTIMATORS))
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--baseline", type=Path, help="an earlier report: its times become the 'before' column")
+    p.add_argument("--no-before", dest="before", action="store_false",
+                   help="leave out the frozen pre-speed-up implementation")
     p.add_argument("--out", type=Path, default=Path("results/bench_attention.json"))
     return p.parse_args(argv)
 
@@ -210,9 +211,6 @@ def main(argv=None) -> None:
               "commit": git_commit(), "machine": machine_info()}
     report["rows"] = measure(args)
     report["load_end"] = os.getloadavg()[0]
-    if args.baseline:
-        report["baseline"] = json.loads(args.baseline.read_text())
-        report["baseline"].pop("baseline", None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))
