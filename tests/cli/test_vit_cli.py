@@ -45,8 +45,8 @@ def test_eval_untrained_vit_with_robust_attention(attack, shared_dir, tmp_path, 
 
 
 def test_audit_untrained_vit_quick_protocol(random_state, shared_dir, tmp_path, capsys):
-    code, out, err = run(["audit", "--model", "vit_tiny_cifar", "--checkpoint", str(random_state), *ROBUST[:2],
-                          *ROBUST[2:], "--n-samples", "4", "--budgets", "8", "--budget-unit", "255", "--steps", "2",
+    code, out, err = run(["audit", "--model", "vit_tiny_cifar", "--checkpoint", str(random_state), *ROBUST,
+                          "--n-samples", "4", "--budgets", "8", "--budget-unit", "255", "--steps", "2",
                           "--apgd-steps", "2", "--square-queries", "10", "--no-autoattack",
                           "--skip-attacks", "cw", "spsa", "smoothed-eps10", "smoothed-eps100", "smoothed-k1",
                           *common(shared_dir, tmp_path)], capsys)
