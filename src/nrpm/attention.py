@@ -97,15 +97,49 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | 
 _TINY_D2 = 1e-30
 
 
-def _distances(m: torch.Tensor, v_t: torch.Tensor, v_sq: torch.Tensor) -> torch.Tensor:
-    """D_ij = ||m_i - v_j|| from one fused matmul-add, |m|^2 + |v|^2 - 2 m v^T (no (N, S, d) tensor).
+def _squared_distances(m: torch.Tensor, v_t: torch.Tensor, v_sq: torch.Tensor) -> torch.Tensor:
+    """D_ij^2 = ||m_i - v_j||^2 from one fused matmul-add, |m|^2 + |v|^2 - 2 m v^T (no (N, S, d) tensor); may be
+    slightly negative (cancellation).
 
     ``v_t`` is v^T flattened to (batch, dv, S) and ``v_sq`` |v_j|^2 as (batch, 1, S), both computed once per call
     rather than per step. baddbmm writes the sum of the squares and the product in one pass over N x S.
     """
     flat = m.reshape(-1, *m.shape[-2:])
     d2 = torch.baddbmm(flat.square().sum(-1, keepdim=True) + v_sq, flat, v_t, alpha=-2.0)
-    return d2.clamp_min(_TINY_D2).sqrt().view(*m.shape[:-1], v_t.shape[-1])
+    return d2.view(*m.shape[:-1], v_t.shape[-1])
+
+
+def _distances(d2: torch.Tensor) -> torch.Tensor:
+    return d2.clamp_min(_TINY_D2).sqrt()
+
+
+class _L1Weights(torch.autograd.Function):
+    """w = A / (sqrt(max(D^2, tiny)) + eps), the L1 step's weights, with a hand-written backward.
+
+    Why: autograd's chain (clamp, sqrt, add, divide) makes about nine passes over the N x S weights in the backward
+    and this one three to six; the forward is the same ops, in place where the intermediate is not saved.
+    """
+
+    @staticmethod
+    def forward(ctx, a, d2, eps: float):
+        dist = d2.clamp_min(_TINY_D2).sqrt_()
+        u = (dist + eps).reciprocal_()
+        w = a * u
+        if ctx.needs_input_grad[1]:
+            ctx.save_for_backward(w, u, dist, d2 <= _TINY_D2)
+        elif ctx.needs_input_grad[0]:
+            ctx.save_for_backward(u)
+        return w
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.needs_input_grad[1]:
+            return grad * ctx.saved_tensors[0], None, None
+        w, u, dist, clamped = ctx.saved_tensors
+        grad_a = grad * u if ctx.needs_input_grad[0] else None
+        # dw/dD = -A u^2 = -w u and dD/dD^2 = 1 / (2 D); 0 where the clamp held (its gradient)
+        grad_d2 = (grad * w).mul_(u).div_(dist).mul_(-0.5).masked_fill_(clamped, 0.0)
+        return grad_a, grad_d2, None
 
 
 def _phi(dist: torch.Tensor, eps: float, est, spread) -> torch.Tensor:
@@ -138,12 +172,13 @@ def _robust_aggregate(a, v, lam, K, eps, est, detach) -> torch.Tensor:
     flat_v = v.expand(*m0.shape[:-2], *v.shape[-2:]).reshape(-1, *v.shape[-2:])  # (batch, S, dv)
     v_t, v_sq = flat_v.transpose(-2, -1), flat_v.square().sum(-1).unsqueeze(-2)  # once for all K steps
     for _ in range(K):
-        dist = _distances(m, v_t, v_sq)
-        if est is not None and est[3] and spread is None:  # relative scale: fixed at M_0, no gradient
-            spread = (a * dist).sum(-1, keepdim=True).detach() + eps
-        if est is None:  # L1: w = A / (D + eps) in two passes over N x S instead of three
-            w = a / ((dist.detach() if detach else dist) + eps)
+        d2 = _squared_distances(m, v_t, v_sq)
+        if est is None:
+            w = _L1Weights.apply(a, d2.detach() if detach else d2, eps)
         else:
+            dist = _distances(d2)
+            if est[3] and spread is None:  # relative scale: fixed at M_0, no gradient
+                spread = (a * dist).sum(-1, keepdim=True).detach() + eps
             w = a * _phi(dist.detach() if detach else dist, eps, est, spread)
         total = w.sum(-1, keepdim=True)
         # fully masked rows have total 0 (and w 0): divide by 1 there so they stay 0 instead of NaN
