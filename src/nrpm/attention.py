@@ -19,7 +19,8 @@ A masked position has ``A_ij = 0`` and so zero weight in every step. A query row
 
 Memory: O(B H N S) per step, never an (N, S, d) difference tensor: ``D^2 = |M_i|^2 + |v_j|^2 - 2 M_i . v_j``
 from one fused matmul-add, clamped at 1e-30 before the square root (so a zero distance passes no gradient).
-The gradient is plain autograd through the unrolled steps, so the backward keeps O(K B H N S) activations.
+The gradient is autograd through the unrolled steps (the L1 weights' own step by a hand-written backward, fewer
+passes over N x S), so the backward keeps O(K B H N S) activations.
 Half-precision inputs are computed in float32 (the distance expansion cancels badly in 16 bits) and the result is
 cast back.
 """
