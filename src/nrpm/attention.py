@@ -18,8 +18,9 @@ A masked position has ``A_ij = 0`` and so zero weight in every step. A query row
 (all logits -inf) returns zeros and gets zero gradient, as torch's ``scaled_dot_product_attention`` does.
 
 Memory: O(B H N S) per step, never an (N, S, d) difference tensor: ``D^2 = |M_i|^2 + |v_j|^2 - 2 M_i . v_j``
-from matmuls, clamped at 0 before the square root (whose gradient is taken as 0 where D = 0). The gradient is
-plain autograd through the unrolled steps, so the backward keeps O(K B H N S) activations.
+from one fused matmul-add, clamped at 1e-30 before the square root (so a zero distance passes no gradient).
+The gradient is autograd through the unrolled steps (the L1 weights' own step by a hand-written backward, fewer
+passes over N x S), so the backward keeps O(K B H N S) activations.
 Half-precision inputs are computed in float32 (the distance expansion cancels badly in 16 bits) and the result is
 cast back.
 """
@@ -81,25 +82,70 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | 
                     softmax_scale: float | None = None) -> torch.Tensor:
     """``A = softmax(q k^T * scale + mask)`` (scale 1/sqrt(d) by default); rows with every position masked are 0."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else softmax_scale
-    logits = torch.matmul(q, k.transpose(-2, -1)) * scale
+    # the scale on q (N x d) rather than on the logits (N x S): one pass fewer over the largest tensor
+    logits = torch.matmul(q * scale, k.transpose(-2, -1))
     mask = _additive_mask(attn_mask, logits)
-    if mask is not None:
-        logits = logits + mask
+    if mask is None:  # no -inf logits without a mask, so no dead rows to look for (4 passes over N x S saved)
+        return torch.softmax(logits, dim=-1)
+    logits = logits + mask
     # a fully masked row would be softmax(-inf, ..., -inf) = NaN: give it zero weights instead, as SDPA does
     dead = (logits == -math.inf).all(-1, keepdim=True)
     return torch.softmax(logits.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
 
 
-def _distances(m: torch.Tensor, v: torch.Tensor, v_sq: torch.Tensor) -> torch.Tensor:
-    """D_ij = ||m_i - v_j|| from matmuls (no (N, S, d) tensor); gradient 0 where D = 0 (sqrt's is infinite)."""
-    d2 = (m.square().sum(-1, keepdim=True) + v_sq - 2 * torch.matmul(m, v.transpose(-2, -1))).clamp_min(0)
-    positive = d2 > 0
-    return torch.where(positive, torch.where(positive, d2, 1.0).sqrt(), 0.0)
+# D^2 is clamped at this before the square root: sqrt's gradient is finite there, and clamp_min's is 0 below it,
+# so a (numerically) zero distance passes no gradient; D >= 1e-15 is invisible next to eps in phi
+_TINY_D2 = 1e-30
+
+
+def _squared_distances(m: torch.Tensor, v_t: torch.Tensor, v_sq: torch.Tensor) -> torch.Tensor:
+    """D_ij^2 = ||m_i - v_j||^2 from one fused matmul-add, |m|^2 + |v|^2 - 2 m v^T (no (N, S, d) tensor); may be
+    slightly negative (cancellation).
+
+    ``v_t`` is v^T flattened to (batch, dv, S) and ``v_sq`` |v_j|^2 as (batch, 1, S), both computed once per call
+    rather than per step. baddbmm writes the sum of the squares and the product in one pass over N x S.
+    """
+    flat = m.reshape(-1, *m.shape[-2:])
+    d2 = torch.baddbmm(flat.square().sum(-1, keepdim=True) + v_sq, flat, v_t, alpha=-2.0)
+    return d2.view(*m.shape[:-1], v_t.shape[-1])
+
+
+def _distances(d2: torch.Tensor) -> torch.Tensor:
+    return d2.clamp_min(_TINY_D2).sqrt()
+
+
+class _L1Weights(torch.autograd.Function):
+    """w = A / (sqrt(max(D^2, tiny)) + eps), the L1 step's weights, with a hand-written backward.
+
+    Why: autograd's chain (clamp, sqrt, add, divide) makes about nine passes over the N x S weights in the backward
+    and this one three to six; the forward is the same ops, in place where the intermediate is not saved.
+    """
+
+    @staticmethod
+    def forward(ctx, a, d2, eps: float):
+        dist = d2.clamp_min(_TINY_D2).sqrt_()
+        u = (dist + eps).reciprocal_()
+        w = a * u
+        if ctx.needs_input_grad[1]:
+            ctx.save_for_backward(w, u, dist, d2 <= _TINY_D2)
+        elif ctx.needs_input_grad[0]:
+            ctx.save_for_backward(u)
+        return w
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.needs_input_grad[1]:
+            return grad * ctx.saved_tensors[0], None, None
+        w, u, dist, clamped = ctx.saved_tensors
+        grad_a = grad * u if ctx.needs_input_grad[0] else None
+        # dw/dD = -A u^2 = -w u and dD/dD^2 = 1 / (2 D); 0 where the clamp held (its gradient)
+        grad_d2 = (grad * w).mul_(u).div_(dist).mul_(-0.5).masked_fill_(clamped, 0.0)
+        return grad_a, grad_d2, None
 
 
 def _phi(dist: torch.Tensor, eps: float, est, spread) -> torch.Tensor:
     """The estimator's IRLS weight at distance ``dist`` (see the module docstring)."""
-    u = 1.0 / (dist + eps)
+    u = (dist + eps).reciprocal_()  # in place on the sum: reciprocal's backward needs only its output
     if est is None:
         return u
     norm, gamma, delta, relative = est
@@ -124,13 +170,17 @@ def _robust_aggregate(a, v, lam, K, eps, est, detach) -> torch.Tensor:
     """lam * A v + (1 - lam) * M_K for probabilities ``a`` (..., N, S) and values ``v`` (..., S, dv)."""
     m0 = torch.matmul(a, v)
     m, spread = m0, None
-    v_sq = v.square().sum(-1).unsqueeze(-2)  # (..., 1, S)
+    flat_v = v.expand(*m0.shape[:-2], *v.shape[-2:]).reshape(-1, *v.shape[-2:])  # (batch, S, dv)
+    v_t, v_sq = flat_v.transpose(-2, -1), flat_v.square().sum(-1).unsqueeze(-2)  # once for all K steps
     for _ in range(K):
-        dist = _distances(m, v, v_sq)
-        if est is not None and est[3] and spread is None:  # relative scale: fixed at M_0, no gradient
-            spread = (a * dist).sum(-1, keepdim=True).detach() + eps
-        phi = _phi(dist.detach() if detach else dist, eps, est, spread)
-        w = a * phi
+        d2 = _squared_distances(m, v_t, v_sq)
+        if est is None:
+            w = _L1Weights.apply(a, d2.detach() if detach else d2, eps)
+        else:
+            dist = _distances(d2)
+            if est[3] and spread is None:  # relative scale: fixed at M_0, no gradient
+                spread = (a * dist).sum(-1, keepdim=True).detach() + eps
+            w = a * _phi(dist.detach() if detach else dist, eps, est, spread)
         total = w.sum(-1, keepdim=True)
         # fully masked rows have total 0 (and w 0): divide by 1 there so they stay 0 instead of NaN
         m = torch.matmul(w, v) / torch.where(total > 0, total, 1.0)

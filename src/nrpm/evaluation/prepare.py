@@ -7,6 +7,7 @@ Errors name the settings (``checkpoint=PATH``, ``layers``), not command-line fla
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -15,15 +16,17 @@ import torch
 from torch import nn
 
 from .. import data as D
+from ..coverage import UnreprogrammedWeightsWarning
 from ..formats import MODEL_FORMAT, REPROGRAMMING_FORMAT, format_of, read_tagged
 from ..models import default_robust_layers, inner_model, is_registry_name, model_entry, with_normalization
 from ..models.loading import load_model
+from ..nn_attention import RobustMultiheadAttention
 from ..reprogram import (DEFAULT_TARGET_TYPES, ReprogramConfig, lam_table, load_reprogramming, reprogram,
                          robust_layers, set_lam)
 from ..validation import check_eps, check_reprogram_K
 from .grid import TRAINED
 
-__all__ = ["EvalSettings", "PreparedModel", "prepare_model", "load_plain_model", "load_eval_data", "resolve_device"]
+__all__ = ["EvalSettings", "PreparedModel", "prepare_model", "coverage_notes", "load_plain_model", "load_eval_data", "resolve_device"]
 
 # lam 1 is the original model: the one row an evaluation without a stored reprogramming shows by default
 # (functional.DEFAULT_LAM, 0.5, is the lam a robust layer is built with; it is not this)
@@ -207,20 +210,61 @@ def prepare_model(settings: EvalSettings, device: torch.device | str = "cpu") ->
     model = loaded.model
     state, source = _stored_reprogramming(settings, loaded.raw)
     resolved = _with_defaults(settings, source)
-    applied = None
-    if state is None:
-        reprogram(model, _paradigm1_config(resolved))
-    else:
-        applied = _apply_stored(model, state, source, resolved)
-        # the stored per-layer lam stays until the grid sets each row: a first numeric row set here would
-        # overwrite what a later 'trained' row must evaluate
-        if TRAINED not in resolved.lams:
-            set_lam(model, resolved.lams[0])
+    # reprogram's UnreprogrammedWeightsWarning becomes notes instead: printed as 'note:' lines and kept in the
+    # results, where a Python warning on stderr would be easy to miss and lost from the record
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnreprogrammedWeightsWarning)
+        applied = _reprogrammed(model, state, source, resolved)
+    notes = [*_base_checkpoint_note(applied, settings.checkpoint), *coverage_notes(model, resolved.layer_types)]
     dataset = model_entry(settings.model).dataset if is_registry_name(settings.model) else None
     return PreparedModel(_normalized(model, settings.normalize).to(device).eval(), resolved, loaded.checkpoint_info,
-                         applied, _base_checkpoint_note(applied, settings.checkpoint),
-                         {**loaded.model_info, "normalize": settings.normalize}, dataset,
+                         applied, notes, {**loaded.model_info, "normalize": settings.normalize}, dataset,
                          _input_shape(settings.model, model))
+
+
+def _reprogrammed(model: nn.Module, state, source, resolved: EvalSettings) -> dict | None:
+    """Paradigm 1 with ``resolved``'s settings, or the stored reprogramming ``state`` (returned as applied)."""
+    if state is None:
+        reprogram(model, _paradigm1_config(resolved))
+        return None
+    applied = _apply_stored(model, state, source, resolved)
+    # the stored per-layer lam stays until the grid sets each row: a first numeric row set here would
+    # overwrite what a later 'trained' row must evaluate
+    if TRAINED not in resolved.lams:
+        set_lam(model, resolved.lams[0])
+    return applied
+
+
+_ATTENTION_TYPES = ("attention", "attention_aggregation")
+
+
+def _own_attention_modules(model: nn.Module) -> dict[str, str]:
+    """{name: class} of the outermost modules whose class name says attention but that are not torch's
+    nn.MultiheadAttention (or nrpm's robust one): timm's / HF's attention blocks, which compute softmax(q k^T) v
+    themselves, so nrpm cannot make their aggregation robust."""
+    found: dict[str, str] = {}
+    for name, module in model.named_modules():
+        if any(name.startswith(f"{outer}.") for outer in found):
+            continue
+        if "attention" in type(module).__name__.lower() and not isinstance(
+                module, (nn.MultiheadAttention, RobustMultiheadAttention)):
+            found[name] = type(module).__name__
+    return found
+
+
+def coverage_notes(model: nn.Module, layer_types) -> list[str]:
+    """Notes on what the reprogramming left plain: the weight-bearing modules nrpm does not cover
+    (``model.nrpm_unreprogrammed``) and, where robust attention was asked for, attention modules of the model's
+    own that it cannot reach."""
+    notes = [f"{name or '(root)'} stays plain: {why}"
+             for name, why in (getattr(model, "nrpm_unreprogrammed", None) or {}).items()]
+    own = _own_attention_modules(model) if set(layer_types or ()) & set(_ATTENTION_TYPES) else {}
+    if own:
+        listed = ", ".join(f"{name} ({kind})" for name, kind in own.items())
+        notes.append(f"robust attention applies to nn.MultiheadAttention only; {len(own)} attention module(s) of "
+                     f"the model's own keep their plain softmax(q k^T) v aggregation: {listed} (their nn.Linear "
+                     f"projections are reprogrammed where 'linear' is a layer type)")
+    return notes
 
 
 def load_plain_model(settings: EvalSettings, checkpoint: str | None, device: torch.device | str = "cpu") -> nn.Module:
