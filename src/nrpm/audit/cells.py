@@ -127,15 +127,16 @@ class CellRunner:
             seconds = round(time.perf_counter() - start, 3)
             self.cache[key] = {"mask": "".join("1" if v else "0" for v in mask.tolist()), "seconds": seconds}
             self._save()
-        self._record(tag, spec, budget, mask, seconds, extra, on)
+        self._record(tag, spec, budget, mask, seconds, extra, on, int(candidates.sum()))
         return mask
 
-    def _record(self, tag, spec, budget, mask, seconds, extra, on) -> None:
+    def _record(self, tag, spec, budget, mask, seconds, extra, on, attacked) -> None:
         self.masks[(tag, spec.key, round(budget, 10))] = mask
         acc = int(mask.sum()) / len(mask) if len(mask) else 0.0
         self.cells.append({"model": tag, "attack": spec.key, "label": spec.label, "budget": budget,
                            "accuracy": acc, "correct": int(mask.sum()), "n": len(mask), "seconds": seconds,
                            "ran_on": "clean-correct" if on is None else f"survivors of {on}",
+                           "attacked": attacked,
                            **({"extra": True} if extra else {})})
         if self.progress is not None:
             self.progress.set_postfix_str(f"{tag} {spec.label} @ {budget:g}: {100 * acc:.1f}%")

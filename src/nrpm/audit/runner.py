@@ -185,7 +185,8 @@ def _settings(model, x, config: AuditConfig, plan: AuditPlan, lam_info: dict, fo
             "spsa_steps": config.spsa_steps, "spsa_samples": config.spsa_samples,
             "skip_attacks": list(config.skip_attacks),
             "autoattack": bool(config.autoattack), "unbounded_eps": plan.unbounded_eps, "seed": config.seed,
-            "batch_size": config.batch_size, "survivors_only": config.survivors_only, "tolerances": asdict(config.tolerances), "robust_layers": lam_info,
+            "batch_size": config.batch_size, "survivors_only": config.survivors_only,
+            "tolerances": asdict(config.tolerances), "robust_layers": lam_info,
             "device": str(plan.device), "base_model": base, "skipped": plan.skipped,
             "model_labels": {"nrpm": _nrpm_label(lam_info), "plain": config.plain_label},
             "clean_accuracy": found.clean_accuracy, "check_budget": found.check_budget, **config.provenance}

@@ -43,10 +43,10 @@ import torch
 from .plan import (ADAPTIVE, AUTOATTACK, BLACK_BOX, DIRECT_PGD, NOISE, STEP_VARIANT, UNBOUNDED, WHITE_BOX, attack,
                    catalogue, keys_with_role)
 
-__all__ = ["CLEAN", "RUN_ORDER", "AA_NOT_COMPARED", "reference", "candidates", "run_order", "ran_on",
+__all__ = ["CLEAN", "RUN_ORDER", "AA_NOT_COMPARED", "reference", "candidates", "run_order",
            "survivor_notes"]
 
-#: what a cell that ran on every clean-correct sample records as ``ran_on``
+#: what a cell that ran on every clean-correct sample records as ``ran_on`` (:class:`~nrpm.audit.cells.CellRunner`)
 CLEAN = "clean-correct"
 #: the order the roles of a sweep run in: the references before the attacks that run on their survivors
 RUN_ORDER = {WHITE_BOX: 0, NOISE: 0, BLACK_BOX: 1, ADAPTIVE: 1, AUTOATTACK: 2}
@@ -86,11 +86,6 @@ def candidates(key: str, masks: dict, tag: str, budget: float, clean: torch.Tens
     """(reference key or None, the samples attack ``key`` runs on at ``budget``): the reference's survivors."""
     ref = reference(attack(key).role, masks, tag, budget)
     return (None, clean) if ref is None else (ref, clean & masks[(tag, ref, round(budget, 10))])
-
-
-def ran_on(ref: str | None) -> str:
-    """A cell's ``ran_on``: 'clean-correct' or 'survivors of <key>'."""
-    return CLEAN if ref is None else f"survivors of {ref}"
 
 
 def survivor_notes(cells: list[dict], labels: dict[str, str]) -> list[str]:
