@@ -6,8 +6,9 @@ of its :class:`~nrpm.runs.RunContext`'s folder), gathers what it measured into o
 :class:`~nrpm.audit.checks.Evidence`, grades it with the seven checks and returns an
 :class:`~nrpm.audit.report.AuditReport` (also written into the folder).
 
-The attacks run in a fixed order (checks 1 and 2, the budget sweep in catalogue order, check 4's PGD variants,
-the unbounded PGD, AutoAttack, then the plain model), each with the configured seed, so a run is reproducible.
+The attacks run in a fixed order (checks 1 and 2, the budget sweep in catalogue order with every reference attack
+before the attacks that run on its survivors (:mod:`~nrpm.audit.survivors`), check 4's PGD variants, the unbounded
+PGD, AutoAttack, then the plain model), each with the configured seed, so a run is reproducible.
 """
 
 from __future__ import annotations
