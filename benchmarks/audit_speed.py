@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -29,14 +30,27 @@ from pathlib import Path
 BATCH_SEEDED = {"apgd-ce", "apgd-dlr", "square", "autoattack"}
 
 
-def run_audit(src: str, out: Path, args: list[str]) -> float:
-    """Run one audit (unless finished before); its wall seconds (audit.json's when it was not run here)."""
+def run_audit(src: str, out: Path, args: list[str]) -> dict:
+    """Run one audit (unless finished before): its wall and CPU seconds (None when it did not run here). CPU
+    seconds (user + system of the child) are the fairer measure on a shared machine: wall time also counts the
+    time other processes held the core."""
     if (out / "audit.json").exists():
-        return json.loads((out / "audit.json").read_text())["seconds"]
+        return {"wall": None, "cpu": None}
     env = {**os.environ, "PYTHONPATH": str(Path(src).resolve()), "OMP_NUM_THREADS": "1"}
-    start = time.perf_counter()
+    start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([sys.executable, "-m", "nrpm.cli", "audit", *args, "--out", str(out)], env=env, check=False)
-    return time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"wall": time.perf_counter() - start,
+            "cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime}
+
+
+def load_factor(old_rep: dict, new_rep: dict) -> float:
+    """new / old seconds of the cells both runs do alike (APGD, FGSM: every clean-correct sample, same work): how
+    much slower the machine was during the new run; the wall-time speedup divided by it is load-corrected."""
+    same = {"apgd-ce", "apgd-dlr", "fgsm"}
+    def total(rep):
+        return sum(c["seconds"] for c in rep["cells"] if c["attack"] in same)
+    return total(new_rep) / total(old_rep)
 
 
 def masks(folder: Path) -> dict[tuple, tuple[str, str | None]]:
@@ -82,8 +96,10 @@ def compare(old_dir: Path, new_dir: Path, seconds: dict) -> dict:
     wo, wn = worst_masks(old_cells, budgets), worst_masks(new_cells, budgets)
     agreement = cell_agreement(old_cells, new_cells)
     return {
-        "wall_seconds": seconds, "audit_seconds": {"old": old_rep["seconds"], "new": new_rep["seconds"]},
+        "measured_here": seconds, "audit_seconds": {"old": old_rep["seconds"], "new": new_rep["seconds"]},
         "speedup": old_rep["seconds"] / new_rep["seconds"],
+        "load_factor": load_factor(old_rep, new_rep),
+        "speedup_load_corrected": old_rep["seconds"] / new_rep["seconds"] * load_factor(old_rep, new_rep),
         "cell_seconds": {"old": sum(c["seconds"] for c in old_rep["cells"]),
                          "new": sum(c["seconds"] for c in new_rep["cells"])},
         "worst_case": {"old": old_rep["worst_case"], "new": new_rep["worst_case"],
@@ -96,11 +112,20 @@ def compare(old_dir: Path, new_dir: Path, seconds: dict) -> dict:
     }
 
 
+def cpu_text(measured: dict) -> str:
+    cpu = {k: v.get("cpu") for k, v in measured.items()}
+    if None in cpu.values():
+        return "not measured (an audit ran outside this script: see --cpu-seconds)"
+    return f"old {cpu['old']:.0f}, new {cpu['new']:.0f}: **{cpu['old'] / cpu['new']:.2f}x**"
+
+
 def markdown(result: dict, command: str) -> str:
     r = result
     lines = ["# Audit speed: old vs new", "", f"Command: `{command}`", "",
-             f"* audit time: old {r['audit_seconds']['old']:.0f} s, new {r['audit_seconds']['new']:.0f} s: "
-             f"**{r['speedup']:.2f}x**",
+             f"* audit wall time: old {r['audit_seconds']['old']:.0f} s, new {r['audit_seconds']['new']:.0f} s: "
+             f"**{r['speedup']:.2f}x**; the cells both do alike (APGD, FGSM) took {r['load_factor']:.2f}x as long "
+             f"in the new run, so load-corrected **{r['speedup_load_corrected']:.2f}x**",
+             f"* CPU seconds (user + system): {cpu_text(r['measured_here'])}",
              f"* worst case equal: **{r['worst_case']['equal']}** (old {r['worst_case']['old']}, "
              f"new {r['worst_case']['new']})",
              f"* verdicts: old {r['verdicts']['old']}, new {r['verdicts']['new']}: "
@@ -120,12 +145,17 @@ def main(argv=None) -> None:
     p.add_argument("--new-src", required=True)
     p.add_argument("--work", required=True, help="folder of the two audits' --out (old/, new/)")
     p.add_argument("--out", required=True, help="write OUT.md and OUT.json")
+    p.add_argument("--cpu-seconds", nargs=2, type=float, default=None, metavar=("OLD", "NEW"),
+                   help="CPU seconds of the two audits when they ran outside this script (e.g. read from "
+                        "/proc/PID/stat while they ran)")
     p.add_argument("audit_args", nargs=argparse.REMAINDER, help="-- then the nrpm audit arguments")
     args = p.parse_args(argv)
     audit_args = [a for a in args.audit_args if a != "--"]
     work = Path(args.work)
     seconds = {name: run_audit(src, work / name, audit_args)
                for name, src in (("old", args.old_src), ("new", args.new_src))}
+    if args.cpu_seconds:
+        seconds = {k: {**v, "cpu": c} for (k, v), c in zip(seconds.items(), args.cpu_seconds)}
     result = compare(work / "old", work / "new", seconds)
     command = "nrpm audit " + " ".join(audit_args)
     Path(args.out + ".json").write_text(json.dumps({"command": command, **result}, indent=1))
