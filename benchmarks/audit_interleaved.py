@@ -19,17 +19,23 @@ from pathlib import Path
 import torch
 
 
-def load_attacks(src: str):
-    """The ``nrpm.attacks`` and ``nrpm.audit.adaptive`` of the code at ``src`` (a fresh import of that tree)."""
+def load_code(src: str):
+    """(``nrpm.attacks``, ``nrpm.audit.adaptive``, the model) of the code at ``src``, a fresh import of that tree.
+    Each tree builds its own model: the gradient overrides (BPDA, detached) find the robust layers by their class,
+    so an attack of one tree on a model of the other would silently attack it with plain PGD."""
     for name in [m for m in sys.modules if m == "nrpm" or m.startswith("nrpm.")]:
         del sys.modules[name]
     sys.path.insert(0, str(Path(src).resolve()))
     try:
+        import nrpm
         import nrpm.attacks as attacks
         import nrpm.audit.adaptive as adaptive
+        from nrpm.models import load_pretrained
+        model, _ = load_pretrained("lenet")
+        nrpm.reprogram(model, nrpm.ReprogramConfig(lam=0.8, K=1, paradigm=1))
     finally:
         sys.path.pop(0)
-    return attacks, adaptive
+    return attacks, adaptive, model.eval()
 
 
 def cells(A, adaptive):
@@ -51,27 +57,23 @@ def main(argv=None) -> None:
     p.add_argument("--old-src", required=True)
     p.add_argument("--new-src", required=True)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--cells", nargs="+", default=None, help="only these cells (default: all)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    codes = {"old": load_attacks(args.old_src), "new": load_attacks(args.new_src)}
-    import nrpm  # the new tree's (imported last): the model and data
-    from nrpm.data import load_dataset
-    from nrpm.models import load_pretrained
-    model, _ = load_pretrained("lenet")
-    nrpm.reprogram(model, nrpm.ReprogramConfig(lam=0.8, K=1, paradigm=1))
+    codes = {"old": load_code(args.old_src), "new": load_code(args.new_src)}
+    from nrpm.data import load_dataset  # the new tree's (imported last)
     x, y = load_dataset("mnist")
     x, y = x[:100], y[:100]
     with torch.no_grad():
-        clean = model(x).argmax(1) == y
+        clean = codes["new"][2](x).argmax(1) == y
     x, y = x[clean], y[clean]
-    model.eval()
-    times = {name: {"old": [], "new": []} for name in cells(*codes["new"])}
+    times = {name: {"old": [], "new": []} for name in cells(*codes["new"][:2]) if name in (args.cells or [name])}
     masks = {}
     for r in range(args.rounds):
         for name in times:
             for code in (("old", "new") if r % 2 == 0 else ("new", "old")):
-                attack = cells(*codes[code])[name]()
+                attack, model = cells(*codes[code][:2])[name](), codes[code][2]
                 start = time.perf_counter()
                 masks[(name, code)] = robust(model, attack, x, y)
                 times[name][code].append(time.perf_counter() - start)
