@@ -521,11 +521,11 @@ _OLD_KEYS = ("pgd", "fgsm", "apgd-ce", "apgd-dlr", "square", "noise", "transfer"
 
 def test_older_caches_resume_and_only_the_new_attacks_run(samples, tmp_path, monkeypatch):
     """The cells of an audit from before C&W, SPSA and smoothed IRLS joined keep their cache keys: a full run on
-    such a cache recomputes only the new cells."""
+    such a cache recomputes only the new cells (``survivors_only=False``: every cell on every sample, as then)."""
     model = _reprogrammed(_trained_linear())
     x, y = samples[0][:20], samples[1][:20]
     kwargs = dict(budgets=[0.2], compare_plain=False, autoattack=False, steps=2, apgd_steps=2, square_queries=5,
-                  spsa_steps=2, spsa_samples=4, seed=0)
+                  spsa_steps=2, spsa_samples=4, seed=0, survivors_only=False)
     config, ctx = AU.AuditConfig(**kwargs), _writing_to(tmp_path)
     old = run_audit(model, x, y, config, ctx, skip_attacks=AU.OPTIONAL_ATTACKS)
     assert [c["attack"] for c in old.cells] == list(_OLD_KEYS)
@@ -604,3 +604,46 @@ def test_a_registered_attack_with_a_role_joins_the_cli_and_the_audit(samples):
     assert "test-noise-bb" not in AU.plan.sweep_keys()
     with pytest.raises(ValueError, match="role"):
         A.register_attack("x", audit="grey-box")
+
+
+def test_survivors_cells_of_an_older_cache_are_recomputed_not_reused(samples, tmp_path, monkeypatch):
+    """A cell that now runs on its reference's survivors holds another number than the same attack on every sample:
+    an older cache's cell of it is not reused ('|on=survivors-of-X' in the key); the white-box cells are."""
+    model = _reprogrammed(_trained_linear())
+    x, y = samples[0][:20], samples[1][:20]
+    kwargs = dict(budgets=[0.2], compare_plain=False, autoattack=False, steps=2, apgd_steps=2, square_queries=5,
+                  seed=0, skip_attacks=AU.OPTIONAL_ATTACKS)
+    ctx = _writing_to(tmp_path)
+    run_audit(model, x, y, AU.AuditConfig(**kwargs, survivors_only=False), ctx)
+    computed = []
+    run_cell = AU.cells.CellRunner.attack_candidates
+    monkeypatch.setattr(AU.cells.CellRunner, "attack_candidates",
+                        lambda self, model, spec, *a: computed.append(spec.key) or run_cell(self, model, spec, *a))
+    new = run_audit(model, x, y, AU.AuditConfig(**kwargs), ctx)
+    assert computed == ["square", "transfer", "bpda", "detached"]
+    ran_on = {c["attack"]: c["ran_on"] for c in new.cells}
+    assert ran_on["pgd"] == ran_on["noise"] == "clean-correct" and ran_on["bpda"] == "survivors of pgd"
+    assert ran_on["square"].startswith("survivors of ")
+    cached = json.loads((tmp_path / "cache.json").read_text())["cells"]
+    assert any(k.startswith("nrpm|bpda|") and k.endswith("|on=survivors-of-pgd") for k in cached)
+
+
+def test_survivors_only_keeps_the_worst_case_and_reads_checks_as_min(samples, tmp_path):
+    """Survivors-only cells: the worst case is that of running every attack on every sample, each such cell's mask
+    is its reference's mask AND the attack's own, and the cells seeded per sample equal the full run's there."""
+    model = _reprogrammed(_trained_linear())
+    x, y = samples[0][:40], samples[1][:40]
+    kwargs = dict(budgets=[0.1, 0.2], compare_plain=True, autoattack=False, steps=3, apgd_steps=3,
+                  square_queries=10, spsa_steps=2, spsa_samples=4, seed=0)
+    full = run_audit(model, x, y, AU.AuditConfig(**kwargs, survivors_only=False))
+    fast = run_audit(model, x, y, AU.AuditConfig(**kwargs))
+    assert fast.worst_case["nrpm"] == full.worst_case["nrpm"]
+    for cell in fast.cells:
+        if cell["ran_on"] == "clean-correct" or cell["model"] != "nrpm" or cell.get("extra"):
+            continue
+        ref = cell["ran_on"].removeprefix("survivors of ")
+        assert cell["correct"] <= fast.accuracy(ref, cell["budget"]) * len(x) + 1e-9
+        if cell["attack"] in ("spsa", "transfer", "bpda", "detached", *AU.SMOOTHINGS):  # seeded per sample
+            both = min(full.accuracy(ref, cell["budget"]), full.accuracy(cell["attack"], cell["budget"]))
+            assert cell["correct"] <= both * len(x) + 1e-9
+    assert [c.verdict for c in fast.checks][:4] == [c.verdict for c in full.checks][:4]

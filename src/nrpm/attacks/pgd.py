@@ -20,7 +20,7 @@ from .registry import register_attack
 from .gradients import GradientSource, ModelGradient
 from .randomness import SampleRNG
 
-__all__ = ["ascend", "step_direction", "PGD", "PGDL2"]
+__all__ = ["ascend", "ascend_until_fooled", "step_direction", "PGD", "PGDL2"]
 
 
 def step_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
@@ -48,6 +48,36 @@ def ascend(x: torch.Tensor, y: torch.Tensor, x_start: torch.Tensor, *,
             on_iterate(x_adv, losses, fooled)
         x_adv = project(x_adv + alpha * step_direction(grad, norm), x, norm, eps)
     return x_adv.detach()
+
+
+def ascend_until_fooled(x: torch.Tensor, y: torch.Tensor, x_start: torch.Tensor, *,
+                        gradient: Callable[[torch.Tensor, torch.Tensor], tuple], norm: str, eps: float,
+                        alpha: float, steps: int,
+                        on_iterate: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
+                        ) -> torch.Tensor:
+    """:func:`ascend` with per-sample early stopping: a row leaves the batch at its first misclassified iterate.
+
+    ``on_iterate(rows, x_adv, losses, fooled)`` sees the iterate of the rows still attacked (``rows``: their
+    positions in ``x``). A best-so-far record keeps a row's first misclassified point and ignores everything
+    after it, so stepping the row further is wasted work; and since every row's trajectory depends only on its
+    own input, gradient and random start (losses are summed per sample, the generators are per sample), the
+    other rows' iterates do not change when it leaves. A stopped row's entry of the result is that first
+    misclassified point; ``gradient`` must judge ``fooled`` on the attacked model (``queries_target``).
+    """
+    result, rows = x_start.detach().clone(), torch.arange(len(x), device=x.device)
+    x_adv, x_rows, y_rows = result.clone(), x, y      # the rows still attacked (all of them until one is fooled)
+    for _ in range(steps):
+        grad, losses, fooled = gradient(x_adv, y_rows)
+        on_iterate(rows, x_adv, losses, fooled)
+        if fooled.any():  # shrink only when a row leaves: no copying while every row is still attacked
+            result[rows[fooled]] = x_adv[fooled]
+            keep = ~fooled
+            rows, x_adv, x_rows, y_rows, grad = rows[keep], x_adv[keep], x_rows[keep], y_rows[keep], grad[keep]
+            if len(rows) == 0:
+                return result
+        x_adv = project(x_adv + alpha * step_direction(grad, norm), x_rows, norm, eps)
+    result[rows] = x_adv
+    return result
 
 
 class _BestSoFar:
@@ -112,22 +142,34 @@ class _ProjectedGradientAttack(GradientAttack):
         # depend on its batch, and restart r continues the stream of restart r - 1
         rng = self.sample_rng(x)
         if self.keep == "last":
-            return self._run(model, x, y, rng, None)
+            return self._run(model, x, y, rng)
         best = _BestSoFar(x)
         for _ in range(self.restarts):
             index = (~best.found).nonzero().squeeze(1)
             if len(index) == 0:
                 break
-            x_adv = self._run(model, x[index], y[index], rng.take(index),
-                              lambda xa, losses, fooled, _i=index: best.update(_i, xa, losses, fooled))
+            x_adv = self._run_until_fooled(model, x[index], y[index], rng.take(index),
+                                           lambda rows, xa, losses, fooled, _i=index:
+                                           best.update(_i[rows], xa, losses, fooled))
             losses, fooled = self.gradient.evaluate(model, x_adv, y[index], self.loss_fn)
             best.update(index, x_adv, losses, fooled)
         return best.x_adv
 
-    def _run(self, model, x, y, rng: SampleRNG, on_iterate) -> torch.Tensor:
-        x_start = self.start(x, rng) if self.random_start else x.clone()
-        return ascend(x, y, x_start, gradient=lambda xa, ya: self.gradient(model, xa, ya, self.loss_fn),
-                      norm=self.norm, eps=self.eps, alpha=self.alpha, steps=self.steps, on_iterate=on_iterate)
+    def _run(self, model, x, y, rng: SampleRNG) -> torch.Tensor:
+        """One run's last iterate (``keep='last'``: the target's verdict comes only after it, so no row stops)."""
+        return ascend(x, y, self._start(x, rng), gradient=self._gradient(model), norm=self.norm, eps=self.eps,
+                      alpha=self.alpha, steps=self.steps)
+
+    def _run_until_fooled(self, model, x, y, rng: SampleRNG, on_iterate) -> torch.Tensor:
+        """One run, each row stopped at its first misclassified iterate (all ``keep='best'`` keeps of it)."""
+        return ascend_until_fooled(x, y, self._start(x, rng), gradient=self._gradient(model), norm=self.norm,
+                                   eps=self.eps, alpha=self.alpha, steps=self.steps, on_iterate=on_iterate)
+
+    def _start(self, x, rng: SampleRNG) -> torch.Tensor:
+        return self.start(x, rng) if self.random_start else x.clone()
+
+    def _gradient(self, model):
+        return lambda xa, ya: self.gradient(model, xa, ya, self.loss_fn)
 
     def start(self, x, rng: SampleRNG) -> torch.Tensor:
         """A random starting point in the budget around ``x``, row i drawn from ``rng``'s i-th generator."""

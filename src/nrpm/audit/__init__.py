@@ -38,6 +38,8 @@ The package, one module per concern:
   :mod:`nrpm.nn`;
 * :mod:`~nrpm.audit.cells`: running one (model, attack, budget) cell, and the resumable cache of their results (a
   :class:`nrpm.runs.ResultsFile`);
+* :mod:`~nrpm.audit.survivors`: which samples each attack runs on (its reference attack's survivors), and why no
+  check gets weaker;
 * :mod:`~nrpm.audit.runner`: :func:`run_audit` (an :class:`AuditConfig` and a :class:`nrpm.runs.RunContext`);
 * :mod:`~nrpm.audit.protocol`: whether a run was the full protocol or a reduced one, and how
   (:func:`assess_protocol`, stored in audit.json and shown with every verdict);

@@ -104,10 +104,13 @@ class CellRunner:
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
     def run(self, tag: str, model: nn.Module, spec: AttackSpec, budget: float, candidates: torch.Tensor,
-            extra: bool = False) -> torch.Tensor | None:
+            extra: bool = False, on: str | None = None) -> torch.Tensor | None:
         """Per-sample robustness of ``model`` under ``spec`` at ``budget``, attacking only ``candidates``;
-        from the cache when the cell ran before. None (and an error recorded) when the attack fails."""
-        key = _cache_key(tag, spec, budget)
+        from the cache when the cell ran before. None (and an error recorded) when the attack fails.
+
+        ``on``: the attack whose survivors ``candidates`` are (None: every clean-correct sample); it is in the cache
+        key (a cell of another candidate set holds other numbers) and in the cell's ``ran_on``."""
+        key = _cache_key(tag, spec, budget) + ("" if on is None else f"|on=survivors-of-{on}")
         start = time.perf_counter()
         if key in self.cache:
             entry = self.cache[key]
@@ -124,14 +127,16 @@ class CellRunner:
             seconds = round(time.perf_counter() - start, 3)
             self.cache[key] = {"mask": "".join("1" if v else "0" for v in mask.tolist()), "seconds": seconds}
             self._save()
-        self._record(tag, spec, budget, mask, seconds, extra)
+        self._record(tag, spec, budget, mask, seconds, extra, on, int(candidates.sum()))
         return mask
 
-    def _record(self, tag, spec, budget, mask, seconds, extra) -> None:
+    def _record(self, tag, spec, budget, mask, seconds, extra, on, attacked) -> None:
         self.masks[(tag, spec.key, round(budget, 10))] = mask
         acc = int(mask.sum()) / len(mask) if len(mask) else 0.0
         self.cells.append({"model": tag, "attack": spec.key, "label": spec.label, "budget": budget,
                            "accuracy": acc, "correct": int(mask.sum()), "n": len(mask), "seconds": seconds,
+                           "ran_on": "clean-correct" if on is None else f"survivors of {on}",
+                           "attacked": attacked,
                            **({"extra": True} if extra else {})})
         if self.progress is not None:
             self.progress.set_postfix_str(f"{tag} {spec.label} @ {budget:g}: {100 * acc:.1f}%")

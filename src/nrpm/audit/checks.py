@@ -8,6 +8,11 @@ Every check takes one :class:`Evidence`, everything the audit measured: checks 1
 the model itself (:mod:`~nrpm.audit.probes`), checks 3-7 the per-sample results of the attacks
 (``masks``: {(model tag, attack key, rounded budget): robust mask}, read through :meth:`Evidence.accuracy`).
 The attacks each check compares are the catalogue's groups (:mod:`~nrpm.audit.plan`), never listed here.
+
+A black-box, adaptive or AutoAttack cell usually ran only on the survivors of the attack it is compared with
+(:mod:`~nrpm.audit.survivors`): its mask is then "reference and attack" per sample, so checks 5-7's formulas,
+unchanged, read "the samples the attack broke that the reference left" (never less than the old difference of
+standalone accuracies; the reasoning for each check is in that module).
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from typing import Mapping
 import torch
 
 from .. import reports
-from .plan import (ADAPTIVE, AUTOATTACK, BLACK_BOX, DIRECT_PGD, NOISE, SINGLE_STEP, STEP_VARIANT, UNBOUNDED,
-                   WHITE_BOX, attack, keys_with_role)
+from .plan import ADAPTIVE, AUTOATTACK, BLACK_BOX, DIRECT_PGD, NOISE, SINGLE_STEP, WHITE_BOX, attack, keys_with_role
 from .config import Tolerances
 from .probes import ForwardProbe, GradientProbe
+from .survivors import AA_NOT_COMPARED
 
 __all__ = ["PASS", "WARN", "FAIL", "SKIP", "Tolerances", "CheckResult", "Evidence", "grade", "grade_ratio", "worst",
            "fraction", "format_pts", "format_pct", "format_num",
@@ -295,7 +300,7 @@ def check_autoattack(ev: Evidence) -> CheckResult:
         return CheckResult(7, "AutoAttack agrees with the strongest attack", SKIP, ev.skipped[aa_key],
                            f"|diff| <= {100 * tol.autoattack:g} pts")
     # not compared: AutoAttack itself, the noise baseline and check 3 / 4's extra PGD runs
-    excluded = set(keys_with_role(AUTOATTACK, NOISE, UNBOUNDED, STEP_VARIANT))
+    excluded = set(keys_with_role(*AA_NOT_COMPARED))
     others = sorted({k for (t, k, _b) in ev.masks if t == "nrpm" and k not in excluded})
     rows, verdicts = [], []
     for b in ev.budgets:

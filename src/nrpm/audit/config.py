@@ -58,6 +58,11 @@ class AuditConfig:
     autoattack: run check 7 (AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square-5000); the slowest part.
     unbounded_eps: budget at which accuracy must reach ~0 (default: Linf 1.0, L2 sqrt(input size)).
     check_budget: budget for check 4 (default: the one where PGD accuracy is closest to half the clean one).
+    survivors_only: run each black-box, adaptive and AutoAttack cell only on the samples its reference attack
+        left at that budget (the strongest white-box attack, direct PGD, the strongest other cell), a sample
+        already broken being broken in the worst case whatever else runs on it (:mod:`~nrpm.audit.survivors` says
+        why no check gets weaker, and what such a cell's accuracy means). False: every attack on every
+        clean-correct sample (needed only for check 7's "AutoAttack much weaker" warning and standalone curves).
     title, budget_unit: the report's title and the unit budgets are shown in (e.g. 255 for 8/255).
     dataset: the dataset's name ('mnist', 'cifar10', ...), whose protocol (PGD steps) the run is compared with
         to say whether it was a full audit (:mod:`~nrpm.audit.protocol`); None: this config's defaults.
@@ -84,6 +89,7 @@ class AuditConfig:
     tolerances: Tolerances | None = None
     seed: int = 0
     batch_size: int = 256
+    survivors_only: bool = True
     title: str | None = None
     budget_unit: float = 1.0
     dataset: str | None = None

@@ -6,8 +6,9 @@ of its :class:`~nrpm.runs.RunContext`'s folder), gathers what it measured into o
 :class:`~nrpm.audit.checks.Evidence`, grades it with the seven checks and returns an
 :class:`~nrpm.audit.report.AuditReport` (also written into the folder).
 
-The attacks run in a fixed order (checks 1 and 2, the budget sweep in catalogue order, check 4's PGD variants,
-the unbounded PGD, AutoAttack, then the plain model), each with the configured seed, so a run is reproducible.
+The attacks run in a fixed order (checks 1 and 2, the budget sweep in catalogue order with every reference attack
+before the attacks that run on its survivors (:mod:`~nrpm.audit.survivors`), check 4's PGD variants, the unbounded
+PGD, AutoAttack, then the plain model), each with the configured seed, so a run is reproducible.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..validation import check_batch
 from .cells import CellRunner, cache_file, fingerprint
 from .checks import CHECKS, Evidence, fraction, single_step_notes
 from .config import AuditConfig
+from . import survivors
 from .plan import AUTOATTACK, DIRECT_PGD, AuditPlan, keys_with_role, make_plan
 from .probes import ForwardProbe, GradientProbe, probe_forward, probe_gradients
 from .protocol import assess_protocol
@@ -113,16 +115,16 @@ def _run_attacks(model, x, y, config: AuditConfig, plan: AuditPlan, runner: Cell
         clean = runner.predict_mask(model)
         clean_plain = runner.predict_mask(plan.plain_model) if plan.compare_plain else None
         gradients = probe_gradients(model, x, y, config.batch_size, plan.device)
-        _sweep(runner, "nrpm", model, plan.sweep, plan, config.budgets, clean)
+        _sweep(runner, "nrpm", model, plan.sweep, plan, config, clean)
         check_budget = _pick_check_budget(runner, config, clean)
         pgd_mask, variant_masks = _run_step_variants(runner, model, plan, check_budget, clean)
         unbounded_mask = runner.run("nrpm", model, plan.unbounded, plan.unbounded_eps, clean, extra=True)
         if plan.run_autoattack:
             with capture_autoattack_flags(aa_flags):
-                _sweep(runner, "nrpm", model, keys_with_role(AUTOATTACK), plan, config.budgets, clean)
+                _sweep(runner, "nrpm", model, keys_with_role(AUTOATTACK), plan, config, clean)
         if plan.compare_plain:
             keys = plan.plain_sweep + (list(keys_with_role(AUTOATTACK)) if plan.run_autoattack else [])
-            _sweep(runner, "plain", plan.plain_model, keys, plan, config.budgets, clean_plain)
+            _sweep(runner, "plain", plan.plain_model, keys, plan, config, clean_plain)
     accuracy = {"nrpm": fraction(clean), **({"plain": fraction(clean_plain)} if plan.compare_plain else {})}
     return _Findings(forward, gradients, accuracy, check_budget, pgd_mask, variant_masks, unbounded_mask,
                      _every_rank(library_flags), _every_rank(aa_flags))
@@ -133,10 +135,15 @@ def _every_rank(messages: list[str]) -> list[str]:
     return list(dict.fromkeys(m for part in dist.all_gather_object(messages) for m in part))
 
 
-def _sweep(runner: CellRunner, tag: str, model, keys, plan: AuditPlan, budgets, candidates) -> None:
+def _sweep(runner: CellRunner, tag: str, model, keys, plan: AuditPlan, config: AuditConfig, clean) -> None:
+    """Every attack of ``keys`` at every budget; with ``survivors_only``, the references first and each other
+    attack on its reference's survivors (:mod:`~nrpm.audit.survivors` says why no check gets weaker)."""
+    keys = survivors.run_order(keys) if config.survivors_only else keys
     for key in keys:
-        for b in budgets:
-            runner.run(tag, model, plan.specs[key], b, candidates)
+        for b in config.budgets:
+            on, candidates = (survivors.candidates(key, runner.masks, tag, b, clean) if config.survivors_only
+                              else (None, clean))
+            runner.run(tag, model, plan.specs[key], b, candidates, on=on)
 
 
 def _pick_check_budget(runner: CellRunner, config: AuditConfig, clean: torch.Tensor) -> float:
@@ -180,7 +187,8 @@ def _settings(model, x, config: AuditConfig, plan: AuditPlan, lam_info: dict, fo
             "spsa_steps": config.spsa_steps, "spsa_samples": config.spsa_samples,
             "skip_attacks": list(config.skip_attacks), "dataset": config.dataset,
             "autoattack": bool(config.autoattack), "unbounded_eps": plan.unbounded_eps, "seed": config.seed,
-            "batch_size": config.batch_size, "tolerances": asdict(config.tolerances), "robust_layers": lam_info,
+            "batch_size": config.batch_size, "survivors_only": config.survivors_only,
+            "tolerances": asdict(config.tolerances), "robust_layers": lam_info,
             "device": str(plan.device), "base_model": base, "skipped": plan.skipped,
             "model_labels": {"nrpm": _nrpm_label(lam_info), "plain": config.plain_label},
             "clean_accuracy": found.clean_accuracy, "check_budget": found.check_budget, **config.provenance}
@@ -220,6 +228,7 @@ def _report(runner: CellRunner, ev: Evidence, settings: dict, found: _Findings, 
     notes = single_step_notes(ev, worst)
     notes += [f"pyautoattack: {msg}" for msg in found.library_flags if msg not in found.aa_flags]
     notes += [f"skipped {k}: {why}" for k, why in ev.skipped.items()]
+    notes += survivors.survivor_notes(runner.cells, ev.model_labels)
     return AuditReport(settings=settings, checks=[check(ev) for check in CHECKS], cells=runner.cells,
                        worst_case=worst, notes=notes, errors=runner.errors, seconds=time.perf_counter() - started,
                        versions=versions(), protocol=assess_protocol(settings, worst))

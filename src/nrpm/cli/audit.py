@@ -74,6 +74,9 @@ def add_audit_parser(subparsers) -> None:
                    help="SPSA queries per step (antithetic pairs; a sample costs at most steps x (samples + 1))")
     p.add_argument("--skip-attacks", nargs="+", default=[], choices=list(optional_keys()),
                    help="leave out optional attacks for a quick run (the C&W, SPSA and smoothed-gradient cells)")
+    p.add_argument("--every-sample", action="store_true",
+                   help="run every attack on every clean-correct sample (default: black-box, adaptive and "
+                        "AutoAttack cells only on what their reference attack left; slower, same worst case)")
     p.add_argument("--no-plain", action="store_true",
                    help="do not evaluate the plain (lam=1) model next to the reprogrammed one")
     p.add_argument("--check-budget", type=budget, default=None,
@@ -250,8 +253,8 @@ def _audit_config(args, prepared, samples, plain_label):
         square_queries=args.square_queries, spsa_steps=args.spsa_steps, spsa_samples=args.spsa_samples,
         skip_attacks=tuple(args.skip_attacks), autoattack=not args.no_autoattack, unbounded_eps=args.unbounded_eps,
         check_budget=None if args.check_budget is None else args.check_budget / unit, tolerances=_tolerances(args),
-        seed=args.seed, batch_size=args.batch_size, title=args.title or f"{args.model} ({source})",
-        budget_unit=unit, dataset=samples.info["dataset"],
+        seed=args.seed, batch_size=args.batch_size, survivors_only=not args.every_sample,
+        title=args.title or f"{args.model} ({source})", budget_unit=unit, dataset=samples.info["dataset"],
         provenance={k: reports.jsonable(v) for k, v in provenance.items()})
 
 
