@@ -23,3 +23,11 @@ MODEL=(--model vit_tiny_cifar --checkpoint src/nrpm/models/released/vit_tiny_cif
 .venv/bin/nrpm audit "${MODEL[@]}" --n-samples 40 --budgets 4 8 --budget-unit 255 --steps 10 --apgd-steps 10 \
   --square-queries 100 --no-autoattack --skip-attacks cw spsa smoothed-eps10 smoothed-eps100 smoothed-k1 \
   --out $EX/audit || [[ $? == 1 ]]
+# The paradigm-2 result (lam learnt per layer) through the audit, at the budgets where it gained
+.venv/bin/nrpm audit --model vit_tiny_cifar --checkpoint src/nrpm/models/released/vit_tiny_cifar.pt \
+  --reprogramming results/transformers/paradigm2/reprogramming.pt --threads 1 --no-progress --n-samples 40 \
+  --budgets 2 4 8 --budget-unit 255 --steps 10 --apgd-steps 10 --square-queries 100 --no-autoattack \
+  --skip-attacks cw spsa smoothed-eps10 smoothed-eps100 smoothed-k1 --out results/transformers/audit/paradigm2 \
+  || [[ $? == 1 ]]
+.venv/bin/python scripts/transformers_study.py --checkpoint src/nrpm/models/released/vit_tiny_cifar.pt \
+  --out results/transformers --report-only > /dev/null
