@@ -163,3 +163,17 @@ def test_the_first_compilation_of_a_geometry_is_announced_once(capsys):
         kernels.announce(key)
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and all(line.startswith("nrpm: compiling the NRPM kernels") for line in err)
+
+
+def test_a_compilation_is_announced_only_when_it_takes_long(capsys, monkeypatch):
+    import time
+
+    from nrpm import _backend
+
+    kernels = CompiledKernels()
+    monkeypatch.setattr(kernels, "get", lambda kernel, key: kernel)
+    monkeypatch.setattr(_backend, "ANNOUNCE_AFTER_S", 0.05)
+    kernels.run(lambda: None, ("quick", (1, 1, 1, 1, 1, 1)), ())  # the disk cache serves: no line
+    kernels.run(lambda: time.sleep(0.3), ("slow", (3, 3, 1, 1, 1, 1)), ())
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "(3, 3, 1, 1, 1, 1)" in err[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import types
 import warnings
 from typing import Callable
@@ -39,6 +40,9 @@ INDUCTOR_OPTIONS = {"realize_acc_reads_threshold": 1_000_000, "realize_opcount_t
 OUT_OF_MEMORY = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
 
 
+# a first call still running after this long is compiling, not served from torch's on-disk cache: say so
+ANNOUNCE_AFTER_S = 5.0
+
 class CompileFailed(Exception):
     """The compiled kernels failed and are now disabled: the caller reruns on the eager ones."""
 
@@ -51,10 +55,24 @@ class CompiledKernels:
         self.announced: set = set()
         self.failure: str | None = None
 
+    def run(self, kernel: Callable, key: tuple, args: tuple) -> torch.Tensor:
+        """The compiled ``kernel`` for ``key`` on ``args``; a first call that is still compiling after
+        ANNOUNCE_AFTER_S seconds is announced (one line, printed through tqdm so a progress bar stays whole)."""
+        first = key not in self.fns
+        fn = self.get(kernel, key)
+        if not first:
+            return fn(*args)
+        timer = threading.Timer(ANNOUNCE_AFTER_S, self.announce, (key,))
+        timer.daemon = True
+        timer.start()
+        try:
+            return fn(*args)
+        finally:
+            timer.cancel()  # served from torch's on-disk cache, or compiled quickly: nothing to say
+
     def get(self, kernel: Callable, key: tuple) -> Callable:
         fn = self.fns.get(key)
         if fn is None:
-            self.announce(key)
             # A private copy of the code object gives each configuration its own Dynamo cache, so configurations
             # never count against each other's recompile limit nor add guards to each other's calls.
             code = kernel.__code__.replace()
@@ -65,11 +83,13 @@ class CompiledKernels:
     def announce(self, key: tuple) -> None:
         """Say on stderr that a kernel geometry (``key[1]``) compiles, once per geometry."""
         # the first compilation of a kernel geometry takes 15-50 s on a CPU; say so instead of hanging silently
+        from tqdm import tqdm
+
         geom = key[1]
         if geom not in self.announced:
             self.announced.add(geom)
-            print(f"nrpm: compiling the NRPM kernels for kernel geometry {geom} (the first call takes up to a minute; "
-                  f"later runs reuse torch's on-disk cache)", file=sys.stderr, flush=True)
+            tqdm.write(f"nrpm: compiling the NRPM kernels for kernel geometry {geom} (the first call takes up to a "
+                       f"minute; later runs reuse torch's on-disk cache)", file=sys.stderr)
 
     def disable(self, error: BaseException) -> None:
         self.failure = f"{type(error).__name__}: {error}"
@@ -111,7 +131,7 @@ class BackendState:
                 for t in tensors:
                     for d in dims:
                         torch._dynamo.maybe_mark_dynamic(t, d)
-            return self.compiled.get(kernel, key)(*args)
+            return self.compiled.run(kernel, key, args)
         except OUT_OF_MEMORY:
             raise
         except Exception as error:  # noqa: BLE001 - any compiler/toolchain failure: fall back, do not crash
