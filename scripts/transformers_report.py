@@ -161,7 +161,10 @@ def answer_section(out: Path) -> list[str]:
         if not leads:
             continue
         gain, at = max(leads)
-        verdict = _verdict(gain, found.get(audited))
+        audit = found.get(audited)
+        if audit is not None and not any(abs(b - at) < 1e-4 for b in audit["settings"].get("budgets", [])):
+            audit = None  # audited, but not at the budget of the gain: that gain is not audited
+        verdict = _verdict(gain, audit)
         lines.append(f"- {label}: {grid[(lam, at)]:.1f} vs plain {plain[(1.0, at)]:.1f} at {255 * at:.3g}/255 "
                      f"-> {verdict}")
     return lines + [""]

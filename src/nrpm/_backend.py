@@ -41,7 +41,7 @@ OUT_OF_MEMORY = (MemoryError, getattr(torch, "OutOfMemoryError", torch.cuda.OutO
 
 
 # a first call still running after this long is compiling, not served from torch's on-disk cache: say so
-ANNOUNCE_AFTER_S = 5.0
+ANNOUNCE_AFTER_S = 15.0  # a warm first call (tracing, disk cache) took 8-11 s here, a cold compile 27-35 s
 
 class CompileFailed(Exception):
     """The compiled kernels failed and are now disabled: the caller reruns on the eager ones."""
