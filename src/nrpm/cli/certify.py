@@ -82,27 +82,15 @@ def _eval_settings(args):
     return EvalSettings(**model_settings(args), lams=args.lam)
 
 
-def _model_description(prepared, settings) -> dict:
-    """What defines the model (resuming must find the same): eval's key without its attack and sample count,
-    and the contents of the checkpoint and data files (a file retrained in place is another model)."""
-    from ..runs import file_digest
+def _model_description(prepared) -> dict:
+    """What defines the model (resuming must find the same): eval's model identity (file contents included)
+    without its attack and sample count."""
+    from ..evaluation import model_identity
 
-    key = prepared.settings.cell_key()
-    for name, path in (("checkpoint_sha256", settings.checkpoint), ("data_sha256", _data_file(settings))):
-        if path and Path(path).is_file():
-            key[name] = file_digest(path)
+    key = model_identity(prepared)
     for name in ("attack", "attack_kwargs", "n_samples", "seed"):
         key.pop(name, None)
-    if prepared.reprogramming is not None:  # the stored state itself: a file retrained in place must not resume
-        applied = prepared.reprogramming
-        key["stored_reprogramming"] = {"lam": applied["lam"], "K": applied["K"], "eps": applied["eps"]}
     return key
-
-
-def _data_file(settings) -> str | None:
-    """The file of a ``tensors:FILE`` data spec (its contents key the run), else None."""
-    data = getattr(settings, "data", None)
-    return data.split(":", 1)[1] if isinstance(data, str) and data.startswith("tensors:") else None
 
 
 def _recorded_info(prepared, samples) -> dict:
@@ -142,7 +130,7 @@ def cmd_certify(args) -> int:
     K = prepared.reprogramming["K"] if prepared.reprogramming is not None else prepared.settings.K
     certify_settings = CertifySettings(lams=prepared.settings.lams, sigmas=args.sigma, n0=args.n0, n=args.n,
                                        alpha=args.alpha, batch_size=args.batch_size, seed=args.seed,
-                                       describe=_model_description(prepared, settings),
+                                       describe=_model_description(prepared),
                                        info=_recorded_info(prepared, samples),
                                        title=f"{args.model}: randomized smoothing, K={K}")
     ctx = RunContext.create(args.out, "certify", overwrite=args.overwrite, progress=not args.no_progress, log=log)

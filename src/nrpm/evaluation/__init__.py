@@ -23,7 +23,7 @@ N defaults to 1000, and to the whole file for ``tensors:FILE``.
 from .grid import TRAINED, evaluate_grid, markdown_grid
 from .prepare import (EvalSettings, PreparedModel, load_eval_data, load_plain_model, prepare_model,
                       resolve_device)
-from .runner import RESULTS_FORMAT, run_eval
+from .runner import RESULTS_FORMAT, model_identity, run_eval
 
 __all__ = ["EvalSettings", "PreparedModel", "prepare_model", "load_plain_model", "load_eval_data", "resolve_device",
-           "run_eval", "evaluate_grid", "markdown_grid", "TRAINED", "RESULTS_FORMAT"]
+           "run_eval", "model_identity", "evaluate_grid", "markdown_grid", "TRAINED", "RESULTS_FORMAT"]

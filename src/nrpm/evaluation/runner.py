@@ -27,7 +27,7 @@ from ..runs import START_AGAIN, ResultsFile, RunContext, RunRefused, file_digest
 from .grid import TRAINED, cell_map, evaluate_grid, grid_axes, grid_key, markdown_grid, plot_grid, write_grid_csv
 from .prepare import EvalSettings, PreparedModel, load_eval_data, prepare_model
 
-__all__ = ["run_eval", "eval_identity", "RESULTS_FORMAT"]
+__all__ = ["run_eval", "eval_identity", "model_identity", "RESULTS_FORMAT"]
 
 RESULTS_FORMAT = EVAL_FORMAT
 _SETTINGS_HINT = "model, checkpoint, reprogramming, K, eps, layers, attack, data, samples and seed"
@@ -56,12 +56,19 @@ def run_eval(settings: EvalSettings, ctx: RunContext | None = None, *, device: s
 
 
 def eval_identity(prepared: PreparedModel) -> dict:
-    """What a finished cell depends on: the settings' cell key, the stored reprogramming applied, and the contents
-    (sha256) of the files read, so that a retrained checkpoint at the same path is not taken for the old one."""
+    """What a finished cell depends on: the model's identity (:func:`model_identity`) and the attack's seeding."""
     settings = prepared.settings
-    key = settings.cell_key()
+    key = model_identity(prepared)
     if A.make_attack(settings.attack, 0.0, **settings.attack_kwargs).seeded_per_sample:
         key["attack_rng"] = "per-sample"  # cells from before per-sample seeding hold other numbers: not resumed
+    return key
+
+
+def model_identity(prepared: PreparedModel) -> dict:
+    """The settings' cell key, the stored reprogramming applied, and the contents (sha256) of the files read, so
+    that a retrained checkpoint at the same path is not taken for the old one (eval's and certify's resume key)."""
+    settings = prepared.settings
+    key = settings.cell_key()
     if prepared.reprogramming is not None:
         applied = prepared.reprogramming
         key["stored_reprogramming"] = json.loads(json.dumps(
