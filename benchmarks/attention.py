@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attention_before import robust_attention as robust_attention_before  # noqa: E402
 from nrpm.attention import robust_attention  # noqa: E402
+from run import machine_info, save_report  # noqa: E402  (benchmarks/run.py)
 
 SHAPES = [(8, 3, 65, 32), (32, 3, 65, 32), (8, 4, 197, 64), (16, 4, 197, 64)]
 ESTIMATORS = {"l1": {}, "mcp": {"norm": "mcp"}, "huber": {"norm": "huber"}, "hm": {"norm": "hm"}}
@@ -141,18 +141,6 @@ def make_row(shape, K, mode, ms: dict, mb: dict) -> dict:
     return row
 
 
-def machine_info() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "load_average": os.getloadavg(),
-            "env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "NRPM_"))}}
-
-
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -221,13 +209,10 @@ def main(argv=None) -> None:
         return
     torch.manual_seed(0)
     report = {"command": " ".join(["benchmarks/attention.py", *(argv if argv is not None else sys.argv[1:])]),
-              "commit": git_commit(), "machine": machine_info()}
+              "commit": git_commit(), "machine": machine_info("cpu")}
     report["rows"] = measure(args)
     report["load_end"] = os.getloadavg()[0]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    save_report(args.out, report, markdown)
 
 
 if __name__ == "__main__":
