@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ._io import atomic_write, output_dir_lock
+from .formats import read_tagged, write_tagged
 
 __all__ = ["RunContext", "RunRefused", "ResultsFile", "resumable", "run_folder", "claim_folder", "claimable",
            "folder_owner", "differences",
@@ -216,11 +217,9 @@ class ResultsFile:
         if self.path is None or self.ctx.overwrite or not self.path.exists():
             return None
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as error:
-            raise RunRefused(f"{self.path} is not valid JSON ({error}): {START_AGAIN}") from None
-        if not isinstance(data, dict) or data.get("format") != self.fmt:
-            raise RunRefused(f"{self.path} is not {self.what} (format {self.fmt!r}): {START_AGAIN}")
+            data = read_tagged(self.path, self.fmt, self.what, START_AGAIN)
+        except ValueError as error:  # unreadable, or another file: one line, as every refusal of a folder
+            raise RunRefused(str(error)) from None
         diff = differences(data.get(self.identity_field), self.identity)
         if diff:
             hint = f"resuming needs the same {self.settings_hint}; " if self.settings_hint else ""
@@ -232,8 +231,7 @@ class ResultsFile:
         """Write ``payload`` (format tag and identity added) atomically; nothing on a non-main rank."""
         if self.path is None or not self.ctx.is_main:
             return
-        text = json.dumps({"format": self.fmt, self.identity_field: self.identity, **payload}, indent=2) + "\n"
-        atomic_write(self.path, lambda f: f.write(text), binary=False)
+        write_tagged(self.path, {"format": self.fmt, self.identity_field: self.identity, **payload})
 
 
 @contextmanager
