@@ -41,7 +41,8 @@ def test_resume_skips_finished_cells(shared_dir, tmp_path, monkeypatch):
     _run(_settings(lams=[1.0]), tmp_path)
     calls = []
     real = A.robust_accuracy
-    monkeypatch.setattr(A, "robust_accuracy", lambda model, attack, *a, **k: calls.append(id(attack)) or
+    # where the counting helper (nrpm.attacks.accuracy.sharded_correct_count) looks it up
+    monkeypatch.setattr(A.accuracy, "robust_accuracy", lambda model, attack, *a, **k: calls.append(id(attack)) or
                         real(model, attack, *a, **k))
     _run(_settings(lams=[1.0, 0.5]), tmp_path)
     assert len(set(calls)) == 1  # one attack, one cell: only (lam 0.5, budget 0.1) is new; (1.0, 0.1) was resumed
@@ -134,7 +135,7 @@ def test_an_interrupted_run_leaves_every_output_of_its_finished_cells(shared_dir
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(A, "robust_accuracy", interrupted)  # the clean cell finishes, the attacked one is cut
+    monkeypatch.setattr(A.accuracy, "robust_accuracy", interrupted)  # the clean cell finishes, the attacked one is cut
     with pytest.raises(KeyboardInterrupt):
         _run(_settings(lams=[1.0], budgets=[0.0, 0.1]), tmp_path)
     for name in ("results.json", "results.csv", "table.md", "accuracy.png"):

@@ -27,7 +27,7 @@ not take the model, unlike torchattacks: one attack object serves any model, ``a
 # the attack modules register their attacks as they are imported: this order is the CLI's list of attacks
 from .single_step import FGML1, FGML2, FGSM, L0TopK  # isort: skip
 from .pgd import PGD, PGDL2, ascend  # isort: skip
-from .accuracy import clean_accuracy, model_device, robust_accuracy
+from .accuracy import clean_accuracy, model_device, robust_accuracy, sharded_correct_count
 from .autoattack import APGDCE, APGDDLR, AutoAttackStandard, Square
 from .base import (NORMS, Attack, GradientAttack, LossFn, cross_entropy_per_sample, eval_frozen,
                    loss_and_gradient, margin_loss_per_sample, perturbation_norm)
@@ -49,6 +49,6 @@ __all__ = [
     "ATTACKS", "STEP_SIZES", "make_attack", "canonical_name", "attack_factory", "with_default_seed",
     "step_size_options", "register_attack", "unregister_attack", "attack_entries", "AttackEntry",
     "unknown_attack_message", "AUDIT_ROLES", "WHITE_BOX", "BLACK_BOX", "ADAPTIVE",
-    "robust_accuracy", "clean_accuracy", "model_device", "perturbation_norm", "NORMS",
+    "robust_accuracy", "clean_accuracy", "sharded_correct_count", "model_device", "perturbation_norm", "NORMS",
     "eval_frozen", "cross_entropy_per_sample", "margin_loss_per_sample", "loss_and_gradient",
 ]

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import torch
 
+from .. import distributed as dist
 from ..validation import check_batch, check_count
 from .base import Attack, eval_frozen, logits_2d
 
-__all__ = ["clean_accuracy", "robust_accuracy", "model_device"]
+__all__ = ["clean_accuracy", "robust_accuracy", "sharded_correct_count", "model_device"]
 
 
 def model_device(model, fallback: torch.device) -> torch.device:
@@ -66,3 +67,17 @@ def robust_accuracy(model, attack: Attack, x: torch.Tensor, y: torch.Tensor,
         return (_predict(model, x_adv) == y_batch[correct]).sum().item()
 
     return _count_correct(model, x, y, batch_size, robust_in_batch)
+
+
+def sharded_correct_count(model, attack: Attack | None, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> int:
+    """How many samples of (x, y) ``model`` gets right, clean (``attack`` None) or under ``attack``, measured over
+    torchrun's ranks: the batches one process would form are dealt round the ranks and the counts summed, so the
+    total is one process's on any number of ranks (per-sample seeds see their global index, and pyautoattack's
+    per-batch seeding sees the same batches). Every rank must call it (it is a collective)."""
+    correct = 0
+    for first, stop in dist.batch_shards(len(x), batch_size):
+        xs, ys = x[first:stop], y[first:stop]
+        accuracy = clean_accuracy(model, xs, ys, batch_size=batch_size) if attack is None else \
+            robust_accuracy(model, attack, xs, ys, batch_size=batch_size, first_index=first)
+        correct += int(round(accuracy * (stop - first)))
+    return dist.all_reduce_sum(correct)

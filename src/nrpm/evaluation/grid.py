@@ -67,15 +67,7 @@ def _measure(model, x, y, lam, budget: float, make_attack, batch_size: int, atta
     """One cell at the model's current lam: clean accuracy for budget 0, else under ``make_attack(budget)``."""
     start = time.perf_counter()
     attack = None if budget == 0 else make_attack(budget)
-    correct = 0
-    # one process's batches, dealt round the ranks: per-sample seeds see their global index (first_index), and
-    # pyautoattack's per-batch seeding sees the same batches, so the counts are one process's on any world size
-    for first, stop in dist.batch_shards(len(x), batch_size):
-        xs, ys = x[first:stop], y[first:stop]
-        accuracy = A.clean_accuracy(model, xs, ys, batch_size=batch_size) if attack is None else \
-            A.robust_accuracy(model, attack, xs, ys, batch_size=batch_size, first_index=first)
-        correct += int(round(accuracy * (stop - first)))
-    correct = dist.all_reduce_sum(correct)
+    correct = A.sharded_correct_count(model, attack, x, y, batch_size)  # one process's count on any world size
     return {"lam": lam, "budget": budget, "attack": "clean" if budget == 0 else attack_name,
             "accuracy": correct / len(x), "correct": correct, "n": len(x),
             "seconds": round(time.perf_counter() - start, 3)}

@@ -1,6 +1,6 @@
 """Accuracy measurements during and after training: the per-epoch check on the held-out images and the final
-test evaluation(s). Both shard the samples over the processes (:func:`nrpm.distributed.sharded_correct`), so
-every rank must call them and all ranks get the totals of a single process."""
+test evaluation(s). Both deal one process's batches over the processes (:func:`nrpm.attacks.sharded_correct_count`),
+so every rank must call them and all ranks get the totals of a single process."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from torch import nn
 
 from .. import attacks as A
 from .. import data as D
-from .. import distributed as dist
 from .. import reports
 from .artifacts import TEST_FORMAT, write_test_files
 from .config import TestSettings
@@ -23,26 +22,15 @@ __all__ = ["evaluate_split", "run_test"]
 def evaluate_split(model: nn.Module, x, y, attack: A.Attack | None, batch_size: int) -> tuple[float, float | None]:
     """(clean accuracy, robust accuracy or None without an attack) on (x, y)."""
     n = len(x)
-    clean = dist.sharded_correct(lambda xs, ys: A.clean_accuracy(model, xs, ys, batch_size=batch_size), x, y) / n
-    robust = None
-    if attack is not None:
-        first = dist.shard_range(n)[0]  # global index of this rank's first sample: seeds its random starts
-        robust = dist.sharded_correct(lambda xs, ys: A.robust_accuracy(model, attack, xs, ys, batch_size=batch_size,
-                                                                       first_index=first), x, y) / n
+    clean = A.sharded_correct_count(model, None, x, y, batch_size) / n
+    robust = None if attack is None else A.sharded_correct_count(model, attack, x, y, batch_size) / n
     return clean, robust
 
 
 def _measure(model: nn.Module, settings: TestSettings, kwargs: dict, budget: float, x, y) -> dict:
     start = time.perf_counter()
-    if budget == 0:
-        correct = dist.sharded_correct(lambda xs, ys: A.clean_accuracy(model, xs, ys,
-                                                                       batch_size=settings.batch_size), x, y)
-    else:
-        attack = A.make_attack(settings.attack, budget, **kwargs)
-        first = dist.shard_range(len(x))[0]  # global index of this rank's first sample: seeds its attack
-        correct = dist.sharded_correct(lambda xs, ys: A.robust_accuracy(model, attack, xs, ys,
-                                                                        batch_size=settings.batch_size,
-                                                                        first_index=first), x, y)
+    attack = None if budget == 0 else A.make_attack(settings.attack, budget, **kwargs)
+    correct = A.sharded_correct_count(model, attack, x, y, settings.batch_size)
     return {"budget": budget, "attack": "clean" if budget == 0 else settings.attack,
             "accuracy": correct / len(x), "correct": correct, "n": len(x),
             "seconds": round(time.perf_counter() - start, 3)}
