@@ -54,3 +54,38 @@ def test_conv_compiled_eager_and_naive_agree_on_cuda(backend, est):
     naive = _outputs_and_grads(lambda a, b: naive_conv2d(a, b, None, 1, 1, 1, 1, 0.3, 2, 1e-3, **est), (x, w))
     _close(compiled, eager)
     _close(compiled, naive)
+
+
+@pytest.mark.parametrize("norm", ["l1", "mcp", "huber", "hm"])
+def test_robust_attention_on_cuda_matches_the_float64_reference(norm):
+    from test_attention import reference
+
+    from nrpm.attention import robust_attention
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 17, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    mask = torch.rand(17, 17, generator=g) < 0.3
+    mask[:, 0] = False
+    est = dict(norm=norm, gamma=4.0, delta=1.5)
+    ref = _outputs_and_grads(lambda a, b, c: reference(a, b, c, mask, lam=0.3, K=3, **est), (q, k, v))
+    ours = _outputs_and_grads(lambda a, b, c: robust_attention(a, b, c, attn_mask=mask.cuda(), lam=0.3, K=3, **est),
+                              [t.float().cuda() for t in (q, k, v)])
+    _close(ours, ref)
+
+
+def test_reprogrammed_vit_on_cuda_matches_cpu(backend):
+    """The registry's ViT with every attention part reprogrammed: the same logits and input gradient on CUDA as on
+    the CPU (float32; the compiled kernels on CUDA)."""
+    from nrpm import ReprogramConfig, reprogram
+    from nrpm.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("vit_tiny_cifar").eval()
+    model = reprogram(model, ReprogramConfig(lam=0.5, K=2, target_types=("linear", "conv2d", "attention")))
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    backend("eager")
+    on_cpu = _outputs_and_grads(model, (x,))
+    backend("compiled")
+    on_cuda = _outputs_and_grads(model.cuda(), (x.cuda(),))
+    for a, b in zip(on_cuda, on_cpu):
+        torch.testing.assert_close(a.float().cpu(), b, rtol=1e-3, atol=1e-4)
