@@ -73,8 +73,10 @@ def main(argv=None) -> int:
                 torch.cuda.reset_peak_memory_stats(device)
                 rows.append(time_pair(CASES[name], K, mode, args.repeats, device))
                 print(rows[-1], flush=True)
-    report = {"device": torch.cuda.get_device_name(device), "machine": machine_info(str(device)), "rows": rows}
-    save_report(args.out, report, markdown)
+                # saved after every row: a run cut short by its time limit keeps what it measured
+                report = {"device": torch.cuda.get_device_name(device), "machine": machine_info(str(device)),
+                          "rows": rows}
+                save_report(args.out, report, markdown)
     return 0
 
 

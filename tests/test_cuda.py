@@ -1,5 +1,10 @@
 """CUDA correctness (run by benchmarks/gpu_check.sh on a GPU; skipped without CUDA): the compiled Triton kernels
-against the eager ones and the naive reference, forward and gradients, linear and conv, every estimator."""
+against the eager ones and the naive reference, forward and gradients, linear and conv, every estimator.
+
+The kernel comparisons run in float64: MCP, Huber and HM have kinks (a clamp of the IRLS weight), and in float32 the
+compiled and eager kernels' different summation orders put a vote on either side of a kink now and then (seen on an
+H100: 1 of 1152 weight-gradient entries off by 8e-5 for MCP), a true difference of rounding, not of the kernels.
+The ViT check runs in float32 with TF32 off, as the CPU computes."""
 
 import pytest
 import torch
@@ -21,16 +26,16 @@ def _outputs_and_grads(fn, inputs):
     return [out.detach(), *torch.autograd.grad((out * probe).sum(), inputs)]
 
 
-def _close(a, b):
+def _close(a, b, rtol=1e-9, atol=1e-11):
     for x, y in zip(a, b):
-        torch.testing.assert_close(x.float().cpu(), y.float().cpu(), rtol=2e-4, atol=2e-5)
+        torch.testing.assert_close(x.double().cpu(), y.double().cpu(), rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("est", ESTIMATORS, ids=IDS)
 def test_linear_compiled_eager_and_naive_agree_on_cuda(backend, est):
     g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.rand(64, 96, device="cuda", generator=g)
-    w = torch.randn(32, 96, device="cuda", generator=g) / 10
+    x = torch.rand(64, 96, device="cuda", generator=g, dtype=torch.float64)
+    w = torch.randn(32, 96, device="cuda", generator=g, dtype=torch.float64) / 10
     fn = lambda a, b: robust_linear(a, b, None, lam=0.3, K=3, eps=1e-3, **est)  # noqa: E731
     backend("compiled")
     compiled = _outputs_and_grads(fn, (x, w))
@@ -44,8 +49,8 @@ def test_linear_compiled_eager_and_naive_agree_on_cuda(backend, est):
 @pytest.mark.parametrize("est", ESTIMATORS, ids=IDS)
 def test_conv_compiled_eager_and_naive_agree_on_cuda(backend, est):
     g = torch.Generator(device="cuda").manual_seed(1)
-    x = torch.rand(32, 8, 12, 12, device="cuda", generator=g)
-    w = torch.randn(16, 8, 3, 3, device="cuda", generator=g) / 10
+    x = torch.rand(32, 8, 12, 12, device="cuda", generator=g, dtype=torch.float64)
+    w = torch.randn(16, 8, 3, 3, device="cuda", generator=g, dtype=torch.float64) / 10
     fn = lambda a, b: robust_conv2d(a, b, None, 1, 1, lam=0.3, K=2, eps=1e-3, **est)  # noqa: E731
     backend("compiled")
     compiled = _outputs_and_grads(fn, (x, w))
@@ -70,10 +75,10 @@ def test_robust_attention_on_cuda_matches_the_float64_reference(norm):
     ref = _outputs_and_grads(lambda a, b, c: reference(a, b, c, mask, lam=0.3, K=3, **est), (q, k, v))
     ours = _outputs_and_grads(lambda a, b, c: robust_attention(a, b, c, attn_mask=mask.cuda(), lam=0.3, K=3, **est),
                               [t.float().cuda() for t in (q, k, v)])
-    _close(ours, ref)
+    _close(ours, ref, rtol=2e-4, atol=2e-5)
 
 
-def test_reprogrammed_vit_on_cuda_matches_cpu(backend):
+def test_reprogrammed_vit_on_cuda_matches_cpu(backend, monkeypatch):
     """The registry's ViT with every attention part reprogrammed: the same logits and input gradient on CUDA as on
     the CPU (float32; the compiled kernels on CUDA)."""
     from nrpm import ReprogramConfig, reprogram
@@ -86,6 +91,8 @@ def test_reprogrammed_vit_on_cuda_matches_cpu(backend):
     backend("eager")
     on_cpu = _outputs_and_grads(model, (x,))
     backend("compiled")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     on_cuda = _outputs_and_grads(model.cuda(), (x.cuda(),))
     for a, b in zip(on_cuda, on_cpu):
         torch.testing.assert_close(a.float().cpu(), b, rtol=1e-3, atol=1e-4)
