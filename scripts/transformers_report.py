@@ -211,8 +211,8 @@ def _steps(out: Path):
 def write(out: Path, settings: dict) -> None:
     head = ["# Robust attention on a CIFAR-10 ViT (vit_tiny_cifar)", "",
             "Written by `scripts/transformers_study.py` (see its docstring for the steps, the variants and the lam "
-            "rule). Settings of this run:", "", "```", json.dumps({k: str(v) if isinstance(v, Path) else v
-                                                                    for k, v in settings.items()}), "```",
+            "rule). Settings of the study run (`study.json`; each step's exact command is in its folder's "
+            "`command.txt`):", "", "```", json.dumps(settings), "```",
             "", "Variants: " + "; ".join(f"**{k}** = {v}" for k, v in VARIANT_TEXT.items()) + ". The patch "
             "embedding (a convolution) stays plain in all of them.", ""]
     body = [*validation_section(out), *test_section(out), *audit_section(out), *answer_section(out),

@@ -51,6 +51,7 @@ import transformers_report  # noqa: E402
 VARIANTS = {"projections": ["linear", "attention_projections"], "attention": ["attention_aggregation"],
             "both": ["linear", "attention"]}
 MODEL = "vit_tiny_cifar"
+SETTINGS_FILE = "study.json"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -208,16 +209,30 @@ def run_audits(args, choices: dict) -> None:
                     "--budget-unit", "255", *args.audit_args.split(), "--out", str(folder)], folder)
 
 
+def study_settings(args) -> dict:
+    """The settings that produce the numbers (saved by a study run; a --report-only call reuses them, so the
+    report never shows the report call's own defaults as the study's)."""
+    path = args.out / SETTINGS_FILE
+    if args.report_only:
+        return json.loads(path.read_text()) if path.exists() else {"note": "no study.json: settings unknown"}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "report_only"}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(settings, indent=1) + "\n")
+    os.replace(tmp, path)
+    return settings
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    settings = study_settings(args)
     if not args.report_only:
         run_validation(args)
         choices = choose(args)
         run_test(args, choices)
         run_paradigm2(args)
         run_audits(args, choices)
-    transformers_report.write(args.out, vars(args))
+    transformers_report.write(args.out, settings)
     print(f"report: {args.out / 'README.md'}")
 
 

@@ -270,3 +270,17 @@ def test_a_corrupt_reprogramming_file_is_a_clear_error(tmp_path):
     bad.write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match=r"reprogramming state .*rp\.pt is not readable by torch\.load"):
         nrpm.load_reprogramming(SmallNet(), bad)
+
+
+def test_warnings_as_notes_logs_coverage_warnings_and_shows_the_rest():
+    import warnings
+
+    from nrpm.coverage import UnreprogrammedWeightsWarning, warnings_as_notes
+
+    logged = []
+    with warnings.catch_warnings(record=True) as others, warnings_as_notes(logged.append):
+        warnings.simplefilter("always")
+        warnings.warn("conv1 stays plain", UnreprogrammedWeightsWarning)
+        warnings.warn("something else", UserWarning)
+    assert logged == ["note: conv1 stays plain"]
+    assert [str(w.message) for w in others] == ["something else"]

@@ -12,7 +12,9 @@ choice, not an omission) or when it lies inside a covered module (``out_proj`` o
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from typing import Callable, Iterator
 
 from torch import nn
 
@@ -65,3 +67,21 @@ def warn_unreprogrammed(report: dict[str, str]) -> None:
     warnings.warn(f"reprogramming left {len(report)} weight-bearing module(s) plain: {listed}. Add their type to "
                   "target_types where nrpm supports it; the list is also in model.nrpm_unreprogrammed",
                   UnreprogrammedWeightsWarning, stacklevel=3)
+
+
+@contextlib.contextmanager
+def warnings_as_notes(log: Callable[[str], None]) -> Iterator[None]:
+    """Inside: an :class:`UnreprogrammedWeightsWarning` goes to ``log`` as one ``note: ...`` line (how the CLI
+    commands report coverage) instead of Python's ``file:line: UnreprogrammedWeightsWarning`` form; every other
+    warning is shown as before."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, UnreprogrammedWeightsWarning):
+                log(f"note: {message}")
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield

@@ -68,6 +68,9 @@ def test_reprogram_paradigm2_untrained_vit(shared_dir, tmp_path, capsys):
                           "--test-samples", "4", *common(shared_dir, tmp_path)], capsys)
     assert code == 0, err
     assert (tmp_path / "reprogramming.pt").is_file(), sorted(p.name for p in tmp_path.iterdir())
+    # the patch embedding (a Conv2d, not a chosen type) is reported as a note line, not as a Python warning
+    assert "note: reprogramming left 1 weight-bearing module(s) plain: patch_embed" in err
+    assert "UnreprogrammedWeightsWarning" not in err
 
 
 def _eval_factory(factory, shared, out, capsys):

@@ -87,6 +87,7 @@ def tests_from_args(args) -> list:
 
 def _run(args, paradigm: int) -> int:
     from .. import distributed as dist
+    from ..coverage import warnings_as_notes
     from ..runs import RunContext
     from ..train import TrainOptions, run_training
 
@@ -101,7 +102,8 @@ def _run(args, paradigm: int) -> int:
                             progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr, flush=True))
     options = TrainOptions(device=args.device, resume=args.resume, max_minutes=args.max_minutes,
                            tensorboard=args.tensorboard, tests=tests)
-    summary = run_training(config, ctx, options=options)
+    with warnings_as_notes(ctx.log):
+        summary = run_training(config, ctx, options=options)
     if dist.is_main():
         print(json.dumps({k: summary[k] for k in ("epochs_done", "stopped", "train_seconds", "lam", "artifacts")}))
         for label, res in summary["tests"].items():
