@@ -7,6 +7,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
+# Attacks, audits, certification and training run inside nrpm.sustained_work, where the 'auto' backend compiles
+# problems of every size; the suite's tiny models and many settings would compile dozens of kernels (seconds each),
+# so the suite keeps auto's size rule there (set before nrpm is imported; subprocesses inherit it).
+# test_fastpath checks sustained_work itself and the compiled kernels at small batches.
+os.environ.setdefault("NRPM_SUSTAINED", "0")
+
 
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("NRPM_SLOW") == "1":

@@ -177,3 +177,67 @@ def test_a_compilation_is_announced_only_when_it_takes_long(capsys, monkeypatch)
     kernels.run(lambda: time.sleep(0.3), ("slow", (3, 3, 1, 1, 1, 1)), ())
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "(3, 3, 1, 1, 1, 1)" in err[0]
+
+
+def test_sustained_work_compiles_every_size_under_auto_only(backend, monkeypatch):
+    monkeypatch.setattr(STATE.compiled, "failure", None)
+    monkeypatch.setattr(STATE, "sustained_min_vote_steps", 0)  # the suite sets NRPM_SUSTAINED=0 (conftest)
+    cpu = torch.device("cpu")
+    backend("auto")
+    assert not STATE.will_compile(cpu, 1000)
+    with RF.sustained_work():
+        assert STATE.will_compile(cpu, 1000)
+        with RF.sustained_work():  # nests
+            assert STATE.will_compile(cpu, 1)
+        assert STATE.will_compile(cpu, 1)
+        backend("eager")
+        assert not STATE.will_compile(cpu, 10**12)  # the eager setting stays eager
+        backend("auto")
+    assert not STATE.will_compile(cpu, 1000)
+    with pytest.raises(RuntimeError), RF.sustained_work():
+        raise RuntimeError("left early")
+    assert STATE.sustained_depth == 0 and not STATE.will_compile(cpu, 1000)
+
+
+def test_sustained_work_can_be_switched_off_by_the_environment(monkeypatch):
+    from nrpm import _backend
+
+    monkeypatch.setenv("NRPM_SUSTAINED", "0")
+    assert _backend._from_environment().sustained_min_vote_steps == AUTO_MIN_VOTE_STEPS
+    monkeypatch.setenv("NRPM_SUSTAINED", "1")
+    assert _backend._from_environment().sustained_min_vote_steps == 0
+
+
+class _DepthProbe(torch.nn.Module):
+    """A classifier that records whether each forward ran inside sustained_work."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.seen = torch.nn.Linear(12, 3), []
+
+    def forward(self, x):
+        self.seen.append(STATE.sustained_depth > 0)
+        return self.fc(x.flatten(1))
+
+
+def test_attacks_and_certification_run_inside_sustained_work():
+    from nrpm.attacks import PGD
+    from nrpm.certify import CertifySettings, run_certify
+
+    model, x, y = _DepthProbe(), torch.rand(4, 12), torch.tensor([0, 1, 2, 0])
+    PGD(0.1, steps=2)(model, x, y)
+    assert model.seen and all(model.seen)
+    model.seen.clear()
+    run_certify(model, x[:1], y[:1], CertifySettings(sigmas=(0.25,), n0=4, n=8))
+    assert model.seen and all(model.seen)
+    model.seen.clear()
+    model(x)  # outside: the size rule
+    assert model.seen == [False]
+
+
+def test_compiled_unfolded_conv_at_a_small_batch_matches_eager_and_naive(backend):
+    """The layout sustained_work compiles for a few surviving samples: batch 3, output positions in the lanes."""
+    x, w, b, lam = leaf(3, 4, 9, 8), leaf(6, 4, 3, 3, scale=0.3), leaf(6), torch.tensor(0.6).requires_grad_()
+    fn = lambda x, w, b, lam: robust_conv2d(x, w, b, 1, 1, lam=lam, K=1, eps=EPS)  # noqa: E731
+    naive = lambda x, w, b, lam: naive_conv2d(x, w, b, 1, 1, 1, 1, lam, 1, EPS, False)  # noqa: E731
+    check_against_eager_and_naive(backend, fn, naive, (x, w, b, lam))

@@ -4,7 +4,7 @@ Implements "Robustness Reprogramming for Representation Learning" (Hou, Torkaman
 """
 
 from .functional import (IRLSSettings, get_backend, get_memory_budget, robust_conv2d, robust_linear, robust_sum,
-                         set_backend, set_memory_budget)
+                         set_backend, set_memory_budget, sustained_work)
 from .nn import RobustConv2d, RobustLinear, backward_override, lam_override
 from .attention import robust_attention
 from .coverage import UnreprogrammedWeightsWarning
@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "robust_sum", "robust_linear", "robust_conv2d", "IRLSSettings", "set_memory_budget", "get_memory_budget",
-    "set_backend", "get_backend",
+    "set_backend", "get_backend", "sustained_work",
     "RobustLinear", "RobustConv2d", "lam_override", "backward_override",
     "ReprogramConfig", "reprogram", "undo_reprogramming", "robust_layers", "lam_table", "set_lam",
     "lam_parameters", "count_trainable_parameters", "save_reprogramming", "load_reprogramming",

@@ -25,7 +25,7 @@ Implementation notes (why it looks like this):
   C++/OpenMP on CPU, Triton on CUDA; votes built inside the fused reductions, never stored) for large problems,
   and as eager PyTorch over chunks sized from a memory budget (:func:`set_memory_budget`) for small ones, when
   compilation is unavailable or fails, or when forced (:func:`set_backend`, env ``NRPM_BACKEND=auto|compiled|
-  eager``). Both run the same kernel functions; results agree to float rounding.
+  eager``); inside :func:`sustained_work` (attacks, audits, training) every size compiles. Both run the same kernel functions; results agree to float rounding.
 * Estimators (``norm``): the official code's weightings of the same IRLS, each ``w = clamp(alpha/(|r| + eps) +
   beta, lo, hi)`` so one kernel serves all: "l1" ``1/(|r| + eps)`` (the paper's, the default), "mcp"
   ``max(1/(|r| + eps) - 1/gamma, eps)``, "huber" ``min(delta/(|r| + eps), 1)``, "hm" ``clamp(delta/(gamma - delta)
@@ -53,7 +53,8 @@ import torch
 import torch.nn.functional as F
 
 from . import _kernels
-from ._backend import STATE, CompileFailed, get_backend, get_memory_budget, set_backend, set_memory_budget
+from ._backend import (STATE, CompileFailed, get_backend, get_memory_budget, set_backend, set_memory_budget,
+                       sustained_work)
 from ._weightings import Estimator
 from .validation import (DEFAULT_DELTA, DEFAULT_GAMMA, DEFAULT_NORM, DEFAULT_SCALE, ESTIMATORS, SCALES, LamType,
                          check_eps, check_estimator, check_floating, check_K, check_lam)
@@ -73,6 +74,7 @@ __all__ = [
     "get_memory_budget",
     "set_backend",
     "get_backend",
+    "sustained_work",
 ]
 
 DEFAULT_K = 3

@@ -27,6 +27,7 @@ from typing import Callable, Iterator, Optional
 import torch
 import torch.nn.functional as F
 
+from ..functional import sustained_work
 from ..validation import check_batch, check_budget
 from .randomness import SampleRNG
 
@@ -239,7 +240,9 @@ class Attack:
             return x.clone()
         previous, self.sample_indices = self.sample_indices, _check_indices(indices, len(x))
         try:
-            with eval_frozen(model, *self.extra_models()):
+            # sustained_work: an attack calls the model tens to thousands of times, so the robust layers' kernels
+            # compile at every batch size (the eager ones cost 5-10x on the small batches of late attack steps)
+            with eval_frozen(model, *self.extra_models()), sustained_work():
                 x_adv = self.perturb(model, x, y.detach().long())
         finally:
             self.sample_indices = previous  # an attack object may be reused (or nested) with other batches

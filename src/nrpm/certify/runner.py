@@ -32,6 +32,7 @@ from .. import distributed as dist
 from .. import reports
 from ..attacks import eval_frozen
 from ..evaluation import TRAINED
+from ..functional import sustained_work
 from ..nn import lam_override
 from ..provenance import versions
 from ..reprogram import robust_layers
@@ -217,7 +218,8 @@ def run_certify(model_factory_or_model, x: torch.Tensor, y: torch.Tensor, settin
         if on_start is not None:
             on_start()
         run = _Run(model, x, y, settings, previous, results, ctx, on_sample=on_sample, device=_device_of(model))
-        return run.execute()
+        with sustained_work():  # n noise draws per sample: the kernels compile at every batch size
+            return run.execute()
 
 
 class _Run:

@@ -21,6 +21,7 @@ from torch import nn
 
 from .. import data as D
 from .. import distributed as dist
+from ..functional import sustained_work
 from ..models import inner_model
 from ..provenance import versions
 from ..reprogram import robust_layers
@@ -84,7 +85,7 @@ def run_training(config: TrainConfig, ctx: RunContext | str | os.PathLike, *, mo
     max_minutes = None if options.max_minutes is None else check_positive(options.max_minutes, "max minutes")
     tests = [options.tests] if isinstance(options.tests, TestSettings) else list(options.tests)
     check_writable(ctx.out)
-    with run_folder(ctx):
+    with run_folder(ctx), sustained_work():  # many steps: the kernels compile at every batch size
         saved, resume_path = _checkpoint_to_resume(config, ctx.out / CHECKPOINT_NAME, options.resume, ctx.overwrite)
         run = _Run(config, ctx.out, info, per_rank, ctx.log, progress=ctx.progress, step_hook=options.step_hook)
         run.build(model, data, starting=saved is None)
