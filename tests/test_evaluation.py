@@ -35,6 +35,12 @@ def test_eval_writes_all_outputs_and_matches_direct_computation(shared_dir, tmp_
     assert 0.8 <= cells[(1.0, 0.0)] <= 1.0
     assert cells[(1.0, 0.1)] < cells[(1.0, 0.0)]
     assert "| lam | clean | 0.1 |" in result["table"]
+    assert (tmp_path / "table.md").read_text().startswith("# mlp3, attack fgsm")
+
+
+def test_a_clean_only_table_names_no_attack(shared_dir, tmp_path):
+    _run(_settings(budgets=[0.0], lams=[1.0]), tmp_path)
+    assert (tmp_path / "table.md").read_text().startswith("# mlp3, clean accuracy\n")
 
 
 def test_resume_skips_finished_cells(shared_dir, tmp_path, monkeypatch):

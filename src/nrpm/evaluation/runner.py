@@ -182,6 +182,8 @@ def _table_doc(settings: EvalSettings, applied: dict | None, table: str, samples
         how = (f"reprogramming stored in {applied['source']} (row trained = its per-layer lam; a number sets "
                f"every layer), K={applied['K']}, eps={applied['eps']:g}"
                + (f" (overridden: {applied['overrides']})" if applied["overrides"] else ""))
-    return (f"# {settings.model}, attack {settings.attack} {settings.attack_kwargs or ''}\n\n"
+    attacked = any(b > 0 for b in settings.budgets)  # budget 0 only: the attack (a default) never ran
+    title = f"attack {settings.attack} {settings.attack_kwargs or ''}" if attacked else "clean accuracy"
+    return (f"# {settings.model}, {title}\n\n"
             f"Accuracy (%) on {samples}; rows lam (1 = original model), {how}, seed={settings.seed}. "
             f"Every cell on file; '…' = not evaluated.\n\n{table}\n")
