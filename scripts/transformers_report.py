@@ -137,9 +137,31 @@ def audit_section(out: Path) -> list[str]:
     for i in ids:
         verdicts = [next((c["verdict"] for c in a["checks"] if c["id"] == i), "-") for a in found.values()]
         lines.append(f"| {i}. {titles[i]} | " + " | ".join(verdicts) + " |")
-    lines += ["", "Summaries (the numbers behind each verdict):", ""]
+    lines += ["", *worst_case_table(found), "", "Summaries (the numbers behind each verdict):", ""]
     for name, a in found.items():
         lines += [f"*{name}*:", ""] + [f"- {c['id']}. {c['verdict']}: {c['summary']}" for c in a["checks"]] + [""]
+    return lines
+
+
+def worst_case_table(found: dict) -> list[str]:
+    """The audited model's worst case (a sample counts only if no attack of the audit broke it) per budget, with
+    the sample count and its 95 % Wilson half-width: the number to quote, not a single attack's."""
+    budgets = sorted({r["budget"] for a in found.values() for r in a["worst_case"].get("nrpm", [])})
+    lines = ["Worst case over the audit's attacks, accuracy % of the audited setting (the plain ViT's in the "
+             "*plain* column; the same first test images for every audit):", "",
+             "| budget | " + " | ".join(found) + " |", "|---|" + "---|" * len(found)]
+    for b in budgets:
+        cells = []
+        for a in found.values():
+            acc = next((r["accuracy"] for r in a["worst_case"].get("nrpm", []) if abs(r["budget"] - b) < 1e-9), None)
+            cells.append("-" if acc is None else f"{100 * acc:.1f}")
+        lines.append(f"| {255 * b:.3g}/255 | " + " | ".join(cells) + " |")
+    counts = sorted({a["settings"]["n"] for a in found.values()})
+    reductions = sorted({r for a in found.values() for r in a.get("protocol", {}).get("reductions", [])})
+    widest = max(a.get("protocol", {}).get("worst_case_ci95", 0.0) for a in found.values())
+    lines += ["", f"Images per audit: {', '.join(map(str, counts))} (95 % Wilson half-width of these worst cases: "
+              f"at most +-{100 * widest:.1f} points). " + (f"Reduced protocol: {'; '.join(reductions)}: weaker attacks than the full protocol's, "
+                             "so these worst cases are upper bounds." if reductions else "")]
     return lines
 
 
