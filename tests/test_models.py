@@ -294,3 +294,13 @@ def test_a_bundled_release_is_found_in_the_package_and_checked(tmp_path, monkeyp
             checkpoints.load_pretrained("tiny_bundled_test")
     finally:
         registry.unregister_model("tiny_bundled_test")
+
+
+def test_the_shipped_vit_matches_its_registry_entry():
+    """The released file shipped in the package has the sha256 its registry entry names (a re-release that forgot
+    the registry line fails here) and loads into the architecture."""
+    from nrpm.models import load_pretrained
+
+    model, info = load_pretrained("vit_tiny_cifar")
+    assert info["source"].endswith("released/vit_tiny_cifar.pt") and not info["ignored_keys"]
+    assert sum(p.numel() for p in model.parameters()) == 460906
