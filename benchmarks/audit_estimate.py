@@ -23,6 +23,8 @@ import argparse
 import json
 from pathlib import Path
 
+from audit_profile import parse_cache_key, write_report  # benchmarks/ is the script's folder: on sys.path
+
 UNCHANGED = {"apgd-ce", "apgd-dlr", "fgsm", "noise"}
 EARLY_STOPPED = {"pgd", "cw", "bpda", "detached", "pgd-x4-steps", "pgd-x5-restarts", "pgd-half-step", "pgd-unbounded"}
 LAST_ITERATE = {"transfer", "smoothed-eps10", "smoothed-eps100", "smoothed-k1"}
@@ -36,7 +38,7 @@ def read(folder: Path) -> dict[tuple, dict]:
     """{(tag, attack, budget): {"mask": [bool], "seconds": s}} of an every-sample cache.json."""
     cells = {}
     for key, cell in json.loads((Path(folder) / "cache.json").read_text())["cells"].items():
-        tag, attack, _p, budget = key.split("|")[:4]
+        tag, attack, budget, _on = parse_cache_key(key)
         cells[(tag, attack, budget)] = {"mask": [c == "1" for c in cell["mask"]], "seconds": cell["seconds"]}
     return cells
 
@@ -120,8 +122,7 @@ def main(argv=None) -> None:
         lines.append("")
     text = "\n".join(lines)
     if args.out:
-        Path(args.out + ".md").write_text(text)
-        Path(args.out + ".json").write_text(json.dumps(report, indent=1))
+        write_report(args.out, text, report)
     print(text)
 
 

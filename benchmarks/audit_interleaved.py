@@ -11,12 +11,13 @@ MNIST test images; PGD-40 at 0.1 / 0.2 / 0.3 and PGD-160 (check 4's x4 steps) an
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from audit_profile import write_report  # benchmarks/ is the script's folder: on sys.path
 
 
 def load_code(src: str):
@@ -86,8 +87,7 @@ def main(argv=None) -> None:
              "| cell | old s | new s | speedup | robust | per-sample masks equal |", "|---|---|---|---|---|---|"]
     lines += [f"| {n} | {r['old_s']:.2f} | {r['new_s']:.2f} | {r['speedup']:.2f}x | {r['robust']} | "
               f"{r['masks_equal']} |" for n, r in rows.items()]
-    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
-    Path(args.out + ".json").write_text(json.dumps(rows, indent=1))
+    write_report(args.out, "\n".join(lines) + "\n", rows)
     print("\n".join(lines))
 
 

@@ -15,6 +15,20 @@ from collections import defaultdict
 from pathlib import Path
 
 
+def parse_cache_key(key: str) -> tuple[str, str, str, str | None]:
+    """(model tag, attack, budget as written, reference attack or None) of a cache.json cell key
+    ``tag|attack|params|budget|...|on=survivors-of-REF``; the other audit benchmarks read keys through it too."""
+    parts = key.split("|")
+    on = next((p.removeprefix("on=survivors-of-") for p in parts[4:] if p.startswith("on=")), None)
+    return parts[0], parts[1], parts[3], on
+
+
+def write_report(out: str, text: str, data) -> None:
+    """OUT.md (the markdown) and OUT.json (the numbers behind it): how every audit benchmark saves its result."""
+    Path(out + ".md").write_text(text)
+    Path(out + ".json").write_text(json.dumps(data, indent=1))
+
+
 def load_cells(folder: Path) -> list[dict]:
     """The cells of one audit: audit.json's (label, ran_on, attacked when recorded), else cache.json's keys."""
     folder = Path(folder)
@@ -27,8 +41,7 @@ def load_cells(folder: Path) -> list[dict]:
         return [dict(c) for c in data["cells"]]
     cells = []
     for key, cell in data["cells"].items():
-        tag, attack, _params, budget = key.split("|")[:4]
-        on = next((p.removeprefix("on=survivors-of-") for p in key.split("|")[4:] if p.startswith("on=")), None)
+        tag, attack, budget, on = parse_cache_key(key)
         cells.append({"model": tag, "attack": attack, "label": attack, "budget": float(budget),
                       "seconds": cell["seconds"], "correct": cell["mask"].count("1"), "n": len(cell["mask"]),
                       "ran_on": f"survivors of {on}" if on else "clean-correct"})
@@ -76,8 +89,7 @@ def main(argv=None) -> None:
     profiles = {str(f): profile(load_cells(Path(f))) for f in args.folders}
     text = "# Audit profile (seconds per cell)\n\n" + "\n".join(markdown(n, pr) for n, pr in profiles.items())
     if args.out:
-        Path(args.out + ".md").write_text(text)
-        Path(args.out + ".json").write_text(json.dumps(profiles, indent=1))
+        write_report(args.out, text, profiles)
     print(text)
 
 

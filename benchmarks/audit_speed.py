@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from audit_profile import parse_cache_key, write_report  # benchmarks/ is the script's folder: on sys.path
+
 #: attacks whose per-sample results depend on the batch (pyautoattack's generator per batch)
 BATCH_SEEDED = {"apgd-ce", "apgd-dlr", "square", "autoattack"}
 
@@ -57,9 +59,8 @@ def masks(folder: Path) -> dict[tuple, tuple[str, str | None]]:
     """{(tag, attack, budget): (mask string, reference or None)} of a run's cache.json."""
     out = {}
     for key, cell in json.loads((folder / "cache.json").read_text())["cells"].items():
-        parts = key.split("|")
-        on = next((p.removeprefix("on=survivors-of-") for p in parts[4:] if p.startswith("on=")), None)
-        out[(parts[0], parts[1], parts[3])] = (cell["mask"], on)
+        tag, attack, budget, on = parse_cache_key(key)
+        out[(tag, attack, budget)] = (cell["mask"], on)
     return out
 
 
@@ -168,8 +169,7 @@ def main(argv=None) -> None:
     if args.concurrent:  # same machine state for both; and sustained_work speeds up the APGD / FGSM cells too
         result["load_factor"] = result["speedup_load_corrected"] = None
     command = "nrpm audit " + " ".join(audit_args)
-    Path(args.out + ".json").write_text(json.dumps({"command": command, **result}, indent=1))
-    Path(args.out + ".md").write_text(markdown(result, command))
+    write_report(args.out, markdown(result, command), {"command": command, **result})
     print(markdown(result, command))
 
 
