@@ -46,6 +46,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import transformers_report  # noqa: E402
 
+from nrpm._io import atomic_write  # noqa: E402
+
 VARIANTS = {"projections": ["linear", "attention_projections"], "attention": ["attention_aggregation"],
             "both": ["linear", "attention"]}
 MODEL = "vit_tiny_cifar"
@@ -214,9 +216,8 @@ def study_settings(args) -> dict:
     if args.report_only:
         return json.loads(path.read_text()) if path.exists() else {"note": "no study.json: settings unknown"}
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "report_only"}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(settings, indent=1) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(settings, indent=1) + "\n"
+    atomic_write(path, lambda f: f.write(text), binary=False)
     return settings
 
 
