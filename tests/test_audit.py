@@ -538,7 +538,8 @@ def test_older_caches_resume_and_only_the_new_attacks_run(samples, tmp_path, mon
     computed = []
     run_cell = AU.cells.CellRunner.attack_candidates
     monkeypatch.setattr(AU.cells.CellRunner, "attack_candidates",
-                        lambda self, model, spec, *a: computed.append(spec.key) or run_cell(self, model, spec, *a))
+                        lambda self, model, spec, *a, **kw: computed.append(spec.key)
+                        or run_cell(self, model, spec, *a, **kw))
     full = run_audit(model, x, y, config, ctx)
     assert computed == ["cw", "spsa", "smoothed-eps10", "smoothed-eps100", "smoothed-k1"]
     assert [c["attack"] for c in full.cells][:9] == list(_OLD_KEYS[:9])
@@ -618,7 +619,8 @@ def test_survivors_cells_of_an_older_cache_are_recomputed_not_reused(samples, tm
     computed = []
     run_cell = AU.cells.CellRunner.attack_candidates
     monkeypatch.setattr(AU.cells.CellRunner, "attack_candidates",
-                        lambda self, model, spec, *a: computed.append(spec.key) or run_cell(self, model, spec, *a))
+                        lambda self, model, spec, *a, **kw: computed.append(spec.key)
+                        or run_cell(self, model, spec, *a, **kw))
     new = run_audit(model, x, y, AU.AuditConfig(**kwargs), ctx)
     assert computed == ["square", "transfer", "bpda", "detached"]
     ran_on = {c["attack"]: c["ran_on"] for c in new.cells}
@@ -647,3 +649,63 @@ def test_survivors_only_keeps_the_worst_case_and_reads_checks_as_min(samples, tm
             both = min(full.accuracy(ref, cell["budget"]), full.accuracy(cell["attack"], cell["budget"]))
             assert cell["correct"] <= both * len(x) + 1e-9
     assert [c.verdict for c in fast.checks][:4] == [c.verdict for c in full.checks][:4]
+
+
+# ------------------------------------------------------------------------------------------ interrupted cells
+def test_an_interrupted_cell_goes_on_at_its_next_batch_with_the_same_mask(samples, tmp_path, monkeypatch):
+    """cache.json keeps each finished batch of a cell in progress ('partial'): a rerun after an interruption
+    attacks only the batches left, and every cell's mask is the uninterrupted run's."""
+    model = _reprogrammed(_trained_linear())
+    x, y = samples[0][:30], samples[1][:30]
+    config = AU.AuditConfig(budgets=[0.2], steps=2, batch_size=7, **QUICK)
+    whole = json.loads((_audited(model, x, y, config, tmp_path / "whole") / "cache.json").read_text())["cells"]
+
+    survivors, calls = AU.cells.CellRunner._survivors, []
+
+    def interrupted_on_third_batch(self, model, attack, index):
+        calls.append(index.tolist())
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return survivors(self, model, attack, index)
+
+    monkeypatch.setattr(AU.cells.CellRunner, "_survivors", interrupted_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        run_audit(model, x, y, config, _writing_to(tmp_path / "cut"))
+    saved = json.loads((tmp_path / "cut" / "cache.json").read_text())
+    (key, part), = saved["partial"].items()
+    assert part["results"].count("-") == 30 - 14 and not saved["cells"]  # two batches of 7 kept
+
+    calls.clear()
+    def recorded(self, model, attack, index):
+        calls.append(index.tolist())
+        return survivors(self, model, attack, index)
+
+    monkeypatch.setattr(AU.cells.CellRunner, "_survivors", recorded)
+    cells = json.loads((_audited(model, x, y, config, tmp_path / "cut") / "cache.json").read_text())
+    assert calls[0] == _batch(part, 2, 7)  # went on at the third batch
+    assert "partial" not in cells and {k: c["mask"] for k, c in cells["cells"].items()} == \
+        {k: c["mask"] for k, c in whole.items()}
+
+
+def _audited(model, x, y, config, folder):
+    run_audit(model, x, y, config, _writing_to(folder))
+    return folder
+
+
+def _batch(part, number, size):
+    """The indices of batch ``number`` of a cell's candidates."""
+    index = [i for i, c in enumerate(part["candidates"]) if c == "1"]
+    return index[number * size:(number + 1) * size]
+
+
+def test_a_damaged_partial_cell_is_refused_naming_the_file(samples, tmp_path):
+    model = _reprogrammed(_trained_linear())
+    x, y = samples[0][:20], samples[1][:20]
+    config = AU.AuditConfig(budgets=[0.2], steps=1, **QUICK)
+    cache = _audited(model, x, y, config, tmp_path) / "cache.json"
+    good = json.loads(cache.read_text())
+    for partial in ([], {"k": {"candidates": "1" * 20, "results": "x" * 20, "seconds": 1}},
+                    {"k": {"candidates": "1" * 19, "results": "-" * 20, "seconds": 1}}):
+        cache.write_text(json.dumps({**good, "partial": partial}))
+        with pytest.raises(ValueError, match=re.escape(str(cache)) + ".*'partial'.*--overwrite"):
+            run_audit(model, x, y, config, _writing_to(tmp_path))

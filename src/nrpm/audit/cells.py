@@ -1,10 +1,12 @@
 """The audit's cells: a *cell* is one (model, attack, budget) run, its result a per-sample robustness mask.
 
 :class:`CellRunner` runs cells and keeps their masks (for the checks and the worst case) in the audit's results
-file, ``cache.json`` (a :class:`~nrpm.runs.ResultsFile`, written after every cell): ``{"format": CACHE_FORMAT,
-"fingerprint": ..., "cells": {key: {"mask": "0110...", "seconds": s}}}``, each cell keyed
+file, ``cache.json`` (a :class:`~nrpm.runs.ResultsFile`, written after every cell and every batch): ``{"format":
+CACHE_FORMAT, "fingerprint": ..., "cells": {key: {"mask": "0110...", "seconds": s}}, "partial": {key: {"candidates":
+"0110...", "results": "01--...", "seconds": s}}}``, each cell keyed
 ``"{model tag}|{attack key}|{attack parameters}|{budget:.10g}"``, next to a :func:`fingerprint` of the weights,
-data, lam and norm (the run's identity). A rerun with the same settings reuses the finished cells; a cache of
+data, lam and norm (the run's identity). A rerun with the same settings reuses the finished cells and goes on with
+an interrupted cell at its first unfinished batch (``partial``: '-' marks a sample not attacked yet); a cache of
 another model, or a damaged one, is refused (:func:`cached_cells`) rather than mixed in.
 """
 
@@ -51,16 +53,24 @@ def cached_cells(results: ResultsFile, n: int) -> dict[str, dict]:
     Raises ValueError (:class:`~nrpm.runs.RunRefused`), naming the file, when it is not a cache of this audit
     (other model, data or lam) or is damaged, so a resume never silently mixes results.
     """
+    return _cached(results, n)[0]
+
+
+def _cached(results: ResultsFile, n: int) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The finished cells and the interrupted cells' finished batches of an earlier run, both checked."""
     previous = results.previous()
     if previous is None:
-        return {}
-    cells = previous.get("cells")
+        return {}, {}
+    cells, partial = previous.get("cells"), previous.get("partial", {})
     if not isinstance(cells, dict):
         raise _damaged_cache(results.path, "no 'cells' object")
     for key, cell in cells.items():
         if not _is_cached_cell(cell, n):
             raise _damaged_cache(results.path, f"cell {key!r} needs a 'mask' of {n} '0'/'1' characters and 'seconds'")
-    return cells
+    if not isinstance(partial, dict) or not all(_is_partial_cell(cell, n) for cell in partial.values()):
+        raise _damaged_cache(results.path, f"'partial' needs, per cell, 'candidates' ({n} '0'/'1'), 'results' "
+                                           f"({n} '0'/'1'/'-') and 'seconds'")
+    return cells, partial
 
 
 def _is_cached_cell(cell, n: int) -> bool:
@@ -69,6 +79,19 @@ def _is_cached_cell(cell, n: int) -> bool:
     mask, seconds = cell.get("mask"), cell.get("seconds")
     return (isinstance(mask, str) and len(mask) == n and set(mask) <= {"0", "1"}
             and isinstance(seconds, (int, float)) and not isinstance(seconds, bool))
+
+
+def _is_partial_cell(cell, n: int) -> bool:
+    if not isinstance(cell, dict):
+        return False
+    candidates, results, seconds = cell.get("candidates"), cell.get("results"), cell.get("seconds")
+    return (isinstance(candidates, str) and len(candidates) == n and set(candidates) <= {"0", "1"}
+            and isinstance(results, str) and len(results) == n and set(results) <= {"0", "1", "-"}
+            and isinstance(seconds, (int, float)) and not isinstance(seconds, bool))
+
+
+def _bits(mask) -> str:
+    return "".join("1" if v else "0" for v in mask.tolist())
 
 
 def _damaged_cache(path, why: str) -> ValueError:
@@ -85,13 +108,15 @@ class CellRunner:
         self.errors: list[str] = []
         self.log, self.progress, self.results = log, progress, results
         # read by the main rank and handed to the others: ranks on other nodes need not see the folder
-        self.cache: dict[str, dict] = dist.broadcast_object(
-            cached_cells(results, len(x)) if results.ctx.is_main else None)
-        if self.cache:
-            log(f"resuming: {len(self.cache)} finished cells in {results.path}")
+        cells, partial = dist.broadcast_object(_cached(results, len(x)) if results.ctx.is_main else None)
+        self.cache: dict[str, dict] = cells
+        self.partial: dict[str, dict] = partial  # interrupted cells: their finished batches
+        if self.cache or self.partial:
+            log(f"resuming: {len(self.cache)} finished cells"
+                + (f" and {len(self.partial)} interrupted" if self.partial else "") + f" in {results.path}")
 
     def _save(self):
-        self.results.write({"cells": self.cache})
+        self.results.write({"cells": self.cache, **({"partial": self.partial} if self.partial else {})})
 
     def predict_mask(self, model) -> torch.Tensor:
         """Which samples ``model`` classifies correctly (clean)."""
@@ -117,15 +142,17 @@ class CellRunner:
             mask = torch.tensor([c == "1" for c in entry["mask"]], dtype=torch.bool)
             seconds = entry["seconds"]
         else:
+            earlier = self._saved_part(key, candidates)[1]  # spent before an interruption
             try:
-                mask = self.attack_candidates(model, spec, budget, candidates)
+                mask = self.attack_candidates(model, spec, budget, candidates, key=key)
             except (RuntimeError, ValueError) as error:
                 message = f"{spec.label} at budget {budget:g} on the {tag} model failed: {error}"
                 self.errors.append(message)
                 self.log(message)
                 return None
-            seconds = round(time.perf_counter() - start, 3)
-            self.cache[key] = {"mask": "".join("1" if v else "0" for v in mask.tolist()), "seconds": seconds}
+            seconds = round(earlier + time.perf_counter() - start, 3)
+            self.partial.pop(key, None)
+            self.cache[key] = {"mask": _bits(mask), "seconds": seconds}
             self._save()
         self._record(tag, spec, budget, mask, seconds, extra, on, int(candidates.sum()))
         return mask
@@ -142,13 +169,17 @@ class CellRunner:
             self.progress.set_postfix_str(f"{tag} {spec.label} @ {budget:g}: {100 * acc:.1f}%")
             self.progress.update(1)
 
-    def attack_candidates(self, model, spec: AttackSpec, budget: float, candidates: torch.Tensor) -> torch.Tensor:
+    def attack_candidates(self, model, spec: AttackSpec, budget: float, candidates: torch.Tensor,
+                          key: str | None = None) -> torch.Tensor:
         """Attack the ``candidates`` samples (the others stay False) and return which ones stay correct.
 
-        Under torchrun the batches one process would form go round the ranks, whole, and every rank gets the whole
-        mask: nrpm's attacks are seeded per sample, and pyautoattack's (APGD, Square, AutoAttack), seeded per
+        One process with a cache ``key``: each batch's results are saved as it finishes, so an interrupted cell
+        goes on at its first unfinished batch (:meth:`_attack_in_saved_batches`). Under torchrun the batches one
+        process would form go round the ranks, whole, and every rank gets the whole mask: nrpm's attacks are seeded per sample, and pyautoattack's (APGD, Square, AutoAttack), seeded per
         batch, see the same batches, so the mask is one process's at the same batch size. An attack that fails on
         any rank fails on all, so no rank waits for the others forever."""
+        if key is not None and dist.get_world_size() == 1:
+            return self._attack_in_saved_batches(model, spec.make(budget), candidates, key)
         index = candidates.nonzero().squeeze(1)
         batches = list(index.split(self.batch_size))[dist.get_rank()::dist.get_world_size()]
         index = torch.cat(batches) if batches else index[:0]
@@ -162,6 +193,35 @@ class CellRunner:
                 raise (RuntimeError if part[1] == "RuntimeError" else ValueError)(part[2])
             result[torch.tensor(part[1], dtype=torch.long)] = torch.tensor(part[2], dtype=torch.bool)
         return result
+
+    def _attack_in_saved_batches(self, model, attack, candidates: torch.Tensor, key: str) -> torch.Tensor:
+        """Attack ``candidates`` batch by batch, saving each batch's results under ``partial`` in the cache.
+
+        The batches are those of an uninterrupted run (the candidates split in order), and nrpm's attacks are
+        seeded per sample, pyautoattack's per batch: a resumed cell gives the mask the uninterrupted one would."""
+        wanted = _bits(candidates)
+        results, seconds = self._saved_part(key, candidates)
+        batches = [b for b in candidates.nonzero().squeeze(1).split(self.batch_size) if len(b)]
+        for number, idx in enumerate(batches):
+            if results[int(idx[0])] != "-":
+                continue  # finished before the interruption
+            start = time.perf_counter()
+            for i, ok in zip(idx.tolist(), self._survivors(model, attack, idx)):
+                results[i] = "1" if ok else "0"
+            seconds += time.perf_counter() - start
+            if number < len(batches) - 1:  # the last batch finishes the cell: run() saves it whole
+                self.partial[key] = {"candidates": wanted, "results": "".join(results),
+                                     "seconds": round(seconds, 3)}
+                self._save()
+        return torch.tensor([r == "1" for r in results], dtype=torch.bool)
+
+    def _saved_part(self, key: str, candidates: torch.Tensor) -> tuple[list[str], float]:
+        """The interrupted cell's per-sample results ('-': not attacked yet) and seconds; fresh ones when none
+        was saved, or when it was saved for another candidate set (the cell's reference attack changed)."""
+        saved = self.partial.get(key)
+        if saved is None or saved["candidates"] != _bits(candidates):
+            return ["-"] * len(self.x), 0.0
+        return list(saved["results"]), float(saved["seconds"])
 
     def _survivors(self, model, attack, index: torch.Tensor) -> list[bool]:
         """Which samples of ``index`` ``attack`` leaves correctly classified, in batches."""
