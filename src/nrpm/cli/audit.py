@@ -43,9 +43,9 @@ _DESCRIPTION = (
     "unbounded; more PGD steps/restarts and a finer step find nothing more; Square and noise are not stronger than "
     "white-box attacks; transfer from lam=1, BPDA (plain backward) and PGD with detached IRLS weights are not "
     "stronger than direct PGD; AutoAttack agrees with the strongest attack. Prints markdown; --out writes "
-    "audit.json, audit.md, audit.png (and cache.json, so a rerun resumes). A run with fewer samples (< 100), steps, "
-    "queries or attacks than the defaults is labelled a reduced protocol in its verdict. Exit status 1 when a check "
-    "fails (--strict: also on a warning), 2 on bad input.")
+    "audit.json, audit.md, audit.png (and cache.json, kept after every batch, so a rerun resumes). A run with fewer "
+    "samples (< 100), steps, queries or attacks than the defaults is labelled a reduced protocol in its verdict. "
+    "Exit status 1 when a check fails (--strict: also on a warning), 2 on bad input.")
 
 
 def add_audit_parser(subparsers) -> None:
