@@ -6,8 +6,9 @@
 #   mcp, huber  the estimator study's other chosen settings (results/estimators/resnet18_narrow/chosen.json)
 #   p2, p3  the paradigm-2 / paradigm-3 models of results/paradigm23/
 # Every folder is resumable down to the batch (cache.json keeps each finished batch of a cell in progress): rerun
-# after an interruption, in any later session.        scripts/resnet_audits_n500.sh [p1|mcp|huber|p2|p3|all]
-# Hours of CPU each on this 2-core machine (THREADS, default 1, leaves a core for other work).
+# after an interruption, in any later session.        scripts/resnet_audits_n500.sh [p1|mcp|huber|p2|p3|all]...
+# Hours of CPU each on this 2-core machine; THREADS (default 1) per audit. Two chains, one per core, get more done
+# than one with two threads:  scripts/resnet_audits_n500.sh p1 huber p3 &  scripts/resnet_audits_n500.sh mcp p2 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NRPM=${NRPM:-.venv/bin/nrpm}
@@ -28,8 +29,10 @@ huber() { audit resnet18_narrow_huber_delta1_relative_lam0.9_K1_n500 --model res
 p2() { audit resnet18_narrow_p2_n500 --model resnet18_narrow --reprogramming $P/resnet18_narrow_p2/reprogramming.pt; }
 p3() { audit resnet18_narrow_p3_n500 --model resnet18_narrow --checkpoint $P/resnet18_narrow_p3/model.pt \
          --reprogramming $P/resnet18_narrow_p3/reprogramming.pt --plain-checkpoint pretrained; }
-case ${1:-all} in
-  p1|mcp|huber|p2|p3) "$1" ;;
-  all) p1; mcp; huber; p2; p3 ;;
-  *) echo "usage: $0 [p1|mcp|huber|p2|p3|all]" >&2; exit 2 ;;
-esac
+for target in "${@:-all}"; do
+  case $target in
+    p1|mcp|huber|p2|p3) "$target" ;;
+    all) p1; mcp; huber; p2; p3 ;;
+    *) echo "usage: $0 [p1|mcp|huber|p2|p3|all]..." >&2; exit 2 ;;
+  esac
+done
