@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The narrow ResNet-18 audits on the first 500 CIFAR-10 test images, at the full protocol of the committed
 # 100-image re-audit (PGD-20 step 2/255, APGD 100, Square 1000, SPSA 20 x 32, C&W, smoothed IRLS, AutoAttack;
-# budgets 8, 16, 32 /255), each with the plain model beside it (the issue's "plain" audit):
+# budgets 8, 16, 32 /255); the plain model's rows (the issue's "plain" audit) are p1's: every other audit here has
+# the same plain model (the paper's checkpoint), images and attacks, so it runs --no-plain rather than repeat them
+# (~45 min of CPU each):
 #   p1  lam 0.9, K 1, eps 1e-3 (the paper's row; also the estimator study's L1 choice)
 #   mcp, huber  the estimator study's other chosen settings (results/estimators/resnet18_narrow/chosen.json)
 #   p2, p3  the paradigm-2 / paradigm-3 models of results/paradigm23/
@@ -23,12 +25,13 @@ audit() {  # folder, then the model's arguments
 P=results/paradigm23
 p1() { audit resnet18_narrow_p1_lam0.9_K1_n500 --model resnet18_narrow --lam 0.9 --K 1 --eps 1e-3; }
 mcp() { audit resnet18_narrow_mcp_gamma2_relative_lam0.9_K1_n500 --model resnet18_narrow --lam 0.9 --K 1 --eps 1e-3 \
-          --estimator mcp --gamma 2 --scale relative; }
+          --estimator mcp --gamma 2 --scale relative --no-plain; }
 huber() { audit resnet18_narrow_huber_delta1_relative_lam0.9_K1_n500 --model resnet18_narrow --lam 0.9 --K 1 \
-            --eps 1e-3 --estimator huber --delta 1 --scale relative; }
-p2() { audit resnet18_narrow_p2_n500 --model resnet18_narrow --reprogramming $P/resnet18_narrow_p2/reprogramming.pt; }
+            --eps 1e-3 --estimator huber --delta 1 --scale relative --no-plain; }
+p2() { audit resnet18_narrow_p2_n500 --model resnet18_narrow --reprogramming $P/resnet18_narrow_p2/reprogramming.pt \
+         --no-plain; }
 p3() { audit resnet18_narrow_p3_n500 --model resnet18_narrow --checkpoint $P/resnet18_narrow_p3/model.pt \
-         --reprogramming $P/resnet18_narrow_p3/reprogramming.pt --plain-checkpoint pretrained; }
+         --reprogramming $P/resnet18_narrow_p3/reprogramming.pt --no-plain; }
 for target in "${@:-all}"; do
   case $target in
     p1|mcp|huber|p2|p3) "$target" ;;
