@@ -127,12 +127,15 @@ def _load_text(r: dict) -> str:
             f"load-corrected **{r['speedup_load_corrected']:.2f}x**")
 
 
-def markdown(result: dict, command: str) -> str:
+def markdown(result: dict, command: str, resumed: str | None = None) -> str:
     r = result
-    lines = ["# Audit speed: old vs new", "", f"Command: `{command}`", "",
-             f"* audit wall time: old {r['audit_seconds']['old']:.0f} s, new {r['audit_seconds']['new']:.0f} s: "
-             f"**{r['speedup']:.2f}x**" + _load_text(r),
-             f"* CPU seconds (user + system): {cpu_text(r['measured_here'])}",
+    cells = r["cell_seconds"]
+    timing = ([f"* seconds of all cells (the time each attack took, from cache.json): old {cells['old']:.0f}, new "
+               f"{cells['new']:.0f}: **{cells['old'] / cells['new']:.2f}x**; {resumed}"] if resumed else
+              [f"* audit wall time: old {r['audit_seconds']['old']:.0f} s, new {r['audit_seconds']['new']:.0f} s: "
+               f"**{r['speedup']:.2f}x**" + _load_text(r),
+               f"* CPU seconds (user + system): {cpu_text(r['measured_here'])}"])
+    lines = ["# Audit speed: old vs new", "", f"Command: `{command}`", "", *timing,
              f"* worst case equal: **{r['worst_case']['equal']}** (old {r['worst_case']['old']}, "
              f"new {r['worst_case']['new']})",
              f"* verdicts: old {r['verdicts']['old']}, new {r['verdicts']['new']}: "
@@ -157,6 +160,9 @@ def main(argv=None) -> None:
                         "/proc/PID/stat while they ran)")
     p.add_argument("--concurrent", action="store_true",
                    help="the two audits ran at the same time (audit_speed_parallel.sh): no load correction")
+    p.add_argument("--resumed", metavar="WHY",
+                   help="the audits ran in parts (resumed caches, other thread counts): compare the cells' "
+                        "seconds, not wall times, and say WHY")
     p.add_argument("audit_args", nargs=argparse.REMAINDER, help="-- then the nrpm audit arguments")
     args = p.parse_args(argv)
     audit_args = [a for a in args.audit_args if a != "--"]
@@ -169,8 +175,9 @@ def main(argv=None) -> None:
     if args.concurrent:  # same machine state for both; and sustained_work speeds up the APGD / FGSM cells too
         result["load_factor"] = result["speedup_load_corrected"] = None
     command = "nrpm audit " + " ".join(audit_args)
-    write_report(args.out, markdown(result, command), {"command": command, **result})
-    print(markdown(result, command))
+    text = markdown(result, command, args.resumed)
+    write_report(args.out, text, {"command": command, "resumed": args.resumed, **result})
+    print(text)
 
 
 if __name__ == "__main__":
