@@ -94,6 +94,11 @@ def _bits(mask) -> str:
     return "".join("1" if v else "0" for v in mask.tolist())
 
 
+def _mask(bits: str) -> torch.Tensor:
+    """The bool mask of a cache string ('-', a sample not attacked yet, reads as not robust)."""
+    return torch.tensor([c == "1" for c in bits], dtype=torch.bool)
+
+
 def _damaged_cache(path, why: str) -> ValueError:
     return ValueError(f"{path} is not a usable nrpm audit cache ({why}): {START_AGAIN}")
 
@@ -139,7 +144,7 @@ class CellRunner:
         start = time.perf_counter()
         if key in self.cache:
             entry = self.cache[key]
-            mask = torch.tensor([c == "1" for c in entry["mask"]], dtype=torch.bool)
+            mask = _mask(entry["mask"])
             seconds = entry["seconds"]
         else:
             earlier = self._saved_part(key, candidates)[1]  # spent before an interruption
@@ -175,8 +180,9 @@ class CellRunner:
 
         One process with a cache ``key``: each batch's results are saved as it finishes, so an interrupted cell
         goes on at its first unfinished batch (:meth:`_attack_in_saved_batches`). Under torchrun the batches one
-        process would form go round the ranks, whole, and every rank gets the whole mask: nrpm's attacks are seeded per sample, and pyautoattack's (APGD, Square, AutoAttack), seeded per
-        batch, see the same batches, so the mask is one process's at the same batch size. An attack that fails on
+        process would form go round the ranks, whole, and every rank gets the whole mask: nrpm's attacks are seeded
+        per sample, and pyautoattack's (APGD, Square, AutoAttack), seeded per batch, see the same batches, so the
+        mask is one process's at the same batch size. An attack that fails on
         any rank fails on all, so no rank waits for the others forever."""
         if key is not None and dist.get_world_size() == 1:
             return self._attack_in_saved_batches(model, spec.make(budget), candidates, key)
@@ -213,7 +219,7 @@ class CellRunner:
                 self.partial[key] = {"candidates": wanted, "results": "".join(results),
                                      "seconds": round(seconds, 3)}
                 self._save()
-        return torch.tensor([r == "1" for r in results], dtype=torch.bool)
+        return _mask("".join(results))
 
     def _saved_part(self, key: str, candidates: torch.Tensor) -> tuple[list[str], float]:
         """The interrupted cell's per-sample results ('-': not attacked yet) and seconds; fresh ones when none
