@@ -1,4 +1,5 @@
-"""``nrpm audit`` (the adaptive-attack audit of one reprogrammed model) and ``nrpm audit-table`` (collate runs).
+"""``nrpm audit`` (the adaptive-attack audit of one reprogrammed model), ``nrpm audit-table`` (collate runs) and
+``nrpm audit-compare`` (two audits' worst cases on the same images, sample by sample).
 
 Exit status 1 means the audit ran and a check failed (with --strict: or warned); bad input is status 2, as
 everywhere in the CLI.
@@ -22,7 +23,7 @@ from .args import (EXIT_CHECK_FAILED, EXIT_OK, TRAINED, HelpFormatter, UsageErro
                    model_settings, nonneg_float, positive_float, positive_int, refuse_linf_budgets_over_range,
                    set_threads)
 
-__all__ = ["add_audit_parser", "cmd_audit", "cmd_audit_table", "robustbench_entry"]
+__all__ = ["add_audit_parser", "cmd_audit", "cmd_audit_table", "cmd_audit_compare", "robustbench_entry"]
 
 # The paper's budgets per dataset: (budgets, unit, PGD steps); CIFAR-100 and SVHN (not in the paper) take
 # CIFAR-10's, whose 8/255 is also RobustBench's Linf budget for CIFAR-100. The steps are the protocol's
@@ -112,6 +113,18 @@ def add_audit_parser(subparsers) -> None:
     t.add_argument("runs", nargs="+", help="audit.json files or folders holding one")
     t.add_argument("--out", default=None, help="write the markdown here (atomically) as well as to stdout")
     t.set_defaults(func=cmd_audit_table)
+
+    c = subparsers.add_parser(
+        "audit-compare", formatter_class=HelpFormatter,
+        help="is a gain real? two finished audits' worst cases on the same images, compared sample by sample",
+        description="The worst case of A minus that of B at every budget both audited, with its paired 95%% "
+                    "interval and the exact McNemar p-value (the noise of a difference on the same images, far "
+                    "smaller than two separate intervals suggest). A side is FOLDER (its NRPM model) or "
+                    "FOLDER:plain / FOLDER:nrpm; with one side, B is that folder's plain model.")
+    c.add_argument("a", metavar="A", help="an audit folder, optionally :nrpm or :plain (default :nrpm)")
+    c.add_argument("b", metavar="B", nargs="?", default=None, help="the other side (default: A's folder:plain)")
+    c.add_argument("--out", default=None, help="write the markdown here (atomically) as well as to stdout")
+    c.set_defaults(func=cmd_audit_compare)
 
 
 def _settings(args):
@@ -309,6 +322,19 @@ def cmd_audit_table(args) -> int:
 
     text = AU.collate_reports(args.runs)
     if args.out:  # written before printing: `nrpm audit-table ... --out T.md | head` still writes T.md
+        reports.atomic_write_text(args.out, text + "\n")
+    print(text)
+    return 0
+
+
+def cmd_audit_compare(args) -> int:
+    from .. import reports
+    from ..audit import compare
+
+    a = compare.load_side(args.a)
+    b = compare.load_side(args.b if args.b is not None else f"{a.folder}:plain")
+    text = compare.comparison_markdown(a, b, compare.compare_sides(a, b))
+    if args.out:
         reports.atomic_write_text(args.out, text + "\n")
     print(text)
     return 0
