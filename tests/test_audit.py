@@ -288,7 +288,8 @@ def test_cli_audit_and_table(shared_dir, tmp_path, capsys, no_spsa):
     assert (out / "audit.md").exists() and (out / "audit.png").exists() and (out / "cache.json").exists()
     assert data["settings"]["eval_settings"]["model"] == "mlp3"
     assert "plain" in data["worst_case"] and data["settings"]["n"] == 12
-    assert "# nrpm audit: mlp3" in capsys.readouterr().out
+    assert "# nrpm audit: mlp3 (paper checkpoint)" in capsys.readouterr().out  # no --checkpoint: the paper's
+    assert data["settings"]["title"] == "mlp3 (paper checkpoint)"
 
     assert _cli(["audit-table", str(out), "--out", str(tmp_path / "TABLES.md")]) == 0
     table = (tmp_path / "TABLES.md").read_text()
@@ -709,3 +710,27 @@ def test_a_damaged_partial_cell_is_refused_naming_the_file(samples, tmp_path):
         cache.write_text(json.dumps({**good, "partial": partial}))
         with pytest.raises(ValueError, match=re.escape(str(cache)) + ".*'partial'.*--overwrite"):
             run_audit(model, x, y, config, _writing_to(tmp_path))
+
+
+def test_a_resumed_audits_run_time_also_gives_the_attacks_own_total():
+    """A resumed audit ran for seconds, its cells for hours: the report's run time says both, never the seconds
+    alone (the committed 100-image ResNet re-audit's cells, with a 21-second final run)."""
+    data = json.loads(Path(__file__).resolve().parents[1].joinpath(
+        "results/audit/resnet18_narrow_p1_lam0.9_K1_n100_reaudit/audit.json").read_text())
+    cells = sum(c["seconds"] for c in data["cells"])
+    resumed = AU.AuditReport.from_dict({**data, "seconds": 21.0})
+    assert resumed.run_time_text() == (f"Run time 21 s on cpu (this run); the attack cells took {cells:.0f} s in "
+                                       f"all, those resumed from cache.json at the time they took when they ran.")
+    assert resumed.to_markdown().rstrip().endswith(resumed.run_time_text())
+    whole = AU.AuditReport.from_dict({**data, "seconds": cells + 60})
+    assert whole.run_time_text() == f"Run time {cells + 60:.0f} s on cpu."
+
+
+def test_survivor_notes_give_budgets_in_the_reports_unit():
+    from nrpm.audit.survivors import survivor_notes
+
+    cells = [{"model": "nrpm", "label": "Square (1000 q.)", "budget": b / 255, "ran_on": "survivors of cw"}
+             for b in (8, 16)]
+    [note] = survivor_notes(cells, {"nrpm": "NRPM"}, unit=255.0)
+    assert note.startswith("NRPM: Square (1000 q.) ran only on the samples the other attack left (cw at 8/255, "
+                           "cw at 16/255)"), note

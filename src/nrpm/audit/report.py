@@ -217,8 +217,18 @@ class AuditReport:
             out += ["## Notes", ""] + [f"* {n}" for n in self.notes] + [""]
         if self.errors:
             out += ["## Errors", ""] + [f"* {e}" for e in self.errors] + [""]
-        out.append(f"Run time {self.seconds:.0f} s on {s.get('device', '?')}.")
+        out.append(self.run_time_text())
         return "\n".join(out) + "\n"
+
+    def run_time_text(self) -> str:
+        """'Run time 21 s on cpu.', plus the attacks' own total where cells came from an earlier, interrupted run
+        (a resumed audit's run time alone would read as the cost of the whole audit)."""
+        text = f"Run time {self.seconds:.0f} s on {self.settings.get('device', '?')}"
+        cells = sum(float(c.get("seconds", 0.0)) for c in self.cells)
+        if cells > self.seconds:
+            text += (f" (this run); the attack cells took {cells:.0f} s in all, those resumed from cache.json at the "
+                     f"time they took when they ran")
+        return text + "."
 
     # -------------------------------------------------------------------------------------- files
     def curve_data(self) -> dict[str, tuple[str, list, list]]:

@@ -228,7 +228,7 @@ def _report(runner: CellRunner, ev: Evidence, settings: dict, found: _Findings, 
     notes = single_step_notes(ev, worst)
     notes += [f"pyautoattack: {msg}" for msg in found.library_flags if msg not in found.aa_flags]
     notes += [f"skipped {k}: {why}" for k, why in ev.skipped.items()]
-    notes += survivors.survivor_notes(runner.cells, ev.model_labels)
+    notes += survivors.survivor_notes(runner.cells, ev.model_labels, ev.budget_unit)
     return AuditReport(settings=settings, checks=[check(ev) for check in CHECKS], cells=runner.cells,
                        worst_case=worst, notes=notes, errors=runner.errors, seconds=time.perf_counter() - started,
                        versions=versions(), protocol=assess_protocol(settings, worst))

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import torch
 
+from ..reports import format_budget
 from .plan import (ADAPTIVE, AUTOATTACK, BLACK_BOX, DIRECT_PGD, NOISE, STEP_VARIANT, UNBOUNDED, WHITE_BOX, attack,
                    keys_with_role)
 
@@ -80,14 +81,14 @@ def candidates(key: str, masks: dict, tag: str, budget: float, clean: torch.Tens
     return (None, clean) if ref is None else (ref, clean & masks[(tag, ref, round(budget, 10))])
 
 
-def survivor_notes(cells: list[dict], labels: dict[str, str]) -> list[str]:
-    """One note per (model, attack) that ran on survivors: which attack's, at each budget, and what its accuracy
-    means."""
+def survivor_notes(cells: list[dict], labels: dict[str, str], unit: float = 1.0) -> list[str]:
+    """One note per (model, attack) that ran on survivors: which attack's, at each budget (in ``unit``: 8/255),
+    and what its accuracy means."""
     on: dict[tuple[str, str], list[str]] = {}
     for cell in cells:
         if cell.get("ran_on", CLEAN) != CLEAN and not cell.get("extra"):
             on.setdefault((cell["model"], cell["label"]), []).append(
-                f"{cell['ran_on'].removeprefix('survivors of ')} at {cell['budget']:g}")
+                f"{cell['ran_on'].removeprefix('survivors of ')} at {format_budget(cell['budget'], unit)}")
     return [f"{labels.get(tag, tag)}: {label} ran only on the samples the other attack left ({', '.join(refs)}); "
             f"the samples it did not run on count as broken, so its accuracy is that of both attacks together"
             for (tag, label), refs in on.items()]

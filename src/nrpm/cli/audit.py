@@ -254,7 +254,9 @@ def _audit_config(args, prepared, samples, plain_label):
     from .. import reports
 
     budgets, unit, steps = _budgets_and_steps(args, samples.info["dataset"], samples.info["spec"])
-    source = "paper checkpoint" if args.checkpoint == "pretrained" else args.checkpoint
+    # the resolved setting, not the flag: a registry model without --checkpoint runs its paper checkpoint
+    checkpoint = prepared.settings.checkpoint
+    source = "paper checkpoint" if checkpoint == "pretrained" else checkpoint
     provenance = {"eval_settings": asdict(prepared.settings), "reprogramming_file": args.reprogramming,
                   "reprogramming": prepared.reprogramming,
                   "cli_args": {k: v for k, v in vars(args).items() if k != "func"},
