@@ -87,6 +87,8 @@ def test_two_folders_on_the_same_images_compare_across_folders(tmp_path, capsys)
     ("other_images", ["audited different images", "needs the same images"]),
     ("mismatch", ["cache.json gives 1 robust", "audit.json reports 2", "rerun the audit"]),
     ("no_common_budget", ["share no budget"]),
+    ("damaged", ["is damaged", "KeyError", "rerun its `nrpm audit` command"]),
+    ("short_mask", ["has 3 samples, the audit 4", "rerun the audit"]),
 ])
 def test_folders_that_cannot_be_compared_are_refused_in_one_line(tmp_path, capsys, case, fragments):
     a = _audit(tmp_path / "a", {"nrpm": {"pgd": "1100"}, "plain": {"pgd": "1000"}})
@@ -100,6 +102,15 @@ def test_folders_that_cannot_be_compared_are_refused_in_one_line(tmp_path, capsy
     elif case == "mismatch":
         cache = json.loads((a / "cache.json").read_text())
         cache["cells"][f"nrpm|square|seed=0|{B8:.10g}"] = {"mask": "1000", "seconds": 1.0}
+        (a / "cache.json").write_text(json.dumps(cache))
+        argv = [str(a)]
+    elif case in ("damaged", "short_mask"):
+        cache = json.loads((a / "cache.json").read_text())
+        cell = cache["cells"][f"nrpm|pgd|seed=0|{B8:.10g}"]
+        if case == "damaged":
+            del cell["mask"]
+        else:
+            cell["mask"] = "110"
         (a / "cache.json").write_text(json.dumps(cache))
         argv = [str(a)]
     else:

@@ -110,6 +110,14 @@ def load_side(spec: str) -> AuditSide:
                                 f"cache.json): rerun its `nrpm audit` command to finish it")
     report = read_tagged(folder / "audit.json", AUDIT_FORMAT, "an nrpm audit report")
     cache = read_tagged(folder / CACHE_FILE, CACHE_FORMAT, "an nrpm audit cache")
+    try:
+        return _side(folder, tag, report, cache)
+    except (KeyError, IndexError, TypeError, AttributeError) as error:  # ValueError: ours, already one line
+        raise ValueError(f"{folder}: audit.json or cache.json is damaged ({type(error).__name__}: {error}); "
+                         f"rerun its `nrpm audit` command") from None
+
+
+def _side(folder: Path, tag: str, report: dict, cache: dict) -> AuditSide:
     settings = report["settings"]
     reported = {w["budget"]: w["accuracy"] for w in report["worst_case"].get(tag, [])}
     if not reported:
@@ -133,6 +141,9 @@ def _worst_case_mask(cells: dict, tag: str, budget: float, n: int) -> list[bool]
     for key, cell in cells.items():
         parts = key.split("|")
         if parts[0] == tag and math.isclose(float(parts[3]), budget, rel_tol=1e-9):
+            if len(cell["mask"]) != n:
+                raise ValueError(f"cache.json cell {key!r} has {len(cell['mask'])} samples, the audit {n}: the two "
+                                 f"files do not belong together; rerun the audit")
             mask = [m and bit == "1" for m, bit in zip(mask, cell["mask"])]
     return mask
 
