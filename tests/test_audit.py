@@ -734,3 +734,20 @@ def test_survivor_notes_give_budgets_in_the_reports_unit():
     [note] = survivor_notes(cells, {"nrpm": "NRPM"}, unit=255.0)
     assert note.startswith("NRPM: Square (1000 q.) ran only on the samples the other attack left (cw at 8/255, "
                            "cw at 16/255)"), note
+
+
+def test_an_l1_cache_is_not_resumed_for_another_estimator_and_the_label_names_it(samples, tmp_path):
+    """Same weights, lam and data, another estimator: other numbers, so the L1 audit's cache is refused (before,
+    its fingerprint held no estimator and an MCP audit into that folder reused the L1 cells). An L1 audit's
+    fingerprint has no estimator entry, so L1 caches written before keep resuming."""
+    x, y = samples[0][:20], samples[1][:20]
+    kwargs = dict(budgets=[0.2], steps=1, **QUICK)
+    l1 = _reprogrammed(_trained_linear())
+    run_audit(l1, x, y, AU.AuditConfig(**kwargs), _writing_to(tmp_path))
+    assert "estimators" not in json.loads((tmp_path / "cache.json").read_text())["fingerprint"]
+    mcp = nrpm.reprogram(_trained_linear(), nrpm.ReprogramConfig(lam=0.8, K=1, norm="mcp", gamma=2.0,
+                                                                  scale="relative"))
+    with pytest.raises(ValueError, match="estimators"):
+        run_audit(mcp, x, y, AU.AuditConfig(**kwargs), _writing_to(tmp_path))
+    report = run_audit(mcp, x, y, AU.AuditConfig(**kwargs))
+    assert report.settings["model_labels"]["nrpm"] == "NRPM MCP gamma=2 relative lam=0.8 K=1"

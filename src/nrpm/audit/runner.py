@@ -39,7 +39,7 @@ from .probes import ForwardProbe, GradientProbe, probe_forward, probe_gradients
 from .protocol import assess_protocol
 from .report import AuditReport
 
-__all__ = ["run_audit", "capture_autoattack_flags", "layer_info"]
+__all__ = ["run_audit", "capture_autoattack_flags", "layer_info", "estimator_info"]
 
 
 def layer_info(model) -> dict:
@@ -51,13 +51,34 @@ def layer_info(model) -> dict:
             for n, m in robust_layers(model).items()}
 
 
-def _nrpm_label(lam_info: dict) -> str:
+def estimator_info(model) -> dict:
+    """{layer name: {norm, gamma, delta, scale}} of the robust layers with another estimator than the paper's L1
+    (empty for an L1 model). In the cache fingerprint only when not empty, so that L1 audits' caches keep theirs;
+    an L1 cache is never resumed for an MCP / Huber / HM audit of the same weights and lam."""
+    return {n: m.estimator() for n, m in robust_layers(model).items() if m.estimator()["norm"] != "l1"}
+
+
+def _estimator_text(estimators: dict) -> str:
+    """'MCP gamma=2 relative ' (one estimator in every such layer), 'mixed estimators ' or '' (L1)."""
+    kinds = {tuple(sorted(e.items())) for e in estimators.values()}
+    if not kinds:
+        return ""
+    if len(kinds) > 1:
+        return "mixed estimators "
+    e = dict(next(iter(kinds)))
+    params = {"mcp": f"gamma={e['gamma']:g}", "huber": f"delta={e['delta']:g}",
+              "hm": f"gamma={e['gamma']:g} delta={e['delta']:g}"}.get(e["norm"], "")
+    name = {"mcp": "MCP", "huber": "Huber", "hm": "HM"}.get(e["norm"], e["norm"])
+    return f"{name} {params} {e['scale']} ".replace("  ", " ")
+
+
+def _nrpm_label(lam_info: dict, estimators: dict | None = None) -> str:
     if not lam_info:
         return "model (no robust layers)"
     lams = sorted({v["lam"] for v in lam_info.values()})
     Ks = sorted({v["K"] for v in lam_info.values()})
     lam_text = f"{lams[0]:g}" if len(lams) == 1 else f"{lams[0]:g}..{lams[-1]:g}"
-    return f"NRPM lam={lam_text} K={','.join(map(str, Ks))}"
+    return f"NRPM {_estimator_text(estimators or {})}lam={lam_text} K={','.join(map(str, Ks))}"
 
 
 # ----------------------------------------------------------------------------------------------- AutoAttack flags
@@ -190,7 +211,7 @@ def _settings(model, x, config: AuditConfig, plan: AuditPlan, lam_info: dict, fo
             "batch_size": config.batch_size, "survivors_only": config.survivors_only,
             "tolerances": asdict(config.tolerances), "robust_layers": lam_info,
             "device": str(plan.device), "base_model": base, "skipped": plan.skipped,
-            "model_labels": {"nrpm": _nrpm_label(lam_info), "plain": config.plain_label},
+            "model_labels": {"nrpm": _nrpm_label(lam_info, estimator_info(model)), "plain": config.plain_label},
             "clean_accuracy": found.clean_accuracy, "check_budget": found.check_budget, **config.provenance}
 
 
@@ -241,6 +262,9 @@ def _audit(model, x, y, layers, config: AuditConfig, ctx: RunContext, base_model
     plan = make_plan(model, x, layers, config, base_model, plain_model)
     lam_info = layer_info(model)
     identity = fingerprint(model, plan.base_model, plan.plain_model, x, y, lam_info, config.norm)
+    estimators = estimator_info(model)
+    if estimators:
+        identity["estimators"] = estimators
     with run_folder(ctx):
         bar = tqdm(total=_n_cells(config, plan), desc="audit cells", unit="cell", disable=not ctx.progress)
         try:
