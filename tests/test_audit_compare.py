@@ -87,6 +87,7 @@ def test_two_folders_on_the_same_images_compare_across_folders(tmp_path, capsys)
     ("other_images", ["audited different images", "needs the same images"]),
     ("mismatch", ["cache.json gives 1 robust", "audit.json reports 2", "rerun the audit"]),
     ("no_common_budget", ["share no budget"]),
+    ("not_an_audit", ["not an audit folder", "nrpm audit --out FOLDER"]),
     ("damaged", ["is damaged", "KeyError", "rerun its `nrpm audit` command"]),
     ("short_mask", ["has 3 samples, the audit 4", "rerun the audit"]),
 ])
@@ -95,6 +96,8 @@ def test_folders_that_cannot_be_compared_are_refused_in_one_line(tmp_path, capsy
     if case == "unfinished":
         (a / "audit.json").unlink()
         argv = [str(a)]
+    elif case == "not_an_audit":
+        argv = [str(tmp_path / "nowhere")]
     elif case == "no_plain":
         argv = [str(_audit(tmp_path / "b", {"nrpm": {"pgd": "1100"}}))]
     elif case == "other_images":

@@ -105,9 +105,11 @@ def load_side(spec: str) -> AuditSide:
     head, _, tail = spec.rpartition(":")
     folder, tag = (Path(head), tail) if head and tail in _TAGS else (Path(spec), "nrpm")
     if not (folder / "audit.json").is_file():
-        state = "not finished (only cache.json)" if (folder / CACHE_FILE).is_file() else "not an audit folder"
-        raise FileNotFoundError(f"{folder}: {state}; audit-compare needs a finished audit (audit.json and "
-                                f"cache.json): rerun its `nrpm audit` command to finish it")
+        if (folder / CACHE_FILE).is_file():
+            raise FileNotFoundError(f"{folder}: not finished (only cache.json); audit-compare needs a finished "
+                                    f"audit (audit.json and cache.json): rerun its `nrpm audit` command to finish it")
+        raise FileNotFoundError(f"{folder}: not an audit folder (no audit.json); give a folder written by "
+                                f"`nrpm audit --out FOLDER`")
     report = read_tagged(folder / "audit.json", AUDIT_FORMAT, "an nrpm audit report")
     cache = read_tagged(folder / CACHE_FILE, CACHE_FORMAT, "an nrpm audit cache")
     try:

@@ -117,7 +117,7 @@ def add_audit_parser(subparsers) -> None:
     c = subparsers.add_parser(
         "audit-compare", formatter_class=HelpFormatter,
         help="is a gain real? two finished audits' worst cases on the same images, compared sample by sample",
-        description="The worst case of A minus that of B at every budget both audited, with its paired 95%% "
+        description="The worst case of A minus that of B at every budget both audited, with its paired 95% "
                     "interval and the exact McNemar p-value (the noise of a difference on the same images, far "
                     "smaller than two separate intervals suggest). A side is FOLDER (its NRPM model) or "
                     "FOLDER:plain / FOLDER:nrpm; with one side, B is that folder's plain model.")
