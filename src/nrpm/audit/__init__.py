@@ -43,7 +43,9 @@ The package, one module per concern:
 * :mod:`~nrpm.audit.runner`: :func:`run_audit` (an :class:`AuditConfig` and a :class:`nrpm.runs.RunContext`);
 * :mod:`~nrpm.audit.protocol`: whether a run was the full protocol or a reduced one, and how
   (:func:`assess_protocol`, stored in audit.json and shown with every verdict);
-* :mod:`~nrpm.audit.report`: :class:`AuditReport` (markdown, table, plot, files) and :func:`collate_reports`.
+* :mod:`~nrpm.audit.report`: :class:`AuditReport` (markdown, table, plot, files) and :func:`collate_reports`;
+* :mod:`~nrpm.audit.compare`: two finished audits' worst cases on the same images, sample by sample
+  (:func:`paired_difference`: the paired 95% interval and McNemar's p; ``nrpm audit-compare``).
 """
 
 from .adaptive import SMOOTHINGS, bpda_pgd, detached_irls_pgd, lam_one, smoothed_pgd, straight_through, transfer_pgd
@@ -51,6 +53,7 @@ from .cells import CACHE_FORMAT
 from .checks import (CHECKS, FAIL, PASS, SKIP, WARN, CheckResult, Evidence, Tolerances, check_autoattack,
                      check_blackbox, check_budget_curve, check_gradients, check_lam_and_determinism, check_steps,
                      check_transfer, grade, worst)
+from .compare import compare_sides, load_side, paired_difference
 from .config import AuditConfig
 from .plan import CATALOGUE, OPTIONAL_ATTACKS, AuditAttack, catalogue, keys_with_role, make_plan, optional_keys
 from .probes import ForwardProbe, GradientProbe, probe_forward, probe_gradients
@@ -65,4 +68,5 @@ __all__ = ["Tolerances", "CheckResult", "Evidence", "CHECKS", "AuditReport", "ru
            "check_transfer", "check_autoattack", "transfer_pgd", "bpda_pgd", "detached_irls_pgd",
            "smoothed_pgd", "SMOOTHINGS", "OPTIONAL_ATTACKS", "AuditAttack", "CATALOGUE", "catalogue",
            "keys_with_role", "optional_keys", "make_plan", "ForwardProbe", "GradientProbe", "probe_forward",
-           "probe_gradients", "assess_protocol", "wilson_half_width", "MIN_SAMPLES", "worst_case_attacks"]
+           "probe_gradients", "assess_protocol", "wilson_half_width", "MIN_SAMPLES", "worst_case_attacks",
+           "paired_difference", "load_side", "compare_sides"]
