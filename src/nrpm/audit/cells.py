@@ -262,10 +262,12 @@ def _state_hash(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def fingerprint(model, base, plain, x, y, lam_info, norm) -> dict:
-    """What every cached cell depends on besides its attack: weights, data, lam and norm."""
+def fingerprint(model, base, plain, x, y, lam_info, norm, estimators: dict | None = None) -> dict:
+    """What every cached cell depends on besides its attack: weights, data, lam, norm and, for a model with another
+    estimator than L1, the estimators (absent for L1, so L1 caches written before they were keyed still resume)."""
     d = hashlib.sha256(x.detach().float().cpu().contiguous().numpy().tobytes())
     d.update(y.detach().cpu().contiguous().numpy().tobytes())
     return {"model": _state_hash(model), "data": d.hexdigest()[:16], "lam": lam_info, "norm": norm,
             "model_type": type(model).__name__, "base": type(base).__name__ if base is not None else None,
-            "plain": None if plain is None or plain is base else _state_hash(plain)}
+            "plain": None if plain is None or plain is base else _state_hash(plain),
+            **({"estimators": estimators} if estimators else {})}

@@ -53,9 +53,10 @@ def layer_info(model) -> dict:
 
 def estimator_info(model) -> dict:
     """{layer name: {norm, gamma, delta, scale}} of the robust layers with another estimator than the paper's L1
-    (empty for an L1 model). In the cache fingerprint only when not empty, so that L1 audits' caches keep theirs;
-    an L1 cache is never resumed for an MCP / Huber / HM audit of the same weights and lam."""
-    return {n: m.estimator() for n, m in robust_layers(model).items() if m.estimator()["norm"] != "l1"}
+    (empty for an L1 model): in the cache fingerprint, so an L1 cache is never resumed for an MCP / Huber / HM
+    audit of the same weights and lam."""
+    every = {n: m.estimator() for n, m in robust_layers(model).items()}
+    return {n: e for n, e in every.items() if e["norm"] != "l1"}
 
 
 def _estimator_text(estimators: dict) -> str:
@@ -66,10 +67,9 @@ def _estimator_text(estimators: dict) -> str:
     if len(kinds) > 1:
         return "mixed estimators "
     e = dict(next(iter(kinds)))
-    params = {"mcp": f"gamma={e['gamma']:g}", "huber": f"delta={e['delta']:g}",
-              "hm": f"gamma={e['gamma']:g} delta={e['delta']:g}"}.get(e["norm"], "")
-    name = {"mcp": "MCP", "huber": "Huber", "hm": "HM"}.get(e["norm"], e["norm"])
-    return f"{name} {params} {e['scale']} ".replace("  ", " ")
+    name, params = {"mcp": ("MCP", f"gamma={e['gamma']:g}"), "huber": ("Huber", f"delta={e['delta']:g}"),
+                    "hm": ("HM", f"gamma={e['gamma']:g} delta={e['delta']:g}")}[e["norm"]]
+    return f"{name} {params} {e['scale']} "
 
 
 def _nrpm_label(lam_info: dict, estimators: dict | None = None) -> str:
@@ -261,10 +261,8 @@ def _audit(model, x, y, layers, config: AuditConfig, ctx: RunContext, base_model
 
     plan = make_plan(model, x, layers, config, base_model, plain_model)
     lam_info = layer_info(model)
-    identity = fingerprint(model, plan.base_model, plan.plain_model, x, y, lam_info, config.norm)
-    estimators = estimator_info(model)
-    if estimators:
-        identity["estimators"] = estimators
+    identity = fingerprint(model, plan.base_model, plan.plain_model, x, y, lam_info, config.norm,
+                           estimator_info(model))
     with run_folder(ctx):
         bar = tqdm(total=_n_cells(config, plan), desc="audit cells", unit="cell", disable=not ctx.progress)
         try:
