@@ -23,7 +23,9 @@ import argparse
 import json
 from pathlib import Path
 
-from audit_profile import parse_cache_key, write_report  # benchmarks/ is the script's folder: on sys.path
+from nrpm.audit.cells import parse_cache_key
+
+from audit_profile import write_report  # benchmarks/ is the script's folder: on sys.path
 
 UNCHANGED = {"apgd-ce", "apgd-dlr", "fgsm", "noise"}
 EARLY_STOPPED = {"pgd", "cw", "bpda", "detached", "pgd-x4-steps", "pgd-x5-restarts", "pgd-half-step", "pgd-unbounded"}
@@ -38,7 +40,7 @@ def read(folder: Path) -> dict[tuple, dict]:
     """{(tag, attack, budget): {"mask": [bool], "seconds": s}} of an every-sample cache.json."""
     cells = {}
     for key, cell in json.loads((Path(folder) / "cache.json").read_text())["cells"].items():
-        tag, attack, budget, _on = parse_cache_key(key)
+        tag, attack, _params, budget, _on = parse_cache_key(key)
         cells[(tag, attack, budget)] = {"mask": [c == "1" for c in cell["mask"]], "seconds": cell["seconds"]}
     return cells
 

@@ -34,9 +34,10 @@ import torch
 import nrpm
 from nrpm import data as D
 from nrpm.attacks import AutoAttackStandard
+from nrpm.audit.cells import parse_cache_key
 from nrpm.models import load_pretrained, model_entry
 
-from audit_profile import parse_cache_key, write_report  # benchmarks/ is the script's folder: on sys.path
+from audit_profile import write_report  # benchmarks/ is the script's folder: on sys.path
 
 GRADIENT_STEPS = {"pgd", "cw", "bpda", "detached", "smoothed-eps10", "smoothed-eps100", "smoothed-k1",
                   "pgd-x4-steps", "pgd-x5-restarts", "pgd-half-step"}
@@ -73,7 +74,7 @@ def required(folder: Path):
     cells = json.loads((folder / "cache.json").read_text())["cells"]
     masks, found, plain_aa = {}, {}, {}
     for key, cell in cells.items():
-        tag, attack, budget, _on = parse_cache_key(key)
+        tag, attack, _params, budget, _on = parse_cache_key(key)
         mask = [c == "1" for c in cell["mask"]]
         if tag == "plain" and attack == "autoattack":
             plain_aa[float(budget)] = mask

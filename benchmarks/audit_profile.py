@@ -14,13 +14,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-
-def parse_cache_key(key: str) -> tuple[str, str, str, str | None]:
-    """(model tag, attack, budget as written, reference attack or None) of a cache.json cell key
-    ``tag|attack|params|budget|...|on=survivors-of-REF``; the other audit benchmarks read keys through it too."""
-    parts = key.split("|")
-    on = next((p.removeprefix("on=survivors-of-") for p in parts[4:] if p.startswith("on=")), None)
-    return parts[0], parts[1], parts[3], on
+from nrpm.audit.cells import parse_cache_key
 
 
 def write_report(out: str, text: str, data) -> None:
@@ -41,7 +35,7 @@ def load_cells(folder: Path) -> list[dict]:
         return [dict(c) for c in data["cells"]]
     cells = []
     for key, cell in data["cells"].items():
-        tag, attack, budget, on = parse_cache_key(key)
+        tag, attack, _params, budget, on = parse_cache_key(key)
         cells.append({"model": tag, "attack": attack, "label": attack, "budget": float(budget),
                       "seconds": cell["seconds"], "correct": cell["mask"].count("1"), "n": len(cell["mask"]),
                       "ran_on": f"survivors of {on}" if on else "clean-correct"})

@@ -26,7 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from audit_profile import parse_cache_key, write_report  # benchmarks/ is the script's folder: on sys.path
+from nrpm.audit.cells import parse_cache_key
+
+from audit_profile import write_report  # benchmarks/ is the script's folder: on sys.path
 
 #: attacks whose per-sample results depend on the batch (pyautoattack's generator per batch)
 BATCH_SEEDED = {"apgd-ce", "apgd-dlr", "square", "autoattack"}
@@ -59,7 +61,7 @@ def masks(folder: Path) -> dict[tuple, tuple[str, str | None]]:
     """{(tag, attack, budget): (mask string, reference or None)} of a run's cache.json."""
     out = {}
     for key, cell in json.loads((folder / "cache.json").read_text())["cells"].items():
-        tag, attack, budget, on = parse_cache_key(key)
+        tag, attack, _params, budget, on = parse_cache_key(key)
         out[(tag, attack, budget)] = (cell["mask"], on)
     return out
 

@@ -751,3 +751,14 @@ def test_an_l1_cache_is_not_resumed_for_another_estimator_and_the_label_names_it
         run_audit(mcp, x, y, AU.AuditConfig(**kwargs), _writing_to(tmp_path))
     report = run_audit(mcp, x, y, AU.AuditConfig(**kwargs))
     assert report.settings["model_labels"]["nrpm"] == "NRPM MCP gamma=2 relative lam=0.8 K=1"
+
+
+def test_parse_cache_key_reads_back_every_part_of_a_cell_key():
+    from nrpm.audit.cells import parse_cache_key
+    key = "nrpm|bpda|steps=20,alpha=0.00784314,restarts=1,seed=0|0.03137254902|rng=sample|on=survivors-of-pgd"
+    assert parse_cache_key(key) == ("nrpm", "bpda", "steps=20,alpha=0.00784314,restarts=1,seed=0", "0.03137254902",
+                                    "pgd")
+    plain = parse_cache_key("plain|autoattack|seed=0|0.1254901961")
+    assert (plain.tag, plain.attack, float(plain.budget), plain.on) == ("plain", "autoattack", 0.1254901961, None)
+    with pytest.raises(ValueError, match="not an audit cell key"):
+        parse_cache_key("nrpm|pgd")

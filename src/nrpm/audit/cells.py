@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -25,10 +25,12 @@ from .. import distributed as dist
 from ..attacks.base import logits_2d
 from ..runs import START_AGAIN, ResultsFile, RunContext
 
-__all__ = ["CACHE_FORMAT", "CACHE_FILE", "AttackSpec", "CellRunner", "cache_file", "cached_cells", "fingerprint"]
+__all__ = ["CACHE_FORMAT", "CACHE_FILE", "AttackSpec", "CellKey", "CellRunner", "cache_file", "cached_cells",
+           "fingerprint", "parse_cache_key"]
 
 CACHE_FORMAT = "nrpm-audit-cache/1"
 CACHE_FILE = "cache.json"
+SURVIVORS_OF = "on=survivors-of-"  # the key part naming the attack whose survivors a cell attacked
 
 
 @dataclass
@@ -140,7 +142,7 @@ class CellRunner:
 
         ``on``: the attack whose survivors ``candidates`` are (None: every clean-correct sample); it is in the cache
         key (a cell of another candidate set holds other numbers) and in the cell's ``ran_on``."""
-        key = _cache_key(tag, spec, budget) + ("" if on is None else f"|on=survivors-of-{on}")
+        key = _cache_key(tag, spec, budget) + ("" if on is None else f"|{SURVIVORS_OF}{on}")
         start = time.perf_counter()
         if key in self.cache:
             entry = self.cache[key]
@@ -251,6 +253,26 @@ def _cache_key(tag: str, spec: AttackSpec, budget: float) -> str:
     except (RuntimeError, ValueError, TypeError):
         seeded = False
     return key + "|rng=sample" if seeded else key
+
+
+class CellKey(NamedTuple):
+    """A cache.json cell key read back (:func:`parse_cache_key`)."""
+
+    tag: str            # the model's tag: 'nrpm' or 'plain'
+    attack: str         # the attack's key: 'pgd', 'autoattack', ...
+    params: str         # its parameters as written: 'steps=20,alpha=...,seed=0'
+    budget: str         # the budget as written (10 significant digits): float() it to compare
+    on: str | None      # the attack whose survivors the cell attacked; None: every clean-correct sample
+
+
+def parse_cache_key(key: str) -> CellKey:
+    """The parts of a cell key ``tag|attack|params|budget[|rng=sample][|on=survivors-of-REF]`` (what
+    :meth:`CellRunner.run` writes); the one reader of keys, for ``audit-compare`` and the audit benchmarks."""
+    parts = key.split("|")
+    if len(parts) < 4:
+        raise ValueError(f"{key!r} is not an audit cell key (tag|attack|params|budget|...)")
+    on = next((p.removeprefix(SURVIVORS_OF) for p in parts[4:] if p.startswith(SURVIVORS_OF)), None)
+    return CellKey(parts[0], parts[1], parts[2], parts[3], on)
 
 
 # ----------------------------------------------------------------------------------------------- fingerprints

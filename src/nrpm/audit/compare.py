@@ -27,7 +27,7 @@ from typing import Sequence
 
 from ..formats import read_tagged
 from ..reports import format_budget
-from .cells import CACHE_FILE, CACHE_FORMAT
+from .cells import CACHE_FILE, CACHE_FORMAT, parse_cache_key
 from .protocol import wilson_half_width
 from .report import AUDIT_FORMAT
 
@@ -141,8 +141,8 @@ def _worst_case_mask(cells: dict, tag: str, budget: float, n: int) -> list[bool]
     """AND of every cached cell of ``tag`` at ``budget`` (keys ``tag|attack|params|budget|...``)."""
     mask = [True] * n
     for key, cell in cells.items():
-        parts = key.split("|")
-        if parts[0] == tag and math.isclose(float(parts[3]), budget, rel_tol=1e-9):
+        cell_key = parse_cache_key(key)
+        if cell_key.tag == tag and math.isclose(float(cell_key.budget), budget, rel_tol=1e-9):
             if len(cell["mask"]) != n:
                 raise ValueError(f"cache.json cell {key!r} has {len(cell['mask'])} samples, the audit {n}: the two "
                                  f"files do not belong together; rerun the audit")

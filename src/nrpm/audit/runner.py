@@ -198,7 +198,8 @@ def _n_cells(config: AuditConfig, plan: AuditPlan) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- the report
-def _settings(model, x, config: AuditConfig, plan: AuditPlan, lam_info: dict, found: _Findings) -> dict:
+def _settings(model, x, config: AuditConfig, plan: AuditPlan, lam_info: dict, estimators: dict, found: _Findings
+              ) -> dict:
     base = ("derived (reprogramming undone)" if plan.derived_base else
             ("given" if plan.base_model is not None else None))
     return {"title": config.title or type(model).__name__, "n": len(x), "n_classes": plan.n_classes,
@@ -211,7 +212,7 @@ def _settings(model, x, config: AuditConfig, plan: AuditPlan, lam_info: dict, fo
             "batch_size": config.batch_size, "survivors_only": config.survivors_only,
             "tolerances": asdict(config.tolerances), "robust_layers": lam_info,
             "device": str(plan.device), "base_model": base, "skipped": plan.skipped,
-            "model_labels": {"nrpm": _nrpm_label(lam_info, estimator_info(model)), "plain": config.plain_label},
+            "model_labels": {"nrpm": _nrpm_label(lam_info, estimators), "plain": config.plain_label},
             "clean_accuracy": found.clean_accuracy, "check_budget": found.check_budget, **config.provenance}
 
 
@@ -260,9 +261,8 @@ def _audit(model, x, y, layers, config: AuditConfig, ctx: RunContext, base_model
     from tqdm.auto import tqdm
 
     plan = make_plan(model, x, layers, config, base_model, plain_model)
-    lam_info = layer_info(model)
-    identity = fingerprint(model, plan.base_model, plan.plain_model, x, y, lam_info, config.norm,
-                           estimator_info(model))
+    lam_info, estimators = layer_info(model), estimator_info(model)
+    identity = fingerprint(model, plan.base_model, plan.plain_model, x, y, lam_info, config.norm, estimators)
     with run_folder(ctx):
         bar = tqdm(total=_n_cells(config, plan), desc="audit cells", unit="cell", disable=not ctx.progress)
         try:
@@ -272,7 +272,7 @@ def _audit(model, x, y, layers, config: AuditConfig, ctx: RunContext, base_model
             found = _run_attacks(model, x, y, config, plan, runner)
         finally:
             bar.close()
-        settings = _settings(model, x, config, plan, lam_info, found)
+        settings = _settings(model, x, config, plan, lam_info, estimators, found)
         report = _report(runner, _evidence(runner, config, plan, settings, found), settings, found, started)
         if ctx.writes:
             report.save(ctx.out)

@@ -320,23 +320,22 @@ def cmd_audit(args) -> int:
 
 def cmd_audit_table(args) -> int:
     from .. import audit as AU
-    from .. import reports
 
-    text = AU.collate_reports(args.runs)
-    if args.out:  # written before printing: `nrpm audit-table ... --out T.md | head` still writes T.md
-        reports.atomic_write_text(args.out, text + "\n")
-    print(text)
-    return 0
+    return _write_then_print(AU.collate_reports(args.runs), args.out)
 
 
 def cmd_audit_compare(args) -> int:
-    from .. import reports
     from ..audit import compare
 
     a = compare.load_side(args.a)
     b = compare.load_side(args.b if args.b is not None else f"{a.folder}:plain")
-    text = compare.comparison_markdown(a, b, compare.compare_sides(a, b))
-    if args.out:
-        reports.atomic_write_text(args.out, text + "\n")
+    return _write_then_print(compare.comparison_markdown(a, b, compare.compare_sides(a, b)), args.out)
+
+
+def _write_then_print(text: str, out: str | None) -> int:
+    from .. import reports
+
+    if out:  # written before printing: `nrpm audit-table ... --out T.md | head` still writes T.md
+        reports.atomic_write_text(out, text + "\n")
     print(text)
     return 0
