@@ -762,3 +762,27 @@ def test_parse_cache_key_reads_back_every_part_of_a_cell_key():
     assert (plain.tag, plain.attack, float(plain.budget), plain.on) == ("plain", "autoattack", 0.1254901961, None)
     with pytest.raises(ValueError, match="not an audit cell key"):
         parse_cache_key("nrpm|pgd")
+
+
+def test_the_fingerprint_migration_gives_what_todays_audit_writes(samples):
+    """scripts/migrate_cache_fingerprint.py turns an older cache's fingerprint (lam as a Python float, no
+    estimators) into the one a fresh audit of the same MCP model computes."""
+    import importlib.util
+
+    from nrpm.audit.cells import fingerprint
+    from nrpm.audit.runner import estimator_info, layer_info
+    spec = importlib.util.spec_from_file_location("migrate", Path(__file__).parents[1] / "scripts"
+                                                  / "migrate_cache_fingerprint.py")
+    migrate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migrate)
+    x, y = samples
+    model = nn.Sequential(nn.Flatten(), nn.Linear(x[0].numel(), 10))
+    nrpm.reprogram(model, nrpm.ReprogramConfig(lam=0.8, K=1, norm="mcp", gamma=2.0, scale="relative"))
+    today = fingerprint(model, None, None, x, y, layer_info(model), "Linf", estimator_info(model))
+    older = json.loads(json.dumps({k: v for k, v in today.items() if k != "estimators"}))
+    for info in older["lam"].values():
+        info["lam"] = 0.8
+    changes = migrate.migrate(older, {"norm": "mcp", "gamma": 2.0, "delta": migrate.DEFAULT_DELTA,
+                                      "scale": "relative"})
+    assert older == today and len(changes) == 2
+    assert migrate.migrate(older, None) == []  # already current: nothing changes
