@@ -670,11 +670,16 @@ def test_an_interrupted_cell_goes_on_at_its_next_batch_with_the_same_mask(sample
         return survivors(self, model, attack, index)
 
     monkeypatch.setattr(AU.cells.CellRunner, "_survivors", interrupted_on_third_batch)
+    messages = []
     with pytest.raises(KeyboardInterrupt):
-        run_audit(model, x, y, config, _writing_to(tmp_path / "cut"))
+        run_audit(model, x, y, config, RunContext(out=tmp_path / "cut", command="audit", progress=False,
+                                                  log=messages.append))
     saved = json.loads((tmp_path / "cut" / "cache.json").read_text())
     (key, part), = saved["partial"].items()
     assert part["results"].count("-") == 30 - 14 and not saved["cells"]  # two batches of 7 kept
+    n_batches = -(-part["candidates"].count("1") // 7)
+    assert [m.split(" (")[0] for m in messages if "batch" in m] == \
+        [f"nrpm {key.split('|')[1]} at 0.2: batch {i} of {n_batches} saved" for i in (1, 2)]
 
     calls.clear()
     def recorded(self, model, attack, index):

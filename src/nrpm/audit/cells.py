@@ -221,6 +221,10 @@ class CellRunner:
                 self.partial[key] = {"candidates": wanted, "results": "".join(results),
                                      "seconds": round(seconds, 3)}
                 self._save()
+                # a cell of many batches can run for an hour (AutoAttack on 500 images): say where it stands
+                cell = parse_cache_key(key)
+                self.log(f"{cell.tag} {cell.attack} at {float(cell.budget):.4g}: batch {number + 1} of "
+                         f"{len(batches)} saved ({seconds:.0f} s in this cell so far)")
         return _mask("".join(results))
 
     def _saved_part(self, key: str, candidates: torch.Tensor) -> tuple[list[str], float]:
