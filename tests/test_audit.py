@@ -1,13 +1,13 @@
 """Tests for nrpm.audit (the adaptive-attack audit) and the `nrpm audit` / `nrpm audit-table` commands.
 
-Tiny models on a synthetic 5-class problem (inputs in [0, 1]^36, viewable as 6 x 6 images for Square), small
-budgets and step counts: a plain reprogrammed model must pass, deliberately gradient-masked ones must fail.
+Tiny models on a synthetic 5-class problem (audit_helpers), small budgets and step counts: a plain reprogrammed
+model must pass, deliberately gradient-masked ones must fail. The cells' cache (resume, fingerprint, keys):
+test_audit_cells.py.
 """
 
 import argparse
 import json
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -17,37 +17,11 @@ from torch import nn
 import nrpm
 from nrpm import audit as AU
 from nrpm.audit import FAIL, PASS, SKIP, WARN, lam_one, run_audit, straight_through
-from nrpm.runs import RunContext
 
-N_CLASSES, D = 5, 36
-BUDGETS = [0.15, 0.25]
-
+from audit_helpers import (BUDGETS, D, FAST, N_CLASSES, QUICK, make_data, reprogrammed, trained_linear,
+                           writing_to)
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models (conftest.py)
-
-
-def _writing_to(folder):
-    """The run context of an audit writing into ``folder`` (cache.json, then the report), silently."""
-    return RunContext(out=folder, command="audit", progress=False, log=lambda message: None)
-
-
-def _data(n, seed):
-    prototypes = torch.rand(N_CLASSES, D, generator=torch.Generator().manual_seed(123))
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, N_CLASSES, (n,), generator=g)
-    return (prototypes[y] + 0.25 * torch.randn(n, D, generator=g)).clamp(0, 1), y
-
-
-def _trained_linear():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(D, N_CLASSES))
-    x, y = _data(2000, 1)
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(200):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval()
 
 
 class Round(nn.Module):
@@ -81,28 +55,21 @@ class Noisy(nn.Module):
         return x + 0.05 * torch.randn_like(x)
 
 
-def _reprogrammed(model, lam=0.8):
-    return nrpm.reprogram(model, nrpm.ReprogramConfig(lam=lam, K=1))
-
-
-FAST = dict(steps=40, apgd_steps=20, square_queries=200, seed=0)
-
-
 @pytest.fixture(scope="module")
 def samples():
-    return _data(100, 7)
+    return make_data(100, 7)
 
 
 @pytest.fixture(scope="module")
 def good_report(samples):
-    model = _reprogrammed(_trained_linear())
+    model = reprogrammed(trained_linear())
     return run_audit(model, *samples, budgets=BUDGETS, compare_plain=False, autoattack=True,
                      **{**FAST, "apgd_steps": 50})
 
 
 @pytest.fixture(scope="module")
 def masked_report(samples):
-    model = _reprogrammed(nn.Sequential(Round(), _trained_linear()))
+    model = reprogrammed(nn.Sequential(Round(), trained_linear()))
     return run_audit(model, *samples, budgets=BUDGETS, compare_plain=True, autoattack=False, **FAST)
 
 
@@ -136,7 +103,7 @@ def test_gradient_masked_model_fails(masked_report):
 
 def test_bpda_and_transfer_expose_a_robust_layer_with_a_broken_backward(samples):
     torch.manual_seed(0)
-    plain = _trained_linear()
+    plain = trained_linear()
     model = nn.Sequential(MaskedRobustLinear.from_module(plain[0], lam=0.8, K=1))
     report = run_audit(model, *samples, budgets=[0.2], compare_plain=False, autoattack=False,
                        **{**FAST, "steps": 10, "square_queries": 50})
@@ -148,7 +115,7 @@ def test_bpda_and_transfer_expose_a_robust_layer_with_a_broken_backward(samples)
 
 
 def test_under_converged_pgd_fails_the_steps_check(samples):
-    model = _reprogrammed(_trained_linear())
+    model = reprogrammed(trained_linear())
     report = run_audit(model, *samples, budgets=[0.2], compare_plain=False, autoattack=False,
                        steps=2, alpha=0.2 / 10, apgd_steps=10, square_queries=20, seed=0)
     check4 = report.check(4)
@@ -160,8 +127,8 @@ def test_under_converged_pgd_fails_the_steps_check(samples):
 def test_check1_flags_randomness_and_a_wrong_base(samples):
     x, _ = samples
     layers = nrpm.robust_layers
-    good = _reprogrammed(_trained_linear())
-    base = nrpm.undo_reprogramming(_reprogrammed(_trained_linear()))
+    good = reprogrammed(trained_linear())
+    base = nrpm.undo_reprogramming(reprogrammed(trained_linear()))
 
     def check1(model, reference):
         probe = AU.probe_forward(model, reference, layers(model), x, 64, torch.device("cpu"))
@@ -170,7 +137,7 @@ def test_check1_flags_randomness_and_a_wrong_base(samples):
     ok = check1(good, base)
     assert ok.verdict == PASS and ok.numbers["lam1_max_abs_diff"] == 0.0
 
-    noisy = _reprogrammed(nn.Sequential(Noisy(), _trained_linear()))
+    noisy = reprogrammed(nn.Sequential(Noisy(), trained_linear()))
     assert check1(noisy, None).verdict == FAIL
 
     other = nn.Sequential(nn.Linear(D, N_CLASSES))  # different weights: lam = 1 cannot reproduce it
@@ -179,8 +146,8 @@ def test_check1_flags_randomness_and_a_wrong_base(samples):
 
 def test_lam_one_is_exact_for_a_learnable_lam_and_restores_it(samples):
     x, _ = samples
-    model = nrpm.reprogram(_trained_linear(), nrpm.ReprogramConfig(lam=0.3, K=2, paradigm=2))
-    base = nrpm.undo_reprogramming(nrpm.reprogram(_trained_linear(), nrpm.ReprogramConfig(lam=0.3, K=2)))
+    model = nrpm.reprogram(trained_linear(), nrpm.ReprogramConfig(lam=0.3, K=2, paradigm=2))
+    base = nrpm.undo_reprogramming(nrpm.reprogram(trained_linear(), nrpm.ReprogramConfig(lam=0.3, K=2)))
     before = [p.detach().clone() for p in nrpm.lam_parameters(model)]
     with torch.no_grad():
         robust = model(x)
@@ -195,7 +162,7 @@ def test_lam_one_is_exact_for_a_learnable_lam_and_restores_it(samples):
 
 def test_straight_through_forward_value_plain_gradient_and_restore(samples):
     x, y = samples
-    model = _reprogrammed(_trained_linear(), lam=0.3)
+    model = reprogrammed(trained_linear(), lam=0.3)
     layer = nrpm.robust_layers(model)["0"]
     xg = x[:8].clone().requires_grad_(True)
     with torch.no_grad():
@@ -209,7 +176,7 @@ def test_straight_through_forward_value_plain_gradient_and_restore(samples):
 
 
 def test_audit_leaves_the_model_as_it_found_it(samples):
-    model = _reprogrammed(_trained_linear(), lam=0.8)
+    model = reprogrammed(trained_linear(), lam=0.8)
     model.train()
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     lams = nrpm.lam_table(model)
@@ -224,10 +191,10 @@ def test_audit_leaves_the_model_as_it_found_it(samples):
 
 # ------------------------------------------------------------------------------------------ files and cache
 def test_report_files_and_resume(samples, tmp_path, monkeypatch):
-    model = _reprogrammed(_trained_linear())
+    model = reprogrammed(trained_linear())
     kwargs = dict(budgets=[0.2], compare_plain=True, autoattack=False, steps=3, apgd_steps=3, square_queries=10,
                   seed=0)
-    first = run_audit(model, *samples, AU.AuditConfig(**kwargs), _writing_to(tmp_path))
+    first = run_audit(model, *samples, AU.AuditConfig(**kwargs), writing_to(tmp_path))
     paths = {kind: tmp_path / f"audit.{kind}" for kind in ("json", "md", "png")}  # written by the run
     data = json.loads(paths["json"].read_text())
     assert data["format"] == "nrpm-audit/1" and data["verdict"] == first.verdict
@@ -239,16 +206,16 @@ def test_report_files_and_resume(samples, tmp_path, monkeypatch):
         raise AssertionError("a cached cell was recomputed")
 
     monkeypatch.setattr(AU.cells.CellRunner, "attack_candidates", no_attacks)
-    second = run_audit(model, *samples, AU.AuditConfig(**kwargs), _writing_to(tmp_path))
+    second = run_audit(model, *samples, AU.AuditConfig(**kwargs), writing_to(tmp_path))
     assert [(c["attack"], c["accuracy"]) for c in second.cells] == [(c["attack"], c["accuracy"]) for c in first.cells]
     assert [c.verdict for c in second.checks] == [c.verdict for c in first.checks]
-    other = _reprogrammed(nn.Sequential(nn.Linear(D, N_CLASSES)))
+    other = reprogrammed(nn.Sequential(nn.Linear(D, N_CLASSES)))
     with pytest.raises(ValueError, match="results of other settings.*model:"):
-        run_audit(other, *samples, AU.AuditConfig(**kwargs), _writing_to(tmp_path))
+        run_audit(other, *samples, AU.AuditConfig(**kwargs), writing_to(tmp_path))
 
 
 def test_bad_arguments(samples):
-    model = _reprogrammed(_trained_linear())
+    model = reprogrammed(trained_linear())
     with pytest.raises(ValueError, match="budget"):
         run_audit(model, *samples, budgets=[0])
     with pytest.raises(ValueError, match="norm"):
@@ -256,7 +223,7 @@ def test_bad_arguments(samples):
     with pytest.raises(ValueError, match="steps"):
         run_audit(model, *samples, budgets=[0.1], steps=0)
     with pytest.raises(ValueError, match="no robust layers"):
-        run_audit(_trained_linear(), *samples, budgets=[0.1], lam=0.5)
+        run_audit(trained_linear(), *samples, budgets=[0.1], lam=0.5)
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -363,7 +330,6 @@ def test_cli_audit_of_a_saved_reprogramming_next_to_the_paper_checkpoint(shared_
 
 
 # ------------------------------------------------------------------------------------------ configuration
-QUICK = dict(compare_plain=False, autoattack=False, apgd_steps=2, square_queries=5, seed=0)
 
 
 def test_audit_config_validates_and_keywords_override_it(samples):
@@ -374,9 +340,9 @@ def test_audit_config_validates_and_keywords_override_it(samples):
     with pytest.raises(ValueError, match="steps must be an integer"):
         AU.AuditConfig(budgets=[0.1], steps=True)
     with pytest.raises(TypeError):
-        run_audit(_reprogrammed(_trained_linear()), *samples, budgets=[0.1], stpes=3)  # misspelt: refused
+        run_audit(reprogrammed(trained_linear()), *samples, budgets=[0.1], stpes=3)  # misspelt: refused
 
-    model = _reprogrammed(_trained_linear())
+    model = reprogrammed(trained_linear())
     x, y = samples[0][:30], samples[1][:30]
     by_config = run_audit(model, x, y, AU.AuditConfig(budgets=[0.2], steps=2, **QUICK))
     by_override = run_audit(model, x, y, AU.AuditConfig(budgets=[0.2], steps=7, **QUICK), steps=2)
@@ -397,7 +363,7 @@ def test_the_audit_uses_no_private_layer_state(samples):
             assert needle not in text, f"nrpm/audit/{path.name} uses {needle!r}"
 
     # a learnable lam (paradigm 2): lam_one and the audit's lam override go through nrpm.nn.lam_override
-    model = nrpm.reprogram(_trained_linear(), nrpm.ReprogramConfig(lam=0.3, K=1, paradigm=2))
+    model = nrpm.reprogram(trained_linear(), nrpm.ReprogramConfig(lam=0.3, K=1, paradigm=2))
     (logit,) = nrpm.lam_parameters(model)
     before = logit.detach().clone()
     with lam_one(model):
@@ -413,23 +379,6 @@ def test_the_audit_uses_no_private_layer_state(samples):
 
 
 # ------------------------------------------------------------------------------------------ damaged cache
-def test_a_damaged_cache_is_refused_naming_the_file(samples, tmp_path):
-    model = _reprogrammed(_trained_linear())
-    x, y = samples[0][:20], samples[1][:20]
-    cache = tmp_path / "cache.json"
-    kwargs = dict(budgets=[0.2], steps=1, **QUICK)
-    run_audit(model, x, y, AU.AuditConfig(**kwargs), _writing_to(tmp_path))
-    good = json.loads(cache.read_text())
-    key = next(iter(good["cells"]))
-    damaged = ["{not json", "", "[]", "null", json.dumps({**good, "cells": []}),
-               json.dumps({**good, "cells": {**good["cells"], key: {"seconds": 0.1}}}),        # no mask
-               json.dumps({**good, "cells": {**good["cells"], key: {"mask": "01", "seconds": 0.1}}})]  # too short
-    for text in damaged:
-        cache.write_text(text)
-        with pytest.raises(ValueError, match=re.escape(str(cache)) + ".*--overwrite"):
-            run_audit(model, x, y, AU.AuditConfig(**kwargs), _writing_to(tmp_path))
-    cache.write_text(json.dumps(good))
-    assert run_audit(model, x, y, AU.AuditConfig(**kwargs), _writing_to(tmp_path)).cells  # the intact cache resumes
 
 
 # ------------------------------------------------------------------------------------------ plot
@@ -485,7 +434,7 @@ class EpsSharpRobustLinear(nrpm.RobustLinear):
 
 
 def test_shattered_gradients_fail_the_audit_through_spsa(samples):
-    model = nn.Sequential(SharpInputMap(), _trained_linear())
+    model = nn.Sequential(SharpInputMap(), trained_linear())
     x, y = samples[0][:60], samples[1][:60]
     report = run_audit(model, x, y, budgets=[0.25], compare_plain=False, autoattack=False, steps=20, apgd_steps=10,
                        square_queries=50, spsa_steps=50, spsa_samples=32, seed=0)
@@ -498,7 +447,7 @@ def test_shattered_gradients_fail_the_audit_through_spsa(samples):
 
 
 def test_smoothed_irls_attacks_expose_a_layer_sharp_at_its_eps(samples):
-    plain = _trained_linear()
+    plain = trained_linear()
     layer = EpsSharpRobustLinear.from_module(plain[0], lam=0.8, K=1)
     layer.ripple = torch.randn(D, N_CLASSES, generator=torch.Generator().manual_seed(5))
     x, y = samples[0][:60], samples[1][:60]
@@ -516,40 +465,11 @@ def test_smoothed_irls_attacks_expose_a_layer_sharp_at_its_eps(samples):
 
 
 # ------------------------------------------------------------------------------------------ new cells, old caches
-_OLD_KEYS = ("pgd", "fgsm", "apgd-ce", "apgd-dlr", "square", "noise", "transfer", "bpda", "detached",
-             "pgd-x4-steps", "pgd-x5-restarts", "pgd-half-step", "pgd-unbounded")
-
-
-def test_older_caches_resume_and_only_the_new_attacks_run(samples, tmp_path, monkeypatch):
-    """The cells of an audit from before C&W, SPSA and smoothed IRLS joined keep their cache keys: a full run on
-    such a cache recomputes only the new cells (``survivors_only=False``: every cell on every sample, as then)."""
-    model = _reprogrammed(_trained_linear())
-    x, y = samples[0][:20], samples[1][:20]
-    kwargs = dict(budgets=[0.2], compare_plain=False, autoattack=False, steps=2, apgd_steps=2, square_queries=5,
-                  spsa_steps=2, spsa_samples=4, seed=0, survivors_only=False)
-    config, ctx = AU.AuditConfig(**kwargs), _writing_to(tmp_path)
-    old = run_audit(model, x, y, config, ctx, skip_attacks=AU.OPTIONAL_ATTACKS)
-    assert [c["attack"] for c in old.cells] == list(_OLD_KEYS)
-    cached = json.loads((tmp_path / "cache.json").read_text())["cells"]
-    assert "nrpm|square|q=5,seed=0|0.2" in cached  # the key format of older caches
-    # attacks seeded per sample (their results changed with it) say so, so that older cells are not reused
-    assert "nrpm|pgd|steps=2,alpha=default,restarts=1,seed=0|0.2|rng=sample" in cached
-    assert "nrpm|noise|seed=0|0.2|rng=sample" in cached
-
-    computed = []
-    run_cell = AU.cells.CellRunner.attack_candidates
-    monkeypatch.setattr(AU.cells.CellRunner, "attack_candidates",
-                        lambda self, model, spec, *a, **kw: computed.append(spec.key)
-                        or run_cell(self, model, spec, *a, **kw))
-    full = run_audit(model, x, y, config, ctx)
-    assert computed == ["cw", "spsa", "smoothed-eps10", "smoothed-eps100", "smoothed-k1"]
-    assert [c["attack"] for c in full.cells][:9] == list(_OLD_KEYS[:9])
-    assert all(full.accuracy(key, 0.2) == old.accuracy(key, 0.2) for key in _OLD_KEYS)
 
 
 def test_new_audit_options_are_validated(samples):
     with pytest.raises(ValueError, match="skip_attacks may only name"):  # checked against the plan, before any work
-        AU.run_audit(_reprogrammed(_trained_linear()), *samples, AU.AuditConfig(budgets=[0.1], skip_attacks=("pgd",)))
+        AU.run_audit(reprogrammed(trained_linear()), *samples, AU.AuditConfig(budgets=[0.1], skip_attacks=("pgd",)))
     with pytest.raises(ValueError, match="spsa_samples must be even"):
         AU.AuditConfig(budgets=[0.1], spsa_samples=5)
     with pytest.raises(ValueError, match="spsa_steps must be an integer"):
@@ -569,16 +489,6 @@ def test_every_audit_attack_has_its_own_colour_in_its_family():
     assert len(set(colours)) == len(colours)
 
 
-def test_the_cache_fingerprint_reads_lam_as_the_float32_the_layer_computes_with():
-    """A fixed lam (a Python float, 0.8) and the same lam stored in float32 (0.80000001, as in caches written
-    before lam had a Python copy) must fingerprint alike, or a re-audit refuses its own cache."""
-    from nrpm.audit.runner import layer_info
-
-    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
-    nrpm.reprogram(model, nrpm.ReprogramConfig(lam=0.8, K=1))
-    assert layer_info(model)["0"]["lam"] == round(float(torch.tensor(0.8, dtype=torch.float32)), 8) == 0.80000001
-
-
 # ------------------------------------------------------------------------------------------ registered attacks
 def test_a_registered_attack_with_a_role_joins_the_cli_and_the_audit(samples):
     """@register_attack(name, audit=role): a --attack choice, and in the audit's sweep, its optional attacks and
@@ -594,7 +504,7 @@ def test_a_registered_attack_with_a_role_joins_the_cli_and_the_audit(samples):
         assert attack_name("TEST_noise_bb") == "TEST_noise_bb"
         assert AU.plan.sweep_keys()[-1] == "test-noise-bb" and "test-noise-bb" in AU.optional_keys()
         assert "test-noise-bb" in AU.keys_with_role(A.BLACK_BOX)
-        model = _reprogrammed(_trained_linear())
+        model = reprogrammed(trained_linear())
         x, y = samples[0][:20], samples[1][:20]
         report = run_audit(model, x, y, budgets=[0.2], steps=2, skip_attacks=("spsa",), **QUICK)
         assert report.accuracy("test-noise-bb", 0.2) is not None and "test-noise-bb" in report.check(5).numbers
@@ -608,33 +518,10 @@ def test_a_registered_attack_with_a_role_joins_the_cli_and_the_audit(samples):
         A.register_attack("x", audit="grey-box")
 
 
-def test_survivors_cells_of_an_older_cache_are_recomputed_not_reused(samples, tmp_path, monkeypatch):
-    """A cell that now runs on its reference's survivors holds another number than the same attack on every sample:
-    an older cache's cell of it is not reused ('|on=survivors-of-X' in the key); the white-box cells are."""
-    model = _reprogrammed(_trained_linear())
-    x, y = samples[0][:20], samples[1][:20]
-    kwargs = dict(budgets=[0.2], compare_plain=False, autoattack=False, steps=2, apgd_steps=2, square_queries=5,
-                  seed=0, skip_attacks=AU.OPTIONAL_ATTACKS)
-    ctx = _writing_to(tmp_path)
-    run_audit(model, x, y, AU.AuditConfig(**kwargs, survivors_only=False), ctx)
-    computed = []
-    run_cell = AU.cells.CellRunner.attack_candidates
-    monkeypatch.setattr(AU.cells.CellRunner, "attack_candidates",
-                        lambda self, model, spec, *a, **kw: computed.append(spec.key)
-                        or run_cell(self, model, spec, *a, **kw))
-    new = run_audit(model, x, y, AU.AuditConfig(**kwargs), ctx)
-    assert computed == ["square", "transfer", "bpda", "detached"]
-    ran_on = {c["attack"]: c["ran_on"] for c in new.cells}
-    assert ran_on["pgd"] == ran_on["noise"] == "clean-correct" and ran_on["bpda"] == "survivors of pgd"
-    assert ran_on["square"].startswith("survivors of ")
-    cached = json.loads((tmp_path / "cache.json").read_text())["cells"]
-    assert any(k.startswith("nrpm|bpda|") and k.endswith("|on=survivors-of-pgd") for k in cached)
-
-
 def test_survivors_only_keeps_the_worst_case_and_reads_checks_as_min(samples, tmp_path):
     """Survivors-only cells: the worst case is that of running every attack on every sample, each such cell's mask
     is its reference's mask AND the attack's own, and the cells seeded per sample equal the full run's there."""
-    model = _reprogrammed(_trained_linear())
+    model = reprogrammed(trained_linear())
     x, y = samples[0][:40], samples[1][:40]
     kwargs = dict(budgets=[0.1, 0.2], compare_plain=True, autoattack=False, steps=3, apgd_steps=3,
                   square_queries=10, spsa_steps=2, spsa_samples=4, seed=0)
@@ -653,68 +540,6 @@ def test_survivors_only_keeps_the_worst_case_and_reads_checks_as_min(samples, tm
 
 
 # ------------------------------------------------------------------------------------------ interrupted cells
-def test_an_interrupted_cell_goes_on_at_its_next_batch_with_the_same_mask(samples, tmp_path, monkeypatch):
-    """cache.json keeps each finished batch of a cell in progress ('partial'): a rerun after an interruption
-    attacks only the batches left, and every cell's mask is the uninterrupted run's."""
-    model = _reprogrammed(_trained_linear())
-    x, y = samples[0][:30], samples[1][:30]
-    config = AU.AuditConfig(budgets=[0.2], steps=2, batch_size=7, **QUICK)
-    whole = json.loads((_audited(model, x, y, config, tmp_path / "whole") / "cache.json").read_text())["cells"]
-
-    survivors, calls = AU.cells.CellRunner._survivors, []
-
-    def interrupted_on_third_batch(self, model, attack, index):
-        calls.append(index.tolist())
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return survivors(self, model, attack, index)
-
-    monkeypatch.setattr(AU.cells.CellRunner, "_survivors", interrupted_on_third_batch)
-    messages = []
-    with pytest.raises(KeyboardInterrupt):
-        run_audit(model, x, y, config, RunContext(out=tmp_path / "cut", command="audit", progress=False,
-                                                  log=messages.append))
-    saved = json.loads((tmp_path / "cut" / "cache.json").read_text())
-    (key, part), = saved["partial"].items()
-    assert part["results"].count("-") == 30 - 14 and not saved["cells"]  # two batches of 7 kept
-    n_batches = -(-part["candidates"].count("1") // 7)
-    assert [m.split(" (")[0] for m in messages if "batch" in m] == \
-        [f"nrpm {key.split('|')[1]} at 0.2: batch {i} of {n_batches} saved" for i in (1, 2)]
-
-    calls.clear()
-    def recorded(self, model, attack, index):
-        calls.append(index.tolist())
-        return survivors(self, model, attack, index)
-
-    monkeypatch.setattr(AU.cells.CellRunner, "_survivors", recorded)
-    cells = json.loads((_audited(model, x, y, config, tmp_path / "cut") / "cache.json").read_text())
-    assert calls[0] == _batch(part, 2, 7)  # went on at the third batch
-    assert "partial" not in cells and {k: c["mask"] for k, c in cells["cells"].items()} == \
-        {k: c["mask"] for k, c in whole.items()}
-
-
-def _audited(model, x, y, config, folder):
-    run_audit(model, x, y, config, _writing_to(folder))
-    return folder
-
-
-def _batch(part, number, size):
-    """The indices of batch ``number`` of a cell's candidates."""
-    index = [i for i, c in enumerate(part["candidates"]) if c == "1"]
-    return index[number * size:(number + 1) * size]
-
-
-def test_a_damaged_partial_cell_is_refused_naming_the_file(samples, tmp_path):
-    model = _reprogrammed(_trained_linear())
-    x, y = samples[0][:20], samples[1][:20]
-    config = AU.AuditConfig(budgets=[0.2], steps=1, **QUICK)
-    cache = _audited(model, x, y, config, tmp_path) / "cache.json"
-    good = json.loads(cache.read_text())
-    for partial in ([], {"k": {"candidates": "1" * 20, "results": "x" * 20, "seconds": 1}},
-                    {"k": {"candidates": "1" * 19, "results": "-" * 20, "seconds": 1}}):
-        cache.write_text(json.dumps({**good, "partial": partial}))
-        with pytest.raises(ValueError, match=re.escape(str(cache)) + ".*'partial'.*--overwrite"):
-            run_audit(model, x, y, config, _writing_to(tmp_path))
 
 
 def test_a_resumed_audits_run_time_also_gives_the_attacks_own_total():
@@ -741,53 +566,3 @@ def test_survivor_notes_give_budgets_in_the_reports_unit():
                            "cw at 16/255)"), note
 
 
-def test_an_l1_cache_is_not_resumed_for_another_estimator_and_the_label_names_it(samples, tmp_path):
-    """Same weights, lam and data, another estimator: other numbers, so the L1 audit's cache is refused (before,
-    its fingerprint held no estimator and an MCP audit into that folder reused the L1 cells). An L1 audit's
-    fingerprint has no estimator entry, so L1 caches written before keep resuming."""
-    x, y = samples[0][:20], samples[1][:20]
-    kwargs = dict(budgets=[0.2], steps=1, **QUICK)
-    l1 = _reprogrammed(_trained_linear())
-    run_audit(l1, x, y, AU.AuditConfig(**kwargs), _writing_to(tmp_path))
-    assert "estimators" not in json.loads((tmp_path / "cache.json").read_text())["fingerprint"]
-    mcp = nrpm.reprogram(_trained_linear(), nrpm.ReprogramConfig(lam=0.8, K=1, norm="mcp", gamma=2.0,
-                                                                  scale="relative"))
-    with pytest.raises(ValueError, match="estimators"):
-        run_audit(mcp, x, y, AU.AuditConfig(**kwargs), _writing_to(tmp_path))
-    report = run_audit(mcp, x, y, AU.AuditConfig(**kwargs))
-    assert report.settings["model_labels"]["nrpm"] == "NRPM MCP gamma=2 relative lam=0.8 K=1"
-
-
-def test_parse_cache_key_reads_back_every_part_of_a_cell_key():
-    from nrpm.audit.cells import parse_cache_key
-    key = "nrpm|bpda|steps=20,alpha=0.00784314,restarts=1,seed=0|0.03137254902|rng=sample|on=survivors-of-pgd"
-    assert parse_cache_key(key) == ("nrpm", "bpda", "steps=20,alpha=0.00784314,restarts=1,seed=0", "0.03137254902",
-                                    "pgd")
-    plain = parse_cache_key("plain|autoattack|seed=0|0.1254901961")
-    assert (plain.tag, plain.attack, float(plain.budget), plain.on) == ("plain", "autoattack", 0.1254901961, None)
-    with pytest.raises(ValueError, match="not an audit cell key"):
-        parse_cache_key("nrpm|pgd")
-
-
-def test_the_fingerprint_migration_gives_what_todays_audit_writes(samples):
-    """scripts/migrate_cache_fingerprint.py turns an older cache's fingerprint (lam as a Python float, no
-    estimators) into the one a fresh audit of the same MCP model computes."""
-    import importlib.util
-
-    from nrpm.audit.cells import fingerprint
-    from nrpm.audit.runner import estimator_info, layer_info
-    spec = importlib.util.spec_from_file_location("migrate", Path(__file__).parents[1] / "scripts"
-                                                  / "migrate_cache_fingerprint.py")
-    migrate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(migrate)
-    x, y = samples
-    model = nn.Sequential(nn.Flatten(), nn.Linear(x[0].numel(), 10))
-    nrpm.reprogram(model, nrpm.ReprogramConfig(lam=0.8, K=1, norm="mcp", gamma=2.0, scale="relative"))
-    today = fingerprint(model, None, None, x, y, layer_info(model), "Linf", estimator_info(model))
-    older = json.loads(json.dumps({k: v for k, v in today.items() if k != "estimators"}))
-    for info in older["lam"].values():
-        info["lam"] = 0.8
-    changes = migrate.migrate(older, {"norm": "mcp", "gamma": 2.0, "delta": migrate.DEFAULT_DELTA,
-                                      "scale": "relative"})
-    assert older == today and len(changes) == 2
-    assert migrate.migrate(older, None) == []  # already current: nothing changes
