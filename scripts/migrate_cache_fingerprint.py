@@ -7,8 +7,8 @@ older caches behind, each refused by today's code although its cells hold the sa
   fixed lam kept a Python copy hold 0.8. Rounded here as nrpm rounds it.
 * ``estimators`` ({layer: {norm, gamma, delta, scale}}, since 2026-12-06) for non-L1 models: before it an MCP /
   Huber / HM audit could resume an L1 audit's cells. Give the audit's own estimator options (those of its command,
-  its audit.json, or the estimator study's chosen.json); they are resolved as nrpm's layers resolve them (the
-  defaults of the options not given), so the entry is the one a fresh run would write.
+  its audit.json, or the estimator study's chosen.json); a robust layer built with them resolves and checks them
+  (the defaults of the options not given), so the entry is the one a fresh run would write.
 
     .venv/bin/python scripts/migrate_cache_fingerprint.py FOLDER                       # an L1 audit
     .venv/bin/python scripts/migrate_cache_fingerprint.py FOLDER --estimator mcp --gamma 2 --scale relative
@@ -23,24 +23,19 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
+from nrpm.audit.runner import fingerprint_lam
+from nrpm.nn import RobustLinear
 from nrpm.reports import atomic_write_text
-from nrpm.validation import DEFAULT_DELTA, DEFAULT_GAMMA, DEFAULT_SCALE, check_estimator
-
-
-def float32_lam(lam: float) -> float:
-    """lam as the audit's fingerprint reads it (nrpm.audit.runner.layer_info)."""
-    return round(float(torch.tensor(lam, dtype=torch.float32)), 8)
+from nrpm.validation import DEFAULT_DELTA, DEFAULT_GAMMA, DEFAULT_SCALE
 
 
 def migrate(fingerprint: dict, estimator: dict | None) -> list[str]:
     """Update ``fingerprint`` in place; what was changed, one phrase each."""
     changes = []
     for info in fingerprint["lam"].values():
-        if info["lam"] != float32_lam(info["lam"]):
-            changes.append(f"lam {info['lam']} read as float32 {float32_lam(info['lam'])}")
-            info["lam"] = float32_lam(info["lam"])
+        if info["lam"] != fingerprint_lam(info["lam"]):
+            changes.append(f"lam {info['lam']} read as float32 {fingerprint_lam(info['lam'])}")
+            info["lam"] = fingerprint_lam(info["lam"])
     if estimator is not None and "estimators" not in fingerprint:
         fingerprint["estimators"] = {layer: dict(estimator) for layer in fingerprint["lam"]}
         changes.append(f"estimators {estimator} added for {len(fingerprint['lam'])} layers")
@@ -56,9 +51,9 @@ def main(argv=None) -> int:
     p.add_argument("--scale", default=DEFAULT_SCALE)
     args = p.parse_args(argv)
     estimator = None
-    if args.estimator != "l1":
-        check_estimator(args.estimator, args.gamma, args.delta, args.scale)
-        estimator = {"norm": args.estimator, "gamma": args.gamma, "delta": args.delta, "scale": args.scale}
+    if args.estimator != "l1":  # the entry a layer of these options writes: estimator_info reads layer.estimator()
+        estimator = RobustLinear(1, 1, norm=args.estimator, gamma=args.gamma, delta=args.delta,
+                                 scale=args.scale).estimator()
     path = args.folder / "cache.json"
     if not path.is_file():
         print(f"{path}: no such file; give an audit's --out folder", file=sys.stderr)

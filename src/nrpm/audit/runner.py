@@ -39,15 +39,19 @@ from .probes import ForwardProbe, GradientProbe, probe_forward, probe_gradients
 from .protocol import assess_protocol
 from .report import AuditReport
 
-__all__ = ["run_audit", "capture_autoattack_flags", "layer_info", "estimator_info"]
+__all__ = ["run_audit", "capture_autoattack_flags", "layer_info", "estimator_info", "fingerprint_lam"]
+
+
+def fingerprint_lam(lam: float) -> float:
+    """lam as the settings and the cache fingerprint hold it: the float32 the layer computes with, to 8 places. A
+    fixed lam is held as a Python float (0.8) and a stored one as a float32 tensor (0.80000001); the same model must
+    give the same cache fingerprint either way."""
+    return round(float(torch.tensor(lam, dtype=torch.float32)), 8)
 
 
 def layer_info(model) -> dict:
     """{layer name: {lam, K, eps, learnable}} of the model's robust layers (in the settings and the fingerprint)."""
-    # lam as the float32 the layer computes with: a fixed lam is held as a Python float (0.8) and a stored one as
-    # a float32 tensor (0.80000001); the same model must give the same cache fingerprint either way
-    return {n: {"lam": round(float(torch.tensor(m.lam_value(), dtype=torch.float32)), 8), "K": m.K, "eps": m.eps,
-                "learnable": m.learnable_lam}
+    return {n: {"lam": fingerprint_lam(m.lam_value()), "K": m.K, "eps": m.eps, "learnable": m.learnable_lam}
             for n, m in robust_layers(model).items()}
 
 
