@@ -76,13 +76,13 @@ def _estimator_text(estimators: dict) -> str:
     return f"{name} {params} {e['scale']} "
 
 
-def _nrpm_label(lam_info: dict, estimators: dict | None = None) -> str:
+def _nrpm_label(lam_info: dict, estimators: dict) -> str:
     if not lam_info:
         return "model (no robust layers)"
     lams = sorted({v["lam"] for v in lam_info.values()})
     Ks = sorted({v["K"] for v in lam_info.values()})
     lam_text = f"{lams[0]:g}" if len(lams) == 1 else f"{lams[0]:g}..{lams[-1]:g}"
-    return f"NRPM {_estimator_text(estimators or {})}lam={lam_text} K={','.join(map(str, Ks))}"
+    return f"NRPM {_estimator_text(estimators)}lam={lam_text} K={','.join(map(str, Ks))}"
 
 
 # ----------------------------------------------------------------------------------------------- AutoAttack flags
