@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from nrpm.audit.cells import parse_cache_key
+from nrpm.audit.cells import cached_masks, parse_cache_key, worst_case_masks
 
 from audit_profile import write_report  # benchmarks/ is the script's folder: on sys.path
 
@@ -66,14 +66,11 @@ def masks(folder: Path) -> dict[tuple, tuple[str, str | None]]:
     return out
 
 
-def worst_masks(cells: dict, budgets: set[str]) -> dict[str, str]:
-    """{'tag@budget': per-sample worst-case mask} over the cells at each swept budget."""
-    out = {}
-    for (tag, _attack, b), (mask, _on) in cells.items():
-        if b in budgets:
-            prev = out.get(f"{tag}@{b}", "1" * len(mask))
-            out[f"{tag}@{b}"] = "".join("1" if p == m == "1" else "0" for p, m in zip(prev, mask))
-    return out
+def worst_masks(folder: Path, budgets: set[str]) -> dict[str, str]:
+    """{'tag@budget': per-sample worst-case mask} of a run's cache.json at each swept budget."""
+    cells = json.loads((folder / "cache.json").read_text())["cells"]
+    return {f"{tag}@{b}": "".join("1" if v else "0" for v in mask.tolist())
+            for (tag, b), mask in worst_case_masks(cached_masks(cells)).items() if b in budgets}
 
 
 def cell_agreement(old: dict, new: dict) -> list[dict]:
@@ -96,7 +93,7 @@ def compare(old_dir: Path, new_dir: Path, seconds: dict) -> dict:
     old_rep, new_rep = (json.loads((d / "audit.json").read_text()) for d in (old_dir, new_dir))
     old_cells, new_cells = masks(old_dir), masks(new_dir)
     budgets = {f"{b:.10g}" for b in new_rep["settings"]["budgets"]}
-    wo, wn = worst_masks(old_cells, budgets), worst_masks(new_cells, budgets)
+    wo, wn = worst_masks(old_dir, budgets), worst_masks(new_dir, budgets)
     agreement = cell_agreement(old_cells, new_cells)
     return {
         "measured_here": seconds, "audit_seconds": {"old": old_rep["seconds"], "new": new_rep["seconds"]},

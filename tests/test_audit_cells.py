@@ -199,6 +199,21 @@ def test_parse_cache_key_reads_back_every_part_of_a_cell_key():
         parse_cache_key("nrpm|pgd")
 
 
+def test_the_worst_case_counts_a_sample_only_if_no_attack_at_that_budget_broke_it():
+    from nrpm.audit.cells import cached_masks, worst_case_masks
+    cells = {"nrpm|pgd|s=20|0.1|rng=sample": {"mask": "1101", "seconds": 1.0},
+             "nrpm|square|q=1000|0.1|on=survivors-of-pgd": {"mask": "0101", "seconds": 2.0},
+             "nrpm|pgd|s=20|0.2|rng=sample": {"mask": "1000", "seconds": 1.0},
+             "plain|pgd|s=20|0.1|rng=sample": {"mask": "0011", "seconds": 1.0}}
+    worst = {k: "".join("1" if v else "0" for v in m.tolist())
+             for k, m in worst_case_masks(cached_masks(cells)).items()}
+    assert worst == {("nrpm", "0.1"): "0101", ("nrpm", "0.2"): "1000", ("plain", "0.1"): "0011"}
+    live = {("nrpm", "pgd", 0.1): torch.tensor([True, False]), ("nrpm", "fgsm", 0.1): torch.tensor([True, True])}
+    before = {k: m.clone() for k, m in live.items()}
+    assert worst_case_masks(live)[("nrpm", 0.1)].tolist() == [True, False]
+    assert all(torch.equal(live[k], before[k]) for k in live)  # the cells' own masks are left as they were
+
+
 def test_the_fingerprint_migration_gives_what_todays_audit_writes(samples):
     """scripts/migrate_cache_fingerprint.py turns an older cache's fingerprint (lam as a Python float, no
     estimators) into the one a fresh audit of the same MCP model computes."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import torch
 from torch import nn
@@ -26,7 +26,7 @@ from ..attacks.base import logits_2d
 from ..runs import START_AGAIN, ResultsFile, RunContext
 
 __all__ = ["CACHE_FORMAT", "CACHE_FILE", "AttackSpec", "CellKey", "CellRunner", "cache_file", "cached_cells",
-           "fingerprint", "parse_cache_key"]
+           "cached_masks", "fingerprint", "parse_cache_key", "worst_case_masks"]
 
 CACHE_FORMAT = "nrpm-audit-cache/1"
 CACHE_FILE = "cache.json"
@@ -277,6 +277,23 @@ def parse_cache_key(key: str) -> CellKey:
         raise ValueError(f"{key!r} is not an audit cell key (tag|attack|params|budget|...)")
     on = next((p.removeprefix(SURVIVORS_OF) for p in parts[4:] if p.startswith(SURVIVORS_OF)), None)
     return CellKey(parts[0], parts[1], parts[2], parts[3], on)
+
+
+def cached_masks(cells: Mapping[str, dict]) -> dict[tuple[str, str, str], torch.Tensor]:
+    """{(model tag, cell key, budget as written): per-sample robustness} of cache.json's finished ``cells``."""
+    return {(k.tag, key, k.budget): _mask(cell["mask"]) for key, cell in cells.items()
+            for k in [parse_cache_key(key)]}
+
+
+def worst_case_masks(masks: Mapping[tuple, torch.Tensor]) -> dict[tuple, torch.Tensor]:
+    """{(model tag, budget): per-sample worst case} of {(model tag, attack, budget): per-sample robustness}: a
+    sample counts as robust at a budget only if no attack at that budget broke it. The one place the worst case is
+    formed: for the audit's report (:attr:`CellRunner.masks`), and from cache.json (:func:`cached_masks`) for
+    ``audit-compare`` and the audit benchmarks."""
+    worst: dict[tuple, torch.Tensor] = {}
+    for (tag, _attack, budget), mask in masks.items():
+        worst[(tag, budget)] = worst[(tag, budget)] & mask if (tag, budget) in worst else mask.clone()
+    return worst
 
 
 # ----------------------------------------------------------------------------------------------- fingerprints

@@ -27,7 +27,7 @@ from typing import Sequence
 
 from ..formats import read_tagged
 from ..reports import format_budget
-from .cells import CACHE_FILE, CACHE_FORMAT, parse_cache_key
+from .cells import CACHE_FILE, CACHE_FORMAT, cached_masks, worst_case_masks
 from .protocol import wilson_half_width
 from .report import AUDIT_FORMAT
 
@@ -126,7 +126,9 @@ def _side(folder: Path, tag: str, report: dict, cache: dict) -> AuditSide:
         raise ValueError(f"{folder} has no '{tag}' rows (audited with --no-plain?): compare with the folder that "
                          f"audited that model, as FOLDER:{tag}")
     n = int(settings["n"])
-    masks = {b: _worst_case_mask(cache["cells"], tag, b, n) for b in reported}
+    cached = _cached_worst_case(cache["cells"], tag, n)
+    masks = {b: next((m for cb, m in cached.items() if math.isclose(cb, b, rel_tol=1e-9)), [True] * n)
+             for b in reported}
     for b, mask in masks.items():
         if sum(mask) != round(reported[b] * n):
             raise ValueError(f"{folder}: cache.json gives {sum(mask)} robust samples for '{tag}' at "
@@ -137,17 +139,15 @@ def _side(folder: Path, tag: str, report: dict, cache: dict) -> AuditSide:
                      clean=settings.get("clean_accuracy", {}).get(tag), worst_case=masks)
 
 
-def _worst_case_mask(cells: dict, tag: str, budget: float, n: int) -> list[bool]:
-    """AND of every cached cell of ``tag`` at ``budget`` (keys ``tag|attack|params|budget|...``)."""
-    mask = [True] * n
+def _cached_worst_case(cells: dict, tag: str, n: int) -> dict[float, list[bool]]:
+    """{budget: per-sample worst case of ``tag``} over every cached cell
+    (:func:`~nrpm.audit.cells.worst_case_masks`)."""
     for key, cell in cells.items():
-        cell_key = parse_cache_key(key)
-        if cell_key.tag == tag and math.isclose(float(cell_key.budget), budget, rel_tol=1e-9):
-            if len(cell["mask"]) != n:
-                raise ValueError(f"cache.json cell {key!r} has {len(cell['mask'])} samples, the audit {n}: the two "
-                                 f"files do not belong together; rerun the audit")
-            mask = [m and bit == "1" for m, bit in zip(mask, cell["mask"])]
-    return mask
+        if len(cell["mask"]) != n:
+            raise ValueError(f"cache.json cell {key!r} has {len(cell['mask'])} samples, the audit {n}: the two "
+                             f"files do not belong together; rerun the audit")
+    worst = worst_case_masks(cached_masks(cells))
+    return {float(budget): mask.tolist() for (t, budget), mask in worst.items() if t == tag}
 
 
 # ----------------------------------------------------------------------------------------------- comparing

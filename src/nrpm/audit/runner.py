@@ -30,7 +30,7 @@ from ..provenance import versions
 from ..reprogram import robust_layers
 from ..runs import RunContext, run_folder
 from ..validation import check_batch
-from .cells import CellRunner, cache_file, fingerprint
+from .cells import CellRunner, cache_file, fingerprint, worst_case_masks
 from .checks import CHECKS, Evidence, fraction, single_step_notes
 from .config import AuditConfig
 from . import survivors
@@ -236,17 +236,13 @@ def _evidence(runner: CellRunner, config: AuditConfig, plan: AuditPlan, settings
 
 
 def _worst_case(masks: dict, budgets) -> dict[str, dict[float, float]]:
-    """{model tag: {budget: accuracy}}: a sample counts only if no attack at that budget broke it."""
-    worst = {}
+    """{model tag: {budget: accuracy}} at the swept ``budgets`` (:func:`~nrpm.audit.cells.worst_case_masks`)."""
+    worst, out = worst_case_masks(masks), {}
     for tag in ("nrpm", "plain"):
-        per_budget = {}
-        for b in budgets:
-            at_b = [m for (t, _k, bb), m in masks.items() if t == tag and bb == round(b, 10)]
-            if at_b:
-                per_budget[b] = fraction(torch.stack(at_b).all(0))
+        per_budget = {b: fraction(worst[(tag, round(b, 10))]) for b in budgets if (tag, round(b, 10)) in worst}
         if per_budget:
-            worst[tag] = per_budget
-    return worst
+            out[tag] = per_budget
+    return out
 
 
 def _report(runner: CellRunner, ev: Evidence, settings: dict, found: _Findings, started: float) -> AuditReport:
