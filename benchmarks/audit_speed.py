@@ -57,20 +57,24 @@ def load_factor(old_rep: dict, new_rep: dict) -> float:
     return total(new_rep) / total(old_rep)
 
 
-def masks(folder: Path) -> dict[tuple, tuple[str, str | None]]:
-    """{(tag, attack, budget): (mask string, reference or None)} of a run's cache.json."""
+def cache_cells(folder: Path) -> dict[str, dict]:
+    """The finished cells of a run's cache.json ({cell key: {"mask", "seconds"}})."""
+    return json.loads((folder / "cache.json").read_text())["cells"]
+
+
+def masks(cells: dict) -> dict[tuple, tuple[str, str | None]]:
+    """{(tag, attack, budget): (mask string, reference or None)} of a run's cache cells."""
     out = {}
-    for key, cell in json.loads((folder / "cache.json").read_text())["cells"].items():
+    for key, cell in cells.items():
         tag, attack, _params, budget, on = parse_cache_key(key)
         out[(tag, attack, budget)] = (cell["mask"], on)
     return out
 
 
-def worst_masks(folder: Path, budgets: set[str]) -> dict[str, str]:
-    """{'tag@budget': per-sample worst-case mask} of a run's cache.json at each swept budget."""
-    cells = json.loads((folder / "cache.json").read_text())["cells"]
-    return {f"{tag}@{b}": "".join("1" if v else "0" for v in mask.tolist())
-            for (tag, b), mask in worst_case_masks(cached_masks(cells)).items() if b in budgets}
+def worst_masks(cells: dict, budgets: set[str]) -> dict[str, list[bool]]:
+    """{'tag@budget': per-sample worst case} of a run's cache cells at each swept budget."""
+    return {f"{tag}@{b}": mask.tolist() for (tag, b), mask in worst_case_masks(cached_masks(cells)).items()
+            if b in budgets}
 
 
 def cell_agreement(old: dict, new: dict) -> list[dict]:
@@ -91,10 +95,10 @@ def cell_agreement(old: dict, new: dict) -> list[dict]:
 
 def compare(old_dir: Path, new_dir: Path, seconds: dict) -> dict:
     old_rep, new_rep = (json.loads((d / "audit.json").read_text()) for d in (old_dir, new_dir))
-    old_cells, new_cells = masks(old_dir), masks(new_dir)
+    old_raw, new_raw = cache_cells(old_dir), cache_cells(new_dir)
     budgets = {f"{b:.10g}" for b in new_rep["settings"]["budgets"]}
-    wo, wn = worst_masks(old_dir, budgets), worst_masks(new_dir, budgets)
-    agreement = cell_agreement(old_cells, new_cells)
+    wo, wn = worst_masks(old_raw, budgets), worst_masks(new_raw, budgets)
+    agreement = cell_agreement(masks(old_raw), masks(new_raw))
     return {
         "measured_here": seconds, "audit_seconds": {"old": old_rep["seconds"], "new": new_rep["seconds"]},
         "speedup": old_rep["seconds"] / new_rep["seconds"],

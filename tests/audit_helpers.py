@@ -13,7 +13,6 @@ N_CLASSES, D = 5, 36
 
 
 BUDGETS = [0.15, 0.25]
-# small attacks: FAST where the verdicts matter, QUICK where only the cells and their cache do
 
 
 def writing_to(folder):
@@ -44,5 +43,6 @@ def reprogrammed(model, lam=0.8):
     return nrpm.reprogram(model, nrpm.ReprogramConfig(lam=lam, K=1))
 
 
+# small attacks: FAST where the verdicts matter, QUICK where only the cells and their cache do
 FAST = dict(steps=40, apgd_steps=20, square_queries=200, seed=0)
 QUICK = dict(compare_plain=False, autoattack=False, apgd_steps=2, square_queries=5, seed=0)
